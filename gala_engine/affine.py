@@ -1,0 +1,96 @@
+"""The 5-gene global transform ⇄ 3×3 matrix, and batched affine resampling on torch.
+
+Genes are ``[angle°, sy, sx, ty, tx]``. With ``L = R(angle) · diag(sy, sx)`` acting on (row, col)
+vectors and ``T = [ty, tx] + cJ − L · cI`` (cI, cJ the grid centres), the matrix ``A = [[L, T], [0, 1]]``
+maps source (image pixel) coordinates to target (µm) coordinates. Negative scales are flips.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def grid_centre(x: list) -> np.ndarray:
+    """Centre (row, col) of a grid given as axis vectors ``[rows, cols]``."""
+    return np.array([float(np.mean(np.asarray(axis))) for axis in x])
+
+
+def genes_to_matrix(genes: torch.Tensor, cI: torch.Tensor, cJ: torch.Tensor) -> torch.Tensor:
+    """(…, 5) genes → (…, 3, 3) matrices (torch, differentiable)."""
+    theta = torch.deg2rad(genes[..., 0])
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    sy, sx = genes[..., 1], genes[..., 2]
+    L = torch.stack(
+        [torch.stack([cos * sy, -sin * sx], -1), torch.stack([sin * sy, cos * sx], -1)], -2
+    )
+    T = genes[..., 3:5] + cJ - (L @ cI.unsqueeze(-1)).squeeze(-1)
+    top = torch.cat([L, T.unsqueeze(-1)], -1)
+    bottom = torch.zeros(*genes.shape[:-1], 1, 3, dtype=genes.dtype, device=genes.device)
+    bottom[..., 0, 2] = 1.0
+    return torch.cat([top, bottom], -2)
+
+
+def genes_to_matrix_np(genes, xI: list, xJ: list) -> np.ndarray:
+    """numpy convenience: genes (5,) or (P, 5) → (3, 3) or (P, 3, 3), centres from the grids."""
+    g = torch.as_tensor(np.asarray(genes, dtype=np.float64))
+    cI = torch.as_tensor(grid_centre(xI))
+    cJ = torch.as_tensor(grid_centre(xJ))
+    return genes_to_matrix(g, cI, cJ).numpy()
+
+
+def matrix_to_genes(A, xI: list, xJ: list) -> np.ndarray:
+    """3×3 matrix → canonical genes ``[angle° in (−180, 180], sy ≥ 0, sx, ty, tx]``.
+
+    Exact for matrices of the gene form (rotation × diagonal scale); for a general affine the
+    shear is dropped.
+    """
+    A = np.asarray(A, dtype=np.float64)
+    L, T = A[:2, :2], A[:2, 2]
+    angle = np.arctan2(L[1, 0], L[0, 0])
+    sy = float(np.hypot(L[0, 0], L[1, 0]))
+    c, s = np.cos(angle), np.sin(angle)
+    sx = float(-s * L[0, 1] + c * L[1, 1])  # second column of Rᵀ·L
+    deg = float(np.rad2deg(angle))
+    if deg <= -180.0:
+        deg += 360.0
+    t = T - grid_centre(xJ) + L @ grid_centre(xI)
+    return np.array([deg, sy, sx, t[0], t[1]])
+
+
+def grid_points(x: list, *, dtype=torch.float32, device=None) -> torch.Tensor:
+    """(H, W, 2) tensor of the (row, col) coordinates of a grid given as axis vectors."""
+    rows = torch.as_tensor(np.asarray(x[0]), dtype=dtype, device=device)
+    cols = torch.as_tensor(np.asarray(x[1]), dtype=dtype, device=device)
+    return torch.stack(torch.meshgrid(rows, cols, indexing="ij"), -1)
+
+
+def to_sample_grid(points: torch.Tensor, x: list) -> torch.Tensor:
+    """Physical (row, col) points → grid_sample's normalised (x=col, y=row) in [-1, 1]."""
+    lo = torch.tensor([float(x[0][0]), float(x[1][0])], dtype=points.dtype, device=points.device)
+    hi = torch.tensor([float(x[0][-1]), float(x[1][-1])], dtype=points.dtype, device=points.device)
+    unit = (points - lo) / (hi - lo) * 2.0 - 1.0
+    return unit.flip(-1)
+
+
+def sample(image: torch.Tensor, x: list, points: torch.Tensor, padding: str = "zeros") -> torch.Tensor:
+    """Sample a (C, H, W) image on grid ``x`` at (…, 2) physical points → (C, …)."""
+    shape = points.shape[:-1]
+    grid = to_sample_grid(points.reshape(1, -1, 1, 2), x)
+    out = F.grid_sample(image[None], grid, mode="bilinear", padding_mode=padding, align_corners=True)
+    return out[0, :, :, 0].reshape(image.shape[0], *shape)
+
+
+def resample_batch(
+    I: torch.Tensor, xI: list, A: torch.Tensor, target_points: torch.Tensor, padding: str = "zeros"
+) -> torch.Tensor:
+    """Resample source ``I`` (C, H, W) through each of ``A`` (P, 3, 3) onto target points (H', W', 2).
+
+    One ``grid_sample`` call for the whole population; returns (P, C, H', W').
+    """
+    Ainv = torch.linalg.inv(A)
+    pts = torch.einsum("pij,hwj->phwi", Ainv[:, :2, :2], target_points) + Ainv[:, None, None, :2, 2]
+    P, H, W = pts.shape[:3]
+    out = sample(I, xI, pts.reshape(P * H, W, 2), padding)
+    return out.reshape(I.shape[0], P, H, W).transpose(0, 1)

@@ -1,0 +1,42 @@
+"""Small progress events the engine sends to an optional ``progress`` callback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One step of a long loop.
+
+    ``stage`` is ``"ga"`` (one generation; ``value`` = best fitness, ``extra['mean']`` = mean fitness,
+    ``genes`` = best genes so far), ``"refine"`` (affine refinement; ``value`` = score) or ``"lddmm"``
+    (one iteration; ``value`` = total energy, ``extra`` = matching/regularisation energies).
+    ``repeat`` counts ``num_repeats`` restarts from 0.
+    """
+
+    stage: str
+    step: int
+    total: int
+    value: float
+    genes: np.ndarray | None = None
+    repeat: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+StopPredicate = Callable[[], bool]
+
+
+def emit(progress: ProgressCallback | None, event: ProgressEvent) -> None:
+    """Send ``event`` if a callback was given."""
+    if progress is not None:
+        progress(event)
+
+
+def stopped(should_stop: StopPredicate | None) -> bool:
+    """True when the caller asked to stop."""
+    return bool(should_stop is not None and should_stop())

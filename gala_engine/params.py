@@ -1,0 +1,102 @@
+"""``AlignParams``: the one source of truth for alignment parameters (defaults, help, validation)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import GalaInputError
+
+
+def _p(default: Any, help: str, group: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, "group": group, **extra})
+
+
+@dataclass
+class AlignParams:
+    """Parameters of :func:`gala_engine.gala`, with the published tutorial's names.
+
+    Defaults are tuned for interactive use; :meth:`tutorial` gives the published settings.
+    """
+
+    # genetic algorithm (global search)
+    num_generations: int = _p(150, "GA generations per restart.", "ga", min=1)
+    sol_per_pop: int = _p(100, "GA population size (solutions per generation).", "ga", min=4)
+    num_parents_mating: int = _p(50, "Parents selected for mating each generation.", "ga", min=2)
+    mutation_probability: float = _p(0.2, "Probability that a gene mutates (re-sampled in its range).", "ga", min=0.0, max=1.0)
+    crossover_probability: float = _p(0.8, "Probability that two parents cross over.", "ga", min=0.0, max=1.0)
+    fitness: str = _p("ncc", "'ncc' (normalised cross-correlation, robust) or 'sse' (published 1/(1+SSE)).", "ga", choices=("ncc", "sse"))
+    ga_restarts: int = _p(3, "Independent GA runs with seeds seed, seed+1, …; the best is kept.", "ga", min=1)
+    ga_max_pixels: int = _p(64, "The GA works on rasters pooled to at most this many pixels a side.", "ga", min=8)
+    max_anisotropy: float | None = _p(1.5, "Largest allowed ratio |sy|/|sx| (None = any, as published).", "ga", min=1.0)
+    ga_blur: float = _p(1.5, "Gaussian blur (pooled pixels) of both rasters during the GA: widens the basin of the true pose.", "ga", min=0.0)
+    refine_iterations: int = _p(300, "Gradient steps refining the GA's best transform (0 = off).", "ga", min=0)
+    gene_space_mode: str = _p("extent", "Default ranges: 'extent' (from the tissue's size, pixels vs µm) or 'compatible' (published).", "ga", choices=("extent", "compatible"))
+    seed_population: bool = _p(True, "Start the GA from moment-matched poses every 10° (with and without flip) instead of a purely random population.", "ga")
+    stop_criteria: str | None = _p(None, "pygad stop criteria, e.g. 'saturate_50' (None = run all generations).", "ga")
+    # LDDMM (local deformation)
+    num_iterations: int = _p(200, "LDDMM gradient iterations (0 = affine only).", "lddmm", min=0)
+    a: float | None = _p(None, "Smoothness scale of the deformation, in image pixels (None = 1/8 of the image extent).", "lddmm", min=0.0)
+    epV: float = _p(10.0, "LDDMM step size (halved automatically whenever a step raises the energy).", "lddmm", min=0.0)
+    sigmaR: float = _p(5e4, "Regularisation: larger allows larger deformations.", "lddmm", min=0.0)
+    sigmaM: float | None = _p(None, "Noise level of matched pixels (None = the target raster's std).", "lddmm", min=0.0)
+    sigmaB: float | None = _p(None, "Noise level of background pixels (None = the target raster's std).", "lddmm", min=0.0)
+    muB: float | None = _p(None, "Background intensity of the target (None = estimated).", "lddmm")
+    nt: int = _p(3, "Time steps integrating the velocity field.", "lddmm", min=1)
+    contrast: bool = _p(True, "Fit a linear contrast between the rasters at each LDDMM step.", "lddmm")
+    # general
+    num_repeats: int = _p(1, "Repeats of GA → LDDMM (the published method's restarts).", "general", min=1)
+    random_seed: int = _p(42, "Seed of the GA (runs with the same seed on CPU give the same result).", "general")
+    dtype: str = _p("float32", "Floating point precision: 'float32' or 'float64'.", "general", choices=("float32", "float64"))
+    device: str | None = _p(None, "'cpu', 'cuda' or None (CUDA when available).", "general")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            meta = f.metadata
+            if "choices" in meta and value not in meta["choices"]:
+                raise GalaInputError(f"{f.name} must be one of {meta['choices']}, got {value!r}.")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if "min" in meta and value < meta["min"]:
+                raise GalaInputError(f"{f.name} must be ≥ {meta['min']}, got {value}. ({meta['help']})")
+            if "max" in meta and value > meta["max"]:
+                raise GalaInputError(f"{f.name} must be ≤ {meta['max']}, got {value}. ({meta['help']})")
+        if self.num_parents_mating > self.sol_per_pop:
+            raise GalaInputError("num_parents_mating cannot exceed sol_per_pop.")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> AlignParams:
+        """Build from a dict (e.g. a TOML file or ``uns['gala']['params']``); unknown names are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise GalaInputError(f"Unknown parameter(s) {unknown}; known: {sorted(names)}.")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON/TOML-friendly, ``None`` kept)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def tutorial(cls, **overrides: Any) -> AlignParams:
+        """The published tutorial's settings (slow: 1000 generations, 2000 iterations, 2 repeats)."""
+        base = dict(num_generations=1000, num_iterations=2000, num_repeats=2, epV=10.0, a=20.0,
+                    sigmaR=5e4, ga_restarts=1, seed_population=False,
+                    gene_space_mode="compatible", fitness="sse", refine_iterations=0, contrast=False,
+                    max_anisotropy=None, ga_blur=0.0)
+        base.update(overrides)
+        return cls(**base)
+
+    @staticmethod
+    def help(name: str) -> str:
+        """Help text of one parameter."""
+        return {f.name: f.metadata["help"] for f in dataclasses.fields(AlignParams)}[name]
+
+    @staticmethod
+    def group(name: str) -> list[str]:
+        """Names of the parameters of one group ('ga', 'lddmm', 'general')."""
+        return [f.name for f in dataclasses.fields(AlignParams) if f.metadata["group"] == name]

@@ -1,0 +1,216 @@
+"""``gala()``: global search (GA + refinement) then LDDMM, ``num_repeats`` times."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from .affine import genes_to_matrix, grid_centre
+from .device import device_name, resolve_device
+from .errors import GalaInputError
+from .events import ProgressCallback, ProgressEvent, StopPredicate, stopped
+from .features import normalize, tissue_extent
+from .lddmm import run_lddmm
+from .params import AlignParams
+from .search import BatchedFitness, blur_raster, fill_gene_space, moment_seeds, pool_raster, refine_genes, run_ga
+
+
+def _check_raster(name: str, R, x) -> np.ndarray:
+    arr = np.asarray(R.detach().cpu() if isinstance(R, torch.Tensor) else R, dtype=np.float64)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise GalaInputError(f"{name} must have shape (C, H, W) (channels first), got {arr.shape}.")
+    if arr.shape[1] < 2 or arr.shape[2] < 2:
+        raise GalaInputError(f"{name} is empty or too small: shape {arr.shape}; it needs at least 2×2 pixels.")
+    if not np.isfinite(arr).all():
+        raise GalaInputError(f"{name} contains NaN or infinite values.")
+    if np.ptp(arr) <= 0:
+        raise GalaInputError(f"{name} is constant (no signal to align); check the input or the chosen signal.")
+    if not isinstance(x, (list, tuple)) or len(x) != 2:
+        raise GalaInputError(f"The grid of {name} must be [rows, cols] (two 1-D coordinate vectors).")
+    for axis, n, label in ((x[0], arr.shape[1], "rows"), (x[1], arr.shape[2], "cols")):
+        axis = np.asarray(axis.cpu() if isinstance(axis, torch.Tensor) else axis, dtype=np.float64)
+        if axis.ndim != 1 or axis.size != n:
+            raise GalaInputError(f"The {label} axis of {name} has {axis.size} values for {n} pixels.")
+        if not np.isfinite(axis).all() or np.any(np.diff(axis) <= 0):
+            raise GalaInputError(f"The {label} axis of {name} must be finite and strictly increasing.")
+    return arr
+
+
+def _fitness(I, xI_level, J, xJ_level, p: AlignParams, space, xI, xJ) -> BatchedFitness:
+    """Fitness on one resolution level; genes stay defined relative to the full grids' centres."""
+    fit = BatchedFitness(I, xI_level, J, xJ_level, kind=p.fitness, scale_floor=space.scale_floor,
+                         max_anisotropy=p.max_anisotropy)
+    fit.cI = torch.as_tensor(grid_centre(xI), dtype=I.dtype, device=I.device)
+    fit.cJ = torch.as_tensor(grid_centre(xJ), dtype=I.dtype, device=I.device)
+    return fit
+
+
+def _axes(x) -> list[np.ndarray]:
+    return [np.asarray(a.cpu() if isinstance(a, torch.Tensor) else a, dtype=np.float64) for a in x]
+
+
+def _printer(progress: ProgressCallback | None) -> ProgressCallback:
+    def report(event: ProgressEvent) -> None:
+        if event.step == event.total or event.step % 50 == 0:
+            print(f"[gala] {event.stage} repeat {event.repeat} {event.step}/{event.total}: {event.value:.6g}")
+        if progress is not None:
+            progress(event)
+
+    return report
+
+
+def gala(
+    xI: list,
+    I,
+    xJ: list,
+    J,
+    gene_space: list[dict] | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    should_stop: StopPredicate | None = None,
+    verbose: bool = False,
+    source_extent: tuple[np.ndarray, np.ndarray] | None = None,
+    **params: Any,
+) -> dict[str, Any]:
+    """Align source ``I`` (image feature raster) to target ``J`` (cell raster).
+
+    Parameters
+    ----------
+    xI, I
+        Source grid ``[rows, cols]`` (image pixels) and raster (C, H, W).
+    xJ, J
+        Target grid ``[rows, cols]`` (µm) and raster (C, H', W').
+    gene_space
+        Five dicts for ``[angle°, sy, sx, ty, tx]`` with optional ``low``/``high`` (empty → from data).
+    progress, should_stop
+        Optional callback receiving :class:`~gala_engine.events.ProgressEvent` and a predicate
+        polled once per step; stopping keeps the best result so far.
+    params
+        Any :class:`~gala_engine.params.AlignParams` field (the tutorial's names).
+
+    Returns
+    -------
+    dict
+        ``A`` (3×3, source→target), ``v``, ``xv`` (velocity field and its grid), ``genes``,
+        ``A_affine``, ``fitness``, ``score``, histories, ``WM``, ``params``, ``device``, ``runtime_s``.
+    """
+    t_start = time.perf_counter()
+    p = AlignParams.from_dict(params)
+    I_np, J_np = _check_raster("I (source)", I, xI), _check_raster("J (target)", J, xJ)
+    xI, xJ = _axes(xI), _axes(xJ)
+    device = resolve_device(p.device)
+    dtype = torch.float64 if p.dtype == "float64" else torch.float32
+    if verbose:
+        progress = _printer(progress)
+    I_t = torch.as_tensor(normalize(I_np), dtype=dtype, device=device)
+    J_t = torch.as_tensor(normalize(J_np), dtype=dtype, device=device)
+    if p.gene_space_mode == "extent" and source_extent is None:
+        source_extent = tissue_extent(I_np, xI)
+    space = fill_gene_space(gene_space, xI, xJ, mode=p.gene_space_mode, source_extent=source_extent)
+
+    fI = max(1, math.ceil(max(I_np.shape[1:]) / p.ga_max_pixels))
+    fJ = max(1, math.ceil(max(J_np.shape[1:]) / p.ga_max_pixels))
+    I_c, xI_c = pool_raster(I_t, xI, fI)
+    J_c, xJ_c = pool_raster(J_t, xJ, fJ)
+    # coarse-to-fine: the GA scores blurred pooled rasters (a wide basin), refinement sharpens
+    levels = [
+        _fitness(blur_raster(I_c, p.ga_blur), xI_c, blur_raster(J_c, p.ga_blur), xJ_c, p, space, xI, xJ),
+        _fitness(I_c, xI_c, J_c, xJ_c, p, space, xI, xJ),
+        _fitness(I_t, xI, J_t, xJ, p, space, xI, xJ),
+    ]
+    coarse, full = levels[0], levels[-1]
+
+    ga_history: list[dict] = []
+    energy_history: list[list[float]] = []
+    v = None
+    lddmm = None
+    was_stopped = False
+    best_genes = np.zeros(5)
+    fitness = score = float("nan")
+    for repeat in range(p.num_repeats):
+        best = None
+        for restart in range(p.ga_restarts):
+            seed = p.random_seed + restart
+            population = None
+            if p.seed_population:
+                population = moment_seeds(I_c.cpu().numpy(), xI_c, J_c.cpu().numpy(), xJ_c, space,
+                                          count=p.sol_per_pop, rng=np.random.default_rng(seed))
+            result = run_ga(coarse, space, initial_population=population, num_generations=p.num_generations, sol_per_pop=p.sol_per_pop,
+                            num_parents_mating=p.num_parents_mating,
+                            mutation_probability=p.mutation_probability,
+                            crossover_probability=p.crossover_probability, random_seed=seed,
+                            stop_criteria=p.stop_criteria, progress=progress, should_stop=should_stop,
+                            repeat=repeat)
+            ga_history.append({"repeat": repeat, "restart": restart, "seed": seed,
+                               "best": result.best_history, "mean": result.mean_history})
+            if best is None or result.fitness > best.fitness:
+                best = result
+            if result.stopped:
+                was_stopped = True
+                break
+        best_genes, fitness = best.genes, best.fitness
+        score = float(full(torch.as_tensor(best_genes[None], dtype=dtype, device=device))[0])
+        if p.refine_iterations and not was_stopped:
+            for level in levels:
+                best_genes, score = refine_genes(level, best_genes, space,
+                                                 iterations=max(p.refine_iterations // len(levels), 1),
+                                                 progress=progress, should_stop=should_stop, repeat=repeat)
+            was_stopped = stopped(should_stop)
+        A = genes_to_matrix(torch.as_tensor(best_genes, dtype=dtype, device=device), full.cI, full.cJ)
+        if p.num_iterations and not was_stopped:
+            lddmm = run_lddmm(I_t, xI, J_t, xJ, A, num_iterations=p.num_iterations, a=p.a, nt=p.nt,
+                              epV=p.epV, sigmaR=p.sigmaR, sigmaM=p.sigmaM, sigmaB=p.sigmaB, muB=p.muB,
+                              contrast=p.contrast, v0=v, progress=progress, should_stop=should_stop,
+                              repeat=repeat)
+            v = lddmm.v
+            energy_history.extend(lddmm.energy_history)
+            was_stopped = lddmm.stopped
+        if was_stopped:
+            break
+
+    A = genes_to_matrix(torch.as_tensor(best_genes, dtype=dtype, device=device), full.cI, full.cJ)
+    if lddmm is None:  # affine only: an identity flow on a minimal grid over the source
+        from .lddmm import velocity_grid
+
+        a = p.a if p.a is not None else max(np.ptp(xI[0]), np.ptp(xI[1])) / 8.0
+        xv = velocity_grid(xI, a)
+        v = torch.zeros((p.nt, xv[0].size, xv[1].size, 2), dtype=dtype, device=device)
+        WM = torch.ones(J_t.shape[1:], dtype=dtype, device=device)
+    else:
+        xv, WM = lddmm.xv, lddmm.WM
+    return {
+        "A": A,
+        "v": v,
+        "xv": [torch.as_tensor(axis, dtype=dtype, device=device) for axis in xv],
+        "genes": best_genes,
+        "A_affine": A.clone(),
+        "fitness": float(fitness),
+        "score": float(score),
+        "ga_history": ga_history,
+        "energy_history": energy_history,
+        "WM": WM,
+        "gene_space": space.as_dicts(),
+        "params": p.to_dict(),
+        "device": device_name(device),
+        "runtime_s": time.perf_counter() - t_start,
+        "stopped": was_stopped,
+    }
+
+
+def to_cpu(result: dict[str, Any]) -> dict[str, Any]:
+    """Move every tensor (also inside lists) of a result dict to the CPU."""
+
+    def move(value):
+        if isinstance(value, torch.Tensor):
+            return value.detach().cpu()
+        if isinstance(value, list):
+            return [move(item) for item in value]
+        return value
+
+    return {key: move(value) for key, value in result.items()}

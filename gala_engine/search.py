@@ -1,0 +1,343 @@
+"""Global search of the 5-gene transform: a genetic algorithm (pygad) with batched torch fitness,
+followed by a short gradient refinement of the genes on the same score."""
+
+from __future__ import annotations
+
+import math
+import random
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import pygad
+import torch
+import torch.nn.functional as F
+
+from .affine import genes_to_matrix, grid_centre, grid_points, resample_batch
+from .errors import GalaInputError
+from .events import ProgressCallback, ProgressEvent, StopPredicate, emit, stopped
+
+GENE_NAMES = ("angle", "sy", "sx", "ty", "tx")
+
+
+@dataclass
+class GeneSpace:
+    """Filled per-gene ranges and the smallest allowed |scale| (guards against singular A)."""
+
+    low: np.ndarray
+    high: np.ndarray
+    scale_floor: float
+
+    def as_dicts(self) -> list[dict]:
+        return [{"low": float(lo), "high": float(hi)} for lo, hi in zip(self.low, self.high)]
+
+
+def fill_gene_space(
+    gene_space: list[dict] | None,
+    xI: list,
+    xJ: list,
+    *,
+    mode: str = "extent",
+    source_extent: tuple[np.ndarray, np.ndarray] | None = None,
+) -> GeneSpace:
+    """Complete a user ``gene_space`` (5 dicts, optional ``low``/``high``) with data-derived ranges.
+
+    ``mode="compatible"`` reproduces the published defaults (scale range ±(max ratio of axis extents
+    + 0.1), shifts ±half the target extent). ``mode="extent"`` (default) expects the source in pixels
+    and the target in µm: the scale range is centred on the ratio of tissue extents
+    (``source_extent`` = (lo, hi) of the tissue in the source, e.g. from a tissue mask) and shifts
+    cover a tissue lying anywhere in the image.
+    """
+    if gene_space is None:
+        gene_space = [{} for _ in GENE_NAMES]
+    if not isinstance(gene_space, (list, tuple)) or len(gene_space) != 5:
+        raise GalaInputError(
+            "gene_space must be a list of 5 dicts for [angle, sy, sx, ty, tx], "
+            f"got {type(gene_space).__name__} of length {len(gene_space) if hasattr(gene_space, '__len__') else '?'}."
+        )
+    rI = np.array([np.ptp(np.asarray(a)) for a in xI])
+    rJ = np.array([np.ptp(np.asarray(a)) for a in xJ])
+    if (rI <= 0).any() or (rJ <= 0).any():
+        raise GalaInputError("Each raster axis needs at least two distinct coordinates.")
+    if mode == "compatible":
+        ratio = np.maximum(rI / rJ, rJ / rI)
+        scale_hi = ratio + 0.1
+        shift_hi = rJ / 2.0
+        floor = 1e-3 * float(scale_hi.max())
+    elif mode == "extent":
+        lo, hi = source_extent if source_extent is not None else ([a[0] for a in xI], [a[-1] for a in xI])
+        tissue = np.maximum(np.asarray(hi, float) - np.asarray(lo, float), 1e-9)
+        s0 = float(np.sqrt(rJ.prod() / tissue.prod()))
+        scale_hi = np.array([3.0 * s0, 3.0 * s0])
+        floor = 0.3 * s0
+        offset = np.abs((np.asarray(lo, float) + np.asarray(hi, float)) / 2.0 - grid_centre(xI))
+        shift_hi = np.full(2, 0.5 * rJ.max() + scale_hi.max() * offset.max())
+    else:
+        raise GalaInputError(f"Unknown gene_space mode {mode!r}; use 'extent' or 'compatible'.")
+    default_low = np.array([-180.0, -scale_hi[0], -scale_hi[1], -shift_hi[0], -shift_hi[1]])
+    default_high = -default_low
+    low, high = default_low.copy(), default_high.copy()
+    for i, (name, spec) in enumerate(zip(GENE_NAMES, gene_space)):
+        if spec is None:
+            spec = {}
+        if not isinstance(spec, dict):
+            raise GalaInputError(f"gene_space[{i}] ({name}) must be a dict with optional 'low'/'high'.")
+        low[i] = float(spec.get("low", low[i]))
+        high[i] = float(spec.get("high", high[i]))
+        if not (np.isfinite(low[i]) and np.isfinite(high[i])):
+            raise GalaInputError(f"gene_space[{i}] ({name}) has a non-finite bound.")
+        if low[i] > high[i]:
+            raise GalaInputError(f"gene_space[{i}] ({name}): low={low[i]} is greater than high={high[i]}.")
+    for i in (1, 2):  # a user range lying entirely on one side of 0 sets its own floor
+        if low[i] > 0 or high[i] < 0:
+            floor = min(floor, 0.999 * min(abs(low[i]), abs(high[i])))
+    if max(abs(low[1]), abs(high[1])) < floor or max(abs(low[2]), abs(high[2])) < floor:
+        floor = 0.0
+    return GeneSpace(low, high, float(floor))
+
+
+def score_batch(AI: torch.Tensor, J: torch.Tensor, kind: str = "ncc") -> torch.Tensor:
+    """Similarity of each resampled source (P, C, H, W) with the target (C, H, W) → (P,).
+
+    ``"ncc"``: normalised cross-correlation over all pixels and channels (insensitive to intensity
+    scale). ``"sse"``: the published ``1 / (1 + Σ (AI − J)²)``.
+    """
+    if kind == "sse":
+        return 1.0 / (1.0 + ((AI - J) ** 2).flatten(1).sum(1))
+    if kind != "ncc":
+        raise GalaInputError(f"Unknown fitness {kind!r}; use 'ncc' or 'sse'.")
+    a = AI.flatten(1)
+    a = a - a.mean(1, keepdim=True)
+    j = J.flatten()
+    j = j - j.mean()
+    num = a @ j
+    den = torch.sqrt((a * a).sum(1) * (j * j).sum()) + 1e-12
+    return num / den
+
+
+class BatchedFitness:
+    """Fitness of a whole population in one ``grid_sample`` call, on the rasters' device."""
+
+    def __init__(self, I: torch.Tensor, xI: list, J: torch.Tensor, xJ: list, *, kind: str, scale_floor: float,
+                 max_anisotropy: float | None = None):
+        self.I, self.xI, self.J, self.kind = I, xI, J, kind
+        self.target_points = grid_points(xJ, dtype=I.dtype, device=I.device)
+        self.cI = torch.as_tensor(grid_centre(xI), dtype=I.dtype, device=I.device)
+        self.cJ = torch.as_tensor(grid_centre(xJ), dtype=I.dtype, device=I.device)
+        self.scale_floor = scale_floor
+        self.max_log_aniso = None if not max_anisotropy else math.log(max_anisotropy)
+        self.padding = "border" if kind == "sse" else "zeros"
+
+    def __call__(self, genes: torch.Tensor) -> torch.Tensor:
+        genes = genes.to(self.I.dtype)
+        ok = (genes[:, 1].abs() >= self.scale_floor) & (genes[:, 2].abs() >= self.scale_floor)
+        if self.max_log_aniso is not None:
+            ratio = torch.log(genes[:, 1].abs().clamp_min(1e-12) / genes[:, 2].abs().clamp_min(1e-12))
+            ok = ok & (ratio.abs() <= self.max_log_aniso)
+        safe = genes.clone()
+        safe[~ok, 1:3] = 1.0  # keep A invertible; these solutions get the worst score below
+        A = genes_to_matrix(safe, self.cI, self.cJ)
+        score = score_batch(resample_batch(self.I, self.xI, A, self.target_points, self.padding), self.J, self.kind)
+        worst = torch.tensor(-1.0 if self.kind == "ncc" else 0.0, dtype=score.dtype, device=score.device)
+        return torch.where(ok, score, worst)
+
+
+@contextmanager
+def _isolated_global_rng():
+    """pygad seeds numpy's and Python's global generators: restore them afterwards."""
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        yield
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
+@dataclass
+class GAResult:
+    genes: np.ndarray
+    fitness: float
+    best_history: list[float]
+    mean_history: list[float]
+    stopped: bool = False
+
+
+def run_ga(
+    fitness: BatchedFitness,
+    space: GeneSpace,
+    *,
+    num_generations: int = 300,
+    sol_per_pop: int = 100,
+    num_parents_mating: int = 50,
+    mutation_probability: float = 0.2,
+    crossover_probability: float = 0.8,
+    random_seed: int = 42,
+    initial_population: np.ndarray | None = None,
+    stop_criteria: str | None = None,
+    progress: ProgressCallback | None = None,
+    should_stop: StopPredicate | None = None,
+    repeat: int = 0,
+) -> GAResult:
+    """Run pygad over the free genes (a gene with low == high is fixed and not searched)."""
+    free = np.flatnonzero(space.high > space.low)
+    fixed = space.low.copy()
+    best = {"fitness": -np.inf, "genes": fixed.copy()}
+    best_history: list[float] = []
+    mean_history: list[float] = []
+    state = {"stopped": False}
+
+    def full_genes(solutions: np.ndarray) -> np.ndarray:
+        out = np.tile(fixed, (solutions.shape[0], 1))
+        out[:, free] = solutions
+        return out
+
+    def fitness_func(_ga, solutions, _idx):
+        genes = full_genes(np.atleast_2d(np.asarray(solutions, dtype=np.float64)))
+        with torch.no_grad():
+            values = fitness(torch.as_tensor(genes, device=fitness.I.device)).double().cpu().numpy()
+        k = int(np.argmax(values))
+        if values[k] > best["fitness"]:
+            best["fitness"], best["genes"] = float(values[k]), genes[k].copy()
+        return values.tolist()
+
+    def on_generation(ga):
+        values = np.asarray(ga.last_generation_fitness, dtype=np.float64)
+        best_history.append(best["fitness"])
+        mean_history.append(float(values.mean()))
+        emit(
+            progress,
+            ProgressEvent("ga", len(best_history), num_generations, best["fitness"],
+                          best["genes"].copy(), repeat, {"mean": mean_history[-1]}),
+        )
+        if stopped(should_stop):
+            state["stopped"] = True
+            return "stop"
+        return None
+
+    if free.size == 0:
+        fitness_func(None, np.empty((1, 0)), None)
+        return GAResult(best["genes"], best["fitness"], [best["fitness"]], [best["fitness"]])
+    with _isolated_global_rng():
+        ga = pygad.GA(
+            num_generations=int(num_generations),
+            num_parents_mating=int(num_parents_mating),
+            sol_per_pop=None if initial_population is not None else int(sol_per_pop),
+            num_genes=int(free.size),
+            gene_space=[{"low": float(space.low[i]), "high": float(space.high[i])} for i in free],
+            fitness_func=fitness_func,
+            fitness_batch_size=int(sol_per_pop),
+            mutation_probability=float(mutation_probability),
+            crossover_probability=float(crossover_probability),
+            on_generation=on_generation,
+            random_seed=int(random_seed),
+            initial_population=None if initial_population is None else initial_population[:, free],
+            stop_criteria=stop_criteria,
+            suppress_warnings=True,
+        )
+        ga.run()
+    return GAResult(best["genes"], best["fitness"], best_history, mean_history, state["stopped"])
+
+
+def _weighted_moments(R: np.ndarray, x: list) -> tuple[np.ndarray, np.ndarray]:
+    w = np.asarray(R, dtype=np.float64).sum(0)
+    w = np.clip(w - np.median(w), 0.0, None)  # the background level would pull moments to the centre
+    w = w / max(w.sum(), 1e-300)
+    rows, cols = np.meshgrid(np.asarray(x[0], float), np.asarray(x[1], float), indexing="ij")
+    pts = np.stack([rows.ravel(), cols.ravel()], 1)
+    mean = w.ravel() @ pts
+    d = pts - mean
+    cov = (d * w.ravel()[:, None]).T @ d
+    return mean, cov
+
+
+def moment_seeds(
+    I: np.ndarray, xI: list, J: np.ndarray, xJ: list, space: GeneSpace, *, count: int, rng: np.random.Generator
+) -> np.ndarray:
+    """An initial GA population: every 10° of rotation, with and without a flip, at the scale that
+    matches the rasters' second moments and the shift that matches their centroids; the rest uniform.
+    """
+    mI, cI = _weighted_moments(I, xI)
+    mJ, cJ = _weighted_moments(J, xJ)
+    s0 = (max(np.linalg.det(cJ), 1e-300) / max(np.linalg.det(cI), 1e-300)) ** 0.25
+    gI, gJ = grid_centre(xI), grid_centre(xJ)
+    seeds = []
+    for flip in (1.0, -1.0):
+        for angle in np.arange(-180.0, 180.0, 10.0):
+            theta = np.deg2rad(angle)
+            R = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+            L = R @ np.diag([s0, flip * s0])
+            t = (mJ - gJ) - L @ (mI - gI)
+            seeds.append([angle, s0, flip * s0, t[0], t[1]])
+    seeds = np.array(seeds)[: max(count // 2, 1)] if len(seeds) > count else np.array(seeds)
+    uniform = rng.uniform(space.low, space.high, size=(max(count - len(seeds), 0), 5))
+    population = np.concatenate([seeds, uniform])
+    return np.clip(population, space.low, space.high)
+
+
+def blur_raster(R: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of a (C, H, W) raster with std ``sigma`` pixels (reflect padding), then rescale to [0, 1]."""
+    if sigma <= 0:
+        return R
+    radius = max(int(math.ceil(3 * sigma)), 1)
+    offsets = torch.arange(-radius, radius + 1, dtype=R.dtype, device=R.device)
+    k = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    k = k / k.sum()
+    out = R[:, None]
+    pad_r, pad_c = min(radius, R.shape[1] - 1), min(radius, R.shape[2] - 1)
+    out = F.pad(out, (0, 0, pad_r, pad_r), mode="reflect")
+    out = F.conv2d(out, k[radius - pad_r : radius + pad_r + 1].view(1, 1, -1, 1))
+    out = F.pad(out, (pad_c, pad_c, 0, 0), mode="reflect")
+    out = F.conv2d(out, k[radius - pad_c : radius + pad_c + 1].view(1, 1, 1, -1))
+    out = out[:, 0]
+    return (out - out.min()) / (out.max() - out.min()).clamp_min(1e-12)
+
+
+def pool_raster(R: torch.Tensor, x: list, factor: int) -> tuple[torch.Tensor, list]:
+    """Average-pool a (C, H, W) raster by ``factor``; the axes move to the pooled pixel centres."""
+    if factor <= 1:
+        return R, x
+    pooled = F.avg_pool2d(R[None], factor, ceil_mode=False)[0]
+    axes = []
+    for axis, n in zip(x, pooled.shape[1:]):
+        a = np.asarray(axis, dtype=np.float64)[: n * factor].reshape(n, factor).mean(1)
+        axes.append(a)
+    return pooled, axes
+
+
+def refine_genes(
+    fitness: BatchedFitness,
+    genes: np.ndarray,
+    space: GeneSpace,
+    *,
+    iterations: int = 100,
+    lr: float = 0.3,
+    progress: ProgressCallback | None = None,
+    should_stop: StopPredicate | None = None,
+    repeat: int = 0,
+) -> tuple[np.ndarray, float]:
+    """Gradient ascent (Adam) of the score over the free genes, from ``genes``; returns (genes, score)."""
+    g0 = torch.as_tensor(np.asarray(genes, dtype=np.float64), dtype=fitness.I.dtype, device=fitness.I.device)
+    span = torch.as_tensor(np.asarray(space.high - space.low, dtype=np.float64), dtype=g0.dtype, device=g0.device)
+    unit = torch.stack([torch.ones_like(span[0]), 0.01 * g0[1].abs(), 0.01 * g0[2].abs(),
+                        0.01 * span[3].clamp_min(1e-9), 0.01 * span[4].clamp_min(1e-9)])
+    unit = unit * (span > 0)  # fixed genes stay fixed
+    delta = torch.zeros(5, dtype=g0.dtype, device=g0.device, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(int(iterations), 1))
+    with torch.no_grad():
+        best_score = float(fitness(g0[None])[0])
+    best_genes = g0.clone()
+    for it in range(int(iterations)):
+        opt.zero_grad()
+        g = g0 + delta * unit
+        score = fitness(g[None])[0]
+        (-score).backward()
+        opt.step()
+        schedule.step()
+        if score.item() > best_score:
+            best_score, best_genes = score.item(), g.detach().clone()
+        emit(progress, ProgressEvent("refine", it + 1, int(iterations), best_score,
+                                     best_genes.cpu().numpy(), repeat))
+        if stopped(should_stop):
+            break
+    return best_genes.double().cpu().numpy(), best_score
