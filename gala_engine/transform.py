@@ -19,7 +19,7 @@ def _as_tensors(xv, v, A, points):
     device = ref.device if ref is not None else torch.device("cpu")
     v_t = torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v, dtype=dtype, device=device)
     A_t = torch.as_tensor(np.asarray(A) if not isinstance(A, torch.Tensor) else A, dtype=dtype, device=device)
-    P = torch.as_tensor(np.asarray(points) if is_numpy else points, dtype=dtype, device=device)
+    P = torch.as_tensor(np.ascontiguousarray(points) if is_numpy else points, dtype=dtype, device=device)
     xv = [np.asarray(axis.cpu() if isinstance(axis, torch.Tensor) else axis, dtype=np.float64) for axis in xv]
     return xv, v_t, A_t, P, is_numpy
 

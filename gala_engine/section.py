@@ -1,0 +1,200 @@
+"""One tissue section end to end: AnnData + image → rasters → alignment → cells in image pixels.
+
+This is the path the app, the CLI and batch runs share.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import constants
+from .errors import GalaInputError
+from .events import ProgressCallback, StopPredicate
+from .features import FeatureKind, image_feature
+from .io import LoadedImage, cell_signal, spatial_yx, write_h5ad_atomic
+from .params import AlignParams
+from .pipeline import gala, to_cpu
+from .raster import choose_dx, rasterize
+from .transform import transform_points_target_to_source
+
+
+@dataclass
+class SectionRasters:
+    """The two rasters of one section, ready for :func:`align_section`.
+
+    ``I`` (1, h, w) on grid ``xI = [rows, cols]`` in full-resolution image pixels;
+    ``J`` (1, h', w') on grid ``xJ`` in µm; ``dx`` the cell raster's pixel size (µm).
+    """
+
+    I: np.ndarray
+    xI: list[np.ndarray]
+    J: np.ndarray
+    xJ: list[np.ndarray]
+    dx: float
+    image_reduce: int
+    image_full_shape: tuple[int, int]
+    signal: str
+    feature: str
+
+    @property
+    def flat_target(self) -> bool:
+        """True when the cell raster has almost no structure (e.g. a full grid of Visium spots)."""
+        J = self.J[0]
+        inside = J[J > 0.05 * J.max()]
+        return inside.size == 0 or float(inside.std() / max(inside.mean(), 1e-12)) < 0.05
+
+
+def default_image_reduce(image: LoadedImage, J_shape: tuple[int, ...], *, ratio: float = 1.5) -> int:
+    """Working-pixel size (in loaded pixels) giving a source raster ~``ratio``× the target's long side."""
+    long_I = max(image.pixels.shape[:2])
+    long_J = max(J_shape[-2:])
+    return max(1, int(round(long_I / (ratio * long_J))))
+
+
+def prepare_section(
+    adata: Any,
+    image: LoadedImage,
+    *,
+    signal: str = constants.SIGNAL_TOTAL_COUNTS,
+    dx: float | None = None,
+    feature: FeatureKind = "sobel",
+    image_reduce: int | None = None,
+    target_pixels: int = 200,
+) -> SectionRasters:
+    """Rasterise the cells (µm grid of pixel ``dx``, chosen from the data when None) and the image."""
+    yx = spatial_yx(adata)
+    weights = cell_signal(adata, signal)
+    if signal != constants.SIGNAL_DENSITY and not np.any(weights > 0):
+        raise GalaInputError(f"Every cell has zero {signal}; choose 'cell density' or a gene as the signal.")
+    if dx is None:
+        dx = choose_dx(yx[:, 1], yx[:, 0], target_pixels=target_pixels)
+    XJ, YJ, J = rasterize(yx[:, 1], yx[:, 0], g=None if signal == constants.SIGNAL_DENSITY else weights, dx=dx)
+    reduce = default_image_reduce(image, J.shape) if image_reduce is None else int(image_reduce)
+    YI, XI, I = image_feature(image.pixels, reduce=reduce, scale=image.scale, kind=feature)
+    return SectionRasters(I, [YI, XI], J.astype(np.float32), [YJ, XJ], float(dx), reduce,
+                          tuple(image.full_shape), signal, feature)
+
+
+@dataclass
+class AlignmentResult:
+    """A finished alignment as plain data (numpy + floats + dicts); saved as ``.npz``, never pickled.
+
+    ``A`` maps image pixels (row, col) to µm (row, col); ``v``/``xv`` the LDDMM velocity field.
+    """
+
+    A: np.ndarray
+    A_affine: np.ndarray
+    v: np.ndarray
+    xv: list[np.ndarray]
+    genes: np.ndarray
+    fitness: float
+    score: float
+    params: dict
+    ga_history: list[dict] = field(default_factory=list)
+    energy_history: list[list[float]] = field(default_factory=list)
+    device: str = "CPU"
+    runtime_s: float = 0.0
+    stopped: bool = False
+    dx: float = 0.0
+    version: str = ""
+
+    @classmethod
+    def from_gala(cls, result: dict, *, dx: float = 0.0) -> AlignmentResult:
+        """From the dict :func:`gala` returns."""
+        from . import __version__
+
+        r = to_cpu(result)
+        return cls(
+            A=r["A"].double().numpy(), A_affine=r["A_affine"].double().numpy(), v=r["v"].double().numpy(),
+            xv=[axis.double().numpy() for axis in r["xv"]], genes=np.asarray(r["genes"], dtype=np.float64),
+            fitness=float(r["fitness"]), score=float(r["score"]), params=dict(r["params"]),
+            ga_history=list(r["ga_history"]), energy_history=list(r["energy_history"]), device=r["device"],
+            runtime_s=float(r["runtime_s"]), stopped=bool(r["stopped"]), dx=float(dx), version=__version__,
+        )
+
+    def cells_to_image(self, xy_um: np.ndarray, *, deformed: bool = True) -> np.ndarray:
+        """Cell positions (N, 2) as (x, y) µm → (N, 2) (x, y) in full-resolution image pixels."""
+        yx = np.asarray(xy_um, dtype=np.float64)[:, ::-1]
+        v = self.v if deformed else np.zeros_like(self.v)
+        A = self.A if deformed else self.A_affine
+        return np.ascontiguousarray(
+            transform_points_target_to_source(self.xv, torch.as_tensor(v), torch.as_tensor(A), yx)[:, ::-1]
+        )
+
+    def metadata(self) -> dict[str, Any]:
+        """JSON-friendly summary (no arrays but the small matrices) for ``uns['gala']`` and reports."""
+        return {
+            "version": self.version, "device": self.device, "runtime_s": self.runtime_s,
+            "fitness": self.fitness, "score": self.score, "stopped": self.stopped, "dx_um": self.dx,
+            "genes": self.genes.tolist(), "A": self.A.tolist(), "A_affine": self.A_affine.tolist(),
+            "params": self.params, "python": platform.python_version(), "torch": torch.__version__,
+        }
+
+    def save_npz(self, path: str | Path) -> Path:
+        """Write arrays + a JSON header to ``.npz`` (readable with ``allow_pickle=False``)."""
+        path = Path(path)
+        header = {k: v for k, v in asdict(self).items() if k not in ("A", "A_affine", "v", "xv", "genes")}
+        np.savez_compressed(path, A=self.A, A_affine=self.A_affine, v=self.v, xv_rows=self.xv[0],
+                            xv_cols=self.xv[1], genes=self.genes, header=np.array(json.dumps(header)))
+        return path
+
+    @classmethod
+    def load_npz(cls, path: str | Path) -> AlignmentResult:
+        """Read what :meth:`save_npz` wrote (no pickle)."""
+        with np.load(path, allow_pickle=False) as z:
+            header = json.loads(str(z["header"]))
+            return cls(A=z["A"], A_affine=z["A_affine"], v=z["v"], xv=[z["xv_rows"], z["xv_cols"]],
+                       genes=z["genes"], **header)
+
+
+def align_section(
+    rasters: SectionRasters,
+    params: AlignParams | None = None,
+    *,
+    gene_space: list[dict] | None = None,
+    progress: ProgressCallback | None = None,
+    should_stop: StopPredicate | None = None,
+) -> AlignmentResult:
+    """Run :func:`gala` on a prepared section and return a plain-data result."""
+    params = params or AlignParams()
+    result = gala(rasters.xI, rasters.I, rasters.xJ, rasters.J, gene_space=gene_space, progress=progress,
+                  should_stop=should_stop, **params.to_dict())
+    return AlignmentResult.from_gala(result, dx=rasters.dx)
+
+
+def aligned_adata(adata: Any, result: AlignmentResult) -> Any:
+    """A copy of ``adata`` with ``obsm['spatial_he']`` (x, y full-resolution pixels), the affine-only
+    positions and ``uns['gala']``; the input's own fields are untouched."""
+    out = adata.copy()
+    xy = np.asarray(out.obsm[constants.SPATIAL_KEY], dtype=np.float64)[:, :2]
+    out.obsm[constants.ALIGNED_KEY] = result.cells_to_image(xy)
+    out.obsm[constants.ALIGNED_AFFINE_KEY] = result.cells_to_image(xy, deformed=False)
+    meta = result.metadata()
+    meta["params"] = {k: ("" if v is None else v) for k, v in meta["params"].items()}  # h5ad has no None
+    meta["A"], meta["A_affine"], meta["genes"] = result.A, result.A_affine, result.genes
+    best = [h["best"] for h in result.ga_history]
+    meta["fitness_history"] = np.asarray(best[-1] if best else [], dtype=np.float64)
+    meta["energy_history"] = np.asarray(result.energy_history, dtype=np.float64).reshape(-1, 3)
+    meta["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    out.uns[constants.UNS_KEY] = meta
+    return out
+
+
+def write_aligned(adata: Any, result: AlignmentResult, path: str | Path, *, protect=()) -> Path:
+    """Write the aligned ``.h5ad`` atomically (never over a path in ``protect``)."""
+    return write_h5ad_atomic(aligned_adata(adata, result), path, protect=protect)
+
+
+def median_error_px(predicted_xy: np.ndarray, truth_xy: np.ndarray) -> float:
+    """Median Euclidean distance between predicted and true positions (pixels)."""
+    d = np.linalg.norm(np.asarray(predicted_xy) - np.asarray(truth_xy), axis=1)
+    return float(np.median(d)) if d.size else math.nan
