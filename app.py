@@ -1,0 +1,31 @@
+"""GALA Studio: align spatial transcriptomics cells to their H&E image in the browser.
+
+Run with ``streamlit run app.py``; the first screen opens on the bundled MERFISH demo.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from ui import state
+from ui.data import DataError, demo_dataset, set_dataset
+from ui.sidebar import sidebar
+
+st.set_page_config(page_title="GALA Studio", page_icon="🧬", layout="wide")
+
+if not state.get(state.AUTOLOADED):
+    st.session_state[state.AUTOLOADED] = True
+    if state.get(state.DATA) is None:
+        try:
+            set_dataset(demo_dataset())
+        except DataError as err:  # the demo ships with the package; this only guards a broken install
+            st.session_state[state.DATA_ERROR] = str(err)
+
+pages = [
+    st.Page("pages/1_data.py", title="Data", icon="📂", default=True),
+    st.Page("pages/2_align.py", title="Align", icon="🧭"),
+    st.Page("pages/3_viewer.py", title="Viewer", icon="🔬"),
+]
+nav = st.navigation(pages)
+sidebar()
+nav.run()

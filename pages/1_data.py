@@ -1,0 +1,110 @@
+"""Data page: load cells + image (demo, upload or server path), check them, preview both rasters."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from gala_engine.demo import DEMOS
+from gala_engine.io import cell_signal, spatial_yx
+from ui import figures, state
+from ui.data import (
+    DataError,
+    data_dir,
+    demo_dataset,
+    rasters,
+    server_dataset,
+    set_dataset,
+    signal_choices,
+    upload_dataset,
+)
+from ui.data import summary as data_summary
+from ui.data import warnings as data_warnings
+
+
+def _load(loader, *args) -> None:
+    try:
+        with st.spinner("Reading files…"):
+            set_dataset(loader(*args))
+    except DataError as err:
+        st.session_state[state.DATA_ERROR] = str(err)
+
+
+st.title("1 · Data")
+demo_tab, upload_tab, server_tab = st.tabs(["Demo data", "Upload files", "Server path"])
+with demo_tab:
+    name = st.selectbox("Demo", list(DEMOS), format_func=lambda n: f"{n} — {DEMOS[n]}", key="w_demo")
+    if st.button("Load demo data", type="primary", key="load_demo"):
+        _load(demo_dataset, name)
+with upload_tab:
+    c1, c2 = st.columns(2)
+    cells_up = c1.file_uploader("Cells (.h5ad with obsm['spatial'] in µm)", type=["h5ad"], key="up_cells")
+    image_up = c2.file_uploader("Tissue image (PNG, JPEG, TIFF)", type=["png", "jpg", "jpeg", "tif", "tiff"],
+                                key="up_image")
+    if st.button("Load uploaded files", disabled=not (cells_up and image_up), key="load_upload"):
+        _load(upload_dataset, cells_up.name, cells_up.getvalue(), image_up.name, image_up.getvalue())
+with server_tab:
+    st.caption(f"Files too big to upload: give paths inside the data folder `{data_dir()}` "
+               "(set `GALA_DATA_DIR` to change it).")
+    cells_path = st.text_input("Cells file (.h5ad)", key="w_srv_cells")
+    image_path = st.text_input("Image file", key="w_srv_image")
+    if st.button("Load from server", key="load_server"):
+        _load(server_dataset, cells_path, image_path)
+
+if err := state.get(state.DATA_ERROR):
+    st.error(err)
+
+data = state.get(state.DATA)
+if data is None:
+    st.info("Load the demo data or your own files to begin.")
+    st.stop()
+
+st.subheader(f"Loaded: {data.name}")
+s = data_summary(data)
+m = st.columns(5)
+m[0].metric("Cells", f"{s['cells']:,}")
+m[1].metric("Genes", f"{s['genes']:,}")
+m[2].metric("Cell extent (µm)", f"{s['extent_um'][0]:,.0f} × {s['extent_um'][1]:,.0f}")
+m[3].metric("Image (px)", f"{s['image_px'][0]:,} × {s['image_px'][1]:,}")
+m[4].metric("Image type", s["channels"])
+for w in data_warnings(data):
+    st.warning(w)
+
+st.subheader("What the engine aligns")
+cfg = state.settings()
+c1, c2, c3, c4 = st.columns(4)
+choices = signal_choices(data)
+cfg["signal"] = c1.selectbox("Target signal", choices, index=choices.index(cfg["signal"]),
+                             help="What the cell raster shows: total counts per cell, cell density, or one gene.",
+                             key="w_signal")
+auto_dx = c2.checkbox("automatic dx", value=cfg["dx"] is None, key="w_dx_auto",
+                      help="Pick the cell raster's pixel size from the data extent (about 200 pixels a side).")
+cfg["dx"] = None if auto_dx else float(c2.number_input("dx (µm per raster pixel)", min_value=0.1,
+                                                         value=float(cfg["dx"] or 30.0), key="w_dx"))
+features = ["sobel", "intensity", "inverted"]
+cfg["feature"] = c3.selectbox("Image feature", features, index=features.index(cfg["feature"]), key="w_feature",
+                              help="sobel: edge strength (robust for H&E and DAPI); intensity: brightness; "
+                                   "inverted: darkness (stained nuclei on white).")
+auto_reduce = c4.checkbox("automatic image downsampling", value=cfg["reduce"] is None, key="w_reduce_auto")
+cfg["reduce"] = None if auto_reduce else int(c4.number_input("downsampling factor (loaded px)", min_value=1,
+                                                               value=int(cfg["reduce"] or 4), key="w_reduce"))
+
+try:
+    r = rasters(data, cfg)
+    values = cell_signal(data.adata, cfg["signal"])
+except DataError as err:
+    st.error(err)
+    st.stop()
+if r.flat_target:
+    st.warning("The cell raster is almost flat (e.g. a full grid of spots): the alignment has little to go on. "
+               "Try one gene as the signal.")
+st.caption(f"Cell raster: {r.J.shape[2]} × {r.J.shape[1]} px at dx = {r.dx:g} µm · image raster: "
+           f"{r.I.shape[2]} × {r.I.shape[1]} px (downsampling {r.image_reduce}×).")
+
+p = st.columns(4)
+p[0].plotly_chart(figures.cells_figure(spatial_yx(data.adata)[:, ::-1], values, title=f"Cells: {cfg['signal']}"),
+                  theme=None, key="fig_cells")
+p[1].plotly_chart(figures.image_figure(data.image, title="Image"), theme=None, key="fig_image")
+p[2].plotly_chart(figures.raster_figure(r.I, r.xI, title=f"Image raster ({r.feature})", unit="px"),
+                  theme=None, key="fig_I")
+p[3].plotly_chart(figures.raster_figure(r.J, r.xJ, title="Cell raster", unit="µm"), theme=None, key="fig_J")
+st.page_link("pages/2_align.py", label="Next: align →", icon="🧭")

@@ -1,0 +1,185 @@
+"""Loading the two inputs (demo, upload, server path), their summary, and the cached rasters."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from gala_engine import constants
+from gala_engine.demo import load_demo
+from gala_engine.errors import GalaInputError
+from gala_engine.io import LoadedImage, read_cells, read_image, spatial_yx
+from gala_engine.section import SectionRasters, prepare_section
+
+from . import state
+
+DATA_DIR_ENV = "GALA_DATA_DIR"
+DEFAULT_DEMO = "merfish_mini"
+MAX_IMAGE_SIDE = 4096  # loaded pixels; the engine works on a reduced copy anyway
+
+
+@dataclass
+class Dataset:
+    """The cells + image of one section as loaded in this session.
+
+    ``truth`` is the demo's (2, 3) µm → full-resolution pixel affine, or None for user data.
+    """
+
+    name: str
+    origin: str  # "demo", "upload" or "server"
+    adata: Any
+    image: LoadedImage
+    truth: np.ndarray | None = None
+    uid: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+
+class DataError(Exception):
+    """A user-facing loading problem (message ready for ``st.error``)."""
+
+
+def data_dir() -> Path:
+    """The server folder users may read from (``$GALA_DATA_DIR``, default ``./data``)."""
+    return Path(os.environ.get(DATA_DIR_ENV, Path.cwd() / "data")).expanduser().resolve()
+
+
+def session_tmpdir() -> Path:
+    """A per-session spool folder for uploads and downloads."""
+    path = state.get(state.TMPDIR)
+    if path is None or not Path(path).is_dir():
+        path = tempfile.mkdtemp(prefix="gala_studio_")
+        st.session_state[state.TMPDIR] = path
+    return Path(path)
+
+
+@st.cache_resource(show_spinner="Loading demo data…")
+def _demo(name: str) -> tuple[Any, LoadedImage, np.ndarray]:
+    """Demo cells, image and truth, shared read-only by all sessions (the data are public)."""
+    demo = load_demo(name)
+    return demo.adata, read_image(demo.image_path, max_side=MAX_IMAGE_SIDE), demo.um_to_px
+
+
+def demo_dataset(name: str = DEFAULT_DEMO) -> Dataset:
+    """One of :data:`gala_engine.demo.DEMOS` as a :class:`Dataset`."""
+    adata, image, truth = _demo(name)
+    return Dataset(name=f"demo: {name}", origin="demo", adata=adata, image=image, truth=truth)
+
+
+def _read_pair(cells_path: Path, image_path: Path, *, cells_name: str, image_name: str) -> tuple[Any, LoadedImage]:
+    try:
+        adata = read_cells(cells_path)
+    except GalaInputError as err:
+        raise DataError(f"Cells file '{cells_name}': {err}") from None
+    except Exception as err:  # noqa: BLE001 — any decoder failure is a bad file, not an app crash
+        msg = f"Cells file '{cells_name}' could not be read as .h5ad ({type(err).__name__}: {err})."
+        raise DataError(msg) from None
+    try:
+        image = read_image(image_path, max_side=MAX_IMAGE_SIDE)
+    except GalaInputError as err:
+        raise DataError(f"Image '{image_name}': {err}") from None
+    except Exception as err:  # noqa: BLE001
+        raise DataError(f"Image '{image_name}' could not be read ({type(err).__name__}: {err}).") from None
+    return adata, image
+
+
+def upload_dataset(cells_name: str, cells_bytes: bytes, image_name: str, image_bytes: bytes) -> Dataset:
+    """Spool two uploads to the session folder and read them."""
+    folder = session_tmpdir() / uuid.uuid4().hex[:8]
+    folder.mkdir()
+    cells_path = folder / ("cells" + (Path(cells_name).suffix or ".h5ad"))
+    image_path = folder / ("image" + (Path(image_name).suffix or ".img"))
+    cells_path.write_bytes(cells_bytes)
+    image_path.write_bytes(image_bytes)
+    adata, image = _read_pair(cells_path, image_path, cells_name=cells_name, image_name=image_name)
+    return Dataset(name=f"upload: {cells_name} + {image_name}", origin="upload", adata=adata, image=image)
+
+
+def resolve_server_path(text: str, *, root: Path | None = None) -> Path:
+    """A path typed by the user, resolved inside the data folder; anything outside is refused."""
+    root = (root or data_dir()).resolve()
+    if not text.strip():
+        raise DataError("Enter a path inside the data folder.")
+    raw = Path(text.strip()).expanduser()
+    path = (raw if raw.is_absolute() else root / raw).resolve()
+    if not path.is_relative_to(root):
+        raise DataError(f"'{text}' is outside the data folder {root}; only files inside it can be opened.")
+    if not path.is_file():
+        raise DataError(f"'{text}' does not exist in the data folder {root}.")
+    return path
+
+
+def server_dataset(cells_text: str, image_text: str, *, root: Path | None = None) -> Dataset:
+    """Read two files from the server's data folder."""
+    cells_path = resolve_server_path(cells_text, root=root)
+    image_path = resolve_server_path(image_text, root=root)
+    adata, image = _read_pair(cells_path, image_path, cells_name=cells_path.name, image_name=image_path.name)
+    return Dataset(name=f"server: {cells_path.name} + {image_path.name}", origin="server", adata=adata, image=image)
+
+
+def set_dataset(data: Dataset) -> None:
+    """Make ``data`` the session's dataset; drops rasters and the viewer's selection of old runs."""
+    st.session_state[state.DATA] = data
+    st.session_state.pop(state.RASTERS, None)
+    st.session_state.pop(state.DATA_ERROR, None)
+    sig = state.settings()["signal"]
+    if sig not in (constants.SIGNAL_TOTAL_COUNTS, constants.SIGNAL_DENSITY) and sig not in data.adata.var_names:
+        state.settings()["signal"] = constants.SIGNAL_TOTAL_COUNTS
+
+
+def summary(data: Dataset) -> dict[str, Any]:
+    """Numbers for the validation summary."""
+    xy = spatial_yx(data.adata)[:, ::-1]
+    lo, hi = xy.min(axis=0), xy.max(axis=0)
+    h, w = data.image.full_shape
+    return {
+        "cells": int(data.adata.n_obs),
+        "genes": int(data.adata.n_vars),
+        "extent_um": (float(hi[0] - lo[0]), float(hi[1] - lo[1])),
+        "image_px": (int(w), int(h)),
+        "loaded_px": (int(data.image.pixels.shape[1]), int(data.image.pixels.shape[0])),
+        "channels": "grayscale" if data.image.is_gray else "RGB",
+    }
+
+
+def warnings(data: Dataset) -> list[str]:
+    """Plain-words warnings about the inputs (nothing blocking)."""
+    s = summary(data)
+    out = []
+    if s["cells"] < 50:
+        out.append(f"Only {s['cells']} cells: the cell raster will be sparse and the alignment may be unstable.")
+    ex, ey = s["extent_um"]
+    if max(ex, ey) < 50:
+        out.append(f"The cells span only {ex:.0f} × {ey:.0f} µm. Are the coordinates in µm (not mm)?")
+    if max(ex, ey) > 100_000:
+        out.append(f"The cells span {ex:.0f} × {ey:.0f} µm (> 10 cm). Are the coordinates in µm (not nm or pixels)?")
+    if s["genes"] == 0:
+        out.append("No genes in adata.X: only 'cell density' can be used as the signal.")
+    if data.image.scale > 1:
+        out.append(f"The image was reduced {data.image.scale:g}× for loading; results stay in full-resolution pixels.")
+    return out
+
+
+def signal_choices(data: Dataset) -> list[str]:
+    """The target-signal options: total counts, density, then every gene."""
+    return [constants.SIGNAL_TOTAL_COUNTS, constants.SIGNAL_DENSITY, *map(str, data.adata.var_names)]
+
+
+def rasters(data: Dataset, settings: dict[str, Any]) -> SectionRasters:
+    """The two rasters for ``settings``, recomputed only when data or settings change."""
+    key = (data.uid, tuple(sorted(settings.items())))
+    cached = state.get(state.RASTERS)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    try:
+        r = prepare_section(data.adata, data.image, signal=settings["signal"], dx=settings["dx"],
+                            feature=settings["feature"], image_reduce=settings["reduce"])
+    except GalaInputError as err:
+        raise DataError(str(err)) from None
+    st.session_state[state.RASTERS] = (key, r)
+    return r

@@ -1,0 +1,171 @@
+"""Plotly figures of the app. Axes in full-resolution image pixels (x = column, y = row, row 0 at top)
+or in µm for the cell side; no numerics beyond display scaling and point mapping."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from PIL import Image
+
+from gala_engine.affine import genes_to_matrix_np
+from gala_engine.io import LoadedImage
+
+LAYER_COLOURS = {
+    "after LDDMM": "Viridis",
+    "after affine": "#ff7f0e",
+    "before (µm as px)": "#d62728",
+    "ground truth": "#00e5ff",
+}
+_MARGIN = dict(l=10, r=10, t=40, b=10)
+
+
+def _display_rgb(pixels: np.ndarray) -> np.ndarray:
+    """uint8 RGB for the screen; grayscale (e.g. DAPI) is contrast-stretched to the 1–99.5 percentiles."""
+    if pixels.shape[2] == 1:
+        g = pixels[..., 0]
+        lo, hi = np.percentile(g, [1.0, 99.5])
+        g = np.clip((g - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+        pixels = np.repeat(g[..., None], 3, axis=2)
+    return (np.clip(pixels, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+
+
+_THUMBS: dict[tuple[int, int], tuple[np.ndarray, tuple[str, float, float, int, int]]] = {}
+
+
+def _make_thumbnail(image: LoadedImage, max_side: int) -> tuple[str, float, float, int, int]:
+    h, w = image.pixels.shape[:2]
+    step = max(1, int(np.ceil(max(h, w) / max_side)))
+    rgb = _display_rgb(image.pixels[::step, ::step])
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=85)
+    uri = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    full_h, full_w = image.full_shape
+    return uri, full_w / rgb.shape[1], full_h / rgb.shape[0], rgb.shape[1], rgb.shape[0]
+
+
+def thumbnail(image: LoadedImage, max_side: int = 1200) -> tuple[str, float, float, int, int]:
+    """JPEG data URI of a screen-size copy, and full-res pixels per thumbnail pixel (sx, sy), size."""
+    key = (id(image.pixels), max_side)
+    hit = _THUMBS.get(key)
+    if hit is not None and hit[0] is image.pixels:
+        return hit[1]
+    out = _make_thumbnail(image, max_side)
+    if len(_THUMBS) > 16:
+        _THUMBS.clear()
+    _THUMBS[key] = (image.pixels, out)  # holding the array keeps its id unique
+    return out
+
+
+def image_trace(image: LoadedImage, max_side: int = 1200) -> go.Image:
+    """The image as a ``go.Image`` placed in full-resolution pixel coordinates (pixel centres)."""
+    uri, sx, sy, _, _ = thumbnail(image, max_side)
+    return go.Image(source=uri, x0=sx / 2 - 0.5, y0=sy / 2 - 0.5, dx=sx, dy=sy, hoverinfo="skip", name="image")
+
+
+def _image_axes(fig: go.Figure, height: int) -> go.Figure:
+    fig.update_yaxes(autorange="reversed", scaleanchor="x", scaleratio=1, title="row (px)")
+    fig.update_xaxes(title="column (px)")
+    fig.update_layout(height=height, margin=_MARGIN)
+    return fig
+
+
+def image_figure(image: LoadedImage, *, title: str = "Image", height: int = 380) -> go.Figure:
+    """The image thumbnail with full-resolution axes."""
+    fig = go.Figure(image_trace(image, max_side=800))
+    fig.update_layout(title=title)
+    return _image_axes(fig, height)
+
+
+def cells_figure(xy_um: np.ndarray, values: np.ndarray, *, title: str = "Cells (µm)", height: int = 380,
+                 max_points: int = 20_000) -> go.Figure:
+    """Cell centroids in µm (y down, like the raster), coloured by ``values``."""
+    idx = np.arange(len(xy_um))
+    if len(idx) > max_points:
+        idx = np.random.default_rng(0).choice(idx, max_points, replace=False)
+    fig = go.Figure(go.Scatter(
+        x=xy_um[idx, 0], y=xy_um[idx, 1], mode="markers",
+        marker=dict(size=4, color=values[idx], colorscale="Viridis", showscale=False), hoverinfo="skip",
+    ))
+    fig.update_yaxes(autorange="reversed", scaleanchor="x", scaleratio=1, title="y (µm)")
+    fig.update_xaxes(title="x (µm)")
+    fig.update_layout(title=title, height=height, margin=_MARGIN)
+    return fig
+
+
+def raster_figure(R: np.ndarray, x: Sequence[np.ndarray], *, title: str, unit: str, height: int = 380) -> go.Figure:
+    """A (1, H, W) raster on grid ``x = [rows, cols]`` (row 0 at the top)."""
+    fig = go.Figure(go.Heatmap(z=np.asarray(R)[0], x=np.asarray(x[1]), y=np.asarray(x[0]),
+                               colorscale="Gray", showscale=False, hoverinfo="skip"))
+    fig.update_yaxes(autorange="reversed", scaleanchor="x", scaleratio=1, title=f"row ({unit})")
+    fig.update_xaxes(title=f"column ({unit})")
+    fig.update_layout(title=title, height=height, margin=_MARGIN)
+    return fig
+
+
+def fitness_figure(best: Sequence[float], mean: Sequence[float], refine: Sequence[float] = (), *,
+                   height: int = 300) -> go.Figure:
+    """GA best and mean fitness per generation (all restarts in sequence)."""
+    gens = np.arange(1, len(best) + 1)
+    fig = go.Figure([
+        go.Scatter(x=gens, y=list(best), mode="lines+markers", name="best", marker=dict(size=4)),
+        go.Scatter(x=gens, y=list(mean), mode="lines", name="mean", line=dict(dash="dot")),
+    ])
+    if refine:
+        fig.add_trace(go.Scatter(x=len(best) + np.arange(1, len(refine) + 1), y=list(refine), mode="lines",
+                                 name="refinement (score)"))
+    fig.update_layout(title="GA fitness", xaxis_title="generation", yaxis_title="fitness", height=height,
+                      margin=_MARGIN, legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def energy_figure(energy: Sequence[float], *, height: int = 300) -> go.Figure:
+    """LDDMM total energy per iteration."""
+    fig = go.Figure(go.Scatter(x=np.arange(1, len(energy) + 1), y=list(energy), mode="lines", name="energy"))
+    fig.update_layout(title="LDDMM energy", xaxis_title="iteration", yaxis_title="energy", height=height,
+                      margin=_MARGIN)
+    return fig
+
+
+def genes_to_image_xy(genes: np.ndarray, xI: Sequence[np.ndarray], xJ: Sequence[np.ndarray],
+                      xy_um: np.ndarray) -> np.ndarray:
+    """Cells (x, y) µm → (x, y) full-res image pixels through the affine of 5 GA genes."""
+    A = genes_to_matrix_np(genes, list(xI), list(xJ))
+    yx1 = np.c_[np.asarray(xy_um, np.float64)[:, ::-1], np.ones(len(xy_um))]
+    rc = (np.linalg.inv(A) @ yx1.T).T[:, :2]
+    return rc[:, ::-1]
+
+
+def preview_figure(image: LoadedImage, xy_px: np.ndarray, *, height: int = 300, max_points: int = 3000) -> go.Figure:
+    """Small overlay of the current best transform (SVG markers, no WebGL)."""
+    xy = xy_px[:: max(1, len(xy_px) // max_points)]
+    fig = go.Figure([image_trace(image, max_side=400),
+                     go.Scatter(x=xy[:, 0], y=xy[:, 1], mode="markers", hoverinfo="skip",
+                                marker=dict(size=3, color="#ff7f0e", opacity=0.7), name="cells")])
+    fig.update_layout(title="Current best (affine)", showlegend=False)
+    return _image_axes(fig, height)
+
+
+def overlay_figure(image: LoadedImage, layers: dict[str, np.ndarray], values: np.ndarray, *, colour_label: str,
+                   opacity: float = 0.7, grid: list[np.ndarray] | None = None, height: int = 750) -> go.Figure:
+    """Image + cells (one ``Scattergl`` per layer) in full-resolution pixels; optional warped grid lines."""
+    fig = go.Figure(image_trace(image))
+    for line in grid or []:
+        fig.add_trace(go.Scatter(x=line[:, 0], y=line[:, 1], mode="lines", hoverinfo="skip", showlegend=False,
+                                 line=dict(color="rgba(255,255,255,0.5)", width=1)))
+    first = True
+    for name, xy in layers.items():
+        xy = np.asarray(xy, np.float32)
+        if name == "after LDDMM" or (first and "after LDDMM" not in layers):
+            marker = dict(size=5, color=np.asarray(values, np.float32), colorscale="Viridis", opacity=opacity,
+                          showscale=True, colorbar=dict(title=colour_label, len=0.6))
+            first = False
+        else:
+            marker = dict(size=5, color=LAYER_COLOURS.get(name, "#ffffff"), opacity=opacity)
+        fig.add_trace(go.Scattergl(x=xy[:, 0], y=xy[:, 1], mode="markers", name=name, marker=marker,
+                                   hovertemplate="x=%{x:.0f} px<br>y=%{y:.0f} px<extra>" + name + "</extra>"))
+    fig.update_layout(legend=dict(orientation="h", y=1.04, x=0), dragmode="zoom")
+    return _image_axes(fig, height)

@@ -1,0 +1,36 @@
+"""The sidebar every page shows: device, loaded data, run state."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from gala_engine.device import device_name
+
+from . import state
+
+
+@st.cache_resource(show_spinner=False)
+def engine_device() -> str:
+    """Name of the device the engine runs on ('CPU' or 'CUDA: <card>'), resolved once per process."""
+    return device_name()
+
+
+def sidebar() -> None:
+    """Draw the shared sidebar."""
+    with st.sidebar:
+        st.markdown(f"**Engine device:** {engine_device()}")
+        data = state.get(state.DATA)
+        if data is None:
+            st.markdown("**Data:** none loaded")
+        else:
+            st.markdown(f"**Data:** {data.name}")
+            h, w = data.image.full_shape
+            st.caption(f"{data.adata.n_obs:,} cells × {data.adata.n_vars:,} genes · image {w:,} × {h:,} px")
+        job = state.get(state.JOB)
+        if job is None:
+            st.markdown("**Run:** none yet")
+        else:
+            snap = job.snapshot()
+            label = {"waiting": "waiting for the engine", "running": f"running ({snap.stage or 'starting'})"}
+            st.markdown(f"**Run #{job.run_id}:** {label.get(snap.state, snap.state)} · {snap.elapsed_s:.0f} s")
+        st.caption(f"{len(state.history())} finished run(s) in this session")
