@@ -1,0 +1,328 @@
+"""Align one section from files, and many sections in parallel on Dask distributed.
+
+:func:`align_files` is the CLI's ``align`` path (the same engine path as the app); :func:`run_batch`
+maps it over a manifest on a Dask cluster (a ``LocalCluster`` unless a scheduler address is given).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import constants
+from .errors import GalaInputError
+from .events import ProgressCallback
+from .params import AlignParams
+
+__all__ = ["SUMMARY_COLUMNS", "ManifestRow", "align_files", "read_manifest", "run_batch", "write_summary"]
+
+SUMMARY_COLUMNS = ("section", "status", "fitness", "runtime_s", "error", "output")
+_FEATURES = ("sobel", "intensity", "inverted")
+
+
+def _check_out(out: Path, inputs: list[Path]) -> None:
+    for p in inputs:
+        try:
+            same = out.exists() and p.exists() and os.path.samefile(out, p)
+        except OSError:
+            same = False
+        if same or out.resolve() == p.resolve():
+            raise GalaInputError(f"--out {out} is an input file; choose another output name.")
+    if out.is_dir():
+        raise GalaInputError(f"--out {out} is a folder; give a file name ending in .h5ad.")
+    if not out.parent.is_dir():
+        raise GalaInputError(f"output folder {out.parent} does not exist; create it first.")
+
+
+def align_files(
+    image: str | os.PathLike[str],
+    h5ad: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    params: AlignParams | None = None,
+    *,
+    signal: str = constants.SIGNAL_TOTAL_COUNTS,
+    dx: float | None = None,
+    feature: str = "sobel",
+    max_side: int | None = 4096,
+    report_dir: str | os.PathLike[str] | None = None,
+    report_name: str = "gala_report",
+    progress: ProgressCallback | None = None,
+) -> dict[str, Any]:
+    """Align the cells in ``h5ad`` (µm) to ``image`` and write the aligned ``.h5ad`` to ``out``.
+
+    ``out`` gets ``obsm['spatial_he']`` (x, y in full-resolution image pixels) and ``uns['gala']``,
+    written atomically; ``out`` may not be an input. With ``report_dir``, a quality report (PNG +
+    JSON, :func:`gala_engine.report.write_report`) is written there.
+
+    Returns
+    -------
+    dict
+        ``fitness``, ``score``, ``runtime_s`` (the engine's), ``device``, ``output`` and, with a
+        report, ``report`` (the metrics).
+    """
+    from . import io, section
+
+    image, h5ad, out = Path(image), Path(h5ad), Path(out)
+    _check_out(out, [image, h5ad])
+    if feature not in _FEATURES:
+        raise GalaInputError(f"feature must be one of {_FEATURES}, got {feature!r}.")
+    if dx is not None and not dx > 0:
+        raise GalaInputError(f"dx must be a positive pixel size in µm, got {dx}.")
+    params = params or AlignParams()
+    adata = io.read_cells(h5ad)
+    img = io.read_image(image, max_side=max_side)
+    rasters = section.prepare_section(adata, img, signal=signal, dx=dx, feature=feature)  # type: ignore[arg-type]
+    result = section.align_section(rasters, params, progress=progress)
+    _write_aligned(adata, result, out, protect=[image, h5ad])
+    summary: dict[str, Any] = {"fitness": result.fitness, "score": result.score, "runtime_s": result.runtime_s,
+                               "device": result.device, "output": str(out)}
+    if report_dir is not None:
+        from .report import write_report
+
+        summary["report"] = write_report(adata, img, rasters, result, report_dir, name=report_name,
+                                         inputs={"image": str(image), "h5ad": str(h5ad), "output": str(out)})
+    return summary
+
+
+def _plain(value: Any) -> Any:
+    """``uns`` values h5py can store: version objects and other str subclasses become plain str."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, bool | int | float | np.ndarray | np.generic | list | tuple):
+        return value
+    return str(value)
+
+
+def _write_aligned(adata: Any, result: Any, out: Path, *, protect: list[Path]) -> Path:
+    """:func:`section.write_aligned`, with ``uns['gala']`` made storable (e.g. ``torch.__version__``
+    is a ``TorchVersion``, which anndata cannot write)."""
+    from .io import write_h5ad_atomic
+    from .section import aligned_adata
+
+    aligned = aligned_adata(adata, result)
+    aligned.uns[constants.UNS_KEY] = _plain(dict(aligned.uns[constants.UNS_KEY]))
+    return write_h5ad_atomic(aligned, out, protect=protect)
+
+
+# ------------------------------------------------------------------------------------- manifest
+
+
+@dataclass
+class ManifestRow:
+    """One section of a batch: input paths (absolute), its name, and its parameters."""
+
+    section: str
+    image: str
+    h5ad: str
+    params: dict[str, Any] = field(default_factory=dict)  # AlignParams.to_dict() of this row
+    options: dict[str, Any] = field(default_factory=dict)  # signal / dx / feature
+    error: str = ""  # a problem found while reading the manifest (the row then fails alone)
+
+
+def _safe_name(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("._") or "section"
+
+
+def _row_params(value: str, base_dir: Path, base: AlignParams) -> AlignParams:
+    from .paramfile import loads_params, read_params
+
+    value = value.strip()
+    if not value:
+        return base
+    if value.lower().endswith(".toml"):
+        p = Path(value)
+        return read_params(p if p.is_absolute() else base_dir / p, base=base)
+    # inline: "num_generations=40; ga_restarts=2"
+    return loads_params("\n".join(part.strip() for part in value.split(";")), source="manifest params", base=base)
+
+
+def read_manifest(path: str | os.PathLike[str], *, base: AlignParams | None = None) -> list[ManifestRow]:
+    """Read a batch manifest CSV.
+
+    Columns: ``image``, ``h5ad`` (required; relative paths are relative to the manifest's folder),
+    ``section`` (optional name; default the ``.h5ad`` file's stem), ``params`` (optional: a ``.toml``
+    file, or inline ``name=value; name=value`` in TOML syntax), and optional ``signal``, ``dx``,
+    ``feature``. A row with a problem (bad parameters, empty path) is kept with its ``error`` set, so
+    it fails alone; a manifest without the required columns raises.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GalaInputError(f"manifest not found: {path}; check the path.")
+    base = base or AlignParams()
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        cols = [c.strip().lower() for c in (reader.fieldnames or [])]
+        missing = [c for c in ("image", "h5ad") if c not in cols]
+        if missing:
+            raise GalaInputError(
+                f"manifest {path} lacks column(s) {missing}; it needs a header row with image,h5ad "
+                "(and optionally section,params,signal,dx,feature)."
+            )
+        raw_rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in r.items()} for r in reader]
+    if not raw_rows:
+        raise GalaInputError(f"manifest {path} has no rows; add one line per section.")
+    rows: list[ManifestRow] = []
+    seen: dict[str, int] = {}
+    for i, r in enumerate(raw_rows, start=1):
+        name = _safe_name(r.get("section") or Path(r.get("h5ad") or f"row{i}").stem)
+        if name in seen:
+            seen[name] += 1
+            name = f"{name}_{seen[name]}"
+        else:
+            seen[name] = 1
+        paths = {}
+        for key in ("image", "h5ad"):
+            p = Path(r.get(key, ""))
+            paths[key] = str(p if p.is_absolute() else (path.parent / p)) if r.get(key) else ""
+        row = ManifestRow(name, paths["image"], paths["h5ad"])
+        try:
+            if not row.image or not row.h5ad:
+                raise GalaInputError(f"row {i} has an empty image or h5ad path.")
+            row.params = _row_params(r.get("params", ""), path.parent, base).to_dict()
+            if r.get("signal"):
+                row.options["signal"] = r["signal"]
+            if r.get("feature"):
+                row.options["feature"] = r["feature"]
+            if r.get("dx"):
+                try:
+                    row.options["dx"] = float(r["dx"])
+                except ValueError:
+                    raise GalaInputError(f"row {i}: dx must be a number (µm), got {r['dx']!r}.") from None
+        except GalaInputError as exc:
+            row.error = str(exc)
+        rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------------------------- batch
+
+
+def _align_row(row: ManifestRow, out_dir: str, report: bool, torch_threads: int | None) -> dict[str, Any]:
+    """Worker task: align one row; never raises (a failure is a summary row)."""
+    start = time.perf_counter()
+    rec: dict[str, Any] = {"section": row.section, "status": "failed", "fitness": "", "runtime_s": "",
+                           "error": row.error, "output": ""}
+    if row.error:
+        return rec
+    try:
+        if torch_threads:
+            import torch
+
+            torch.set_num_threads(int(torch_threads))
+        out = Path(out_dir) / f"{row.section}.h5ad"
+        res = align_files(row.image, row.h5ad, out, AlignParams.from_dict(row.params),
+                          report_dir=Path(out_dir) / "reports" if report else None,
+                          report_name=row.section, **row.options)
+        rec.update(status="ok", fitness=f"{res['fitness']:.6g}", error="", output=res["output"])
+    except GalaInputError as exc:
+        rec["error"] = str(exc)
+    except Exception as exc:  # noqa: BLE001 - one section must never stop the others
+        last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+        where = f" (at {Path(last[0].filename).name}:{last[0].lineno})" if last else ""
+        rec["error"] = f"{type(exc).__name__}: {exc}{where}"
+    rec["runtime_s"] = f"{time.perf_counter() - start:.2f}"
+    rec["error"] = " ".join(str(rec["error"]).split())  # one line in the CSV
+    return rec
+
+
+def write_summary(records: list[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """Write the batch summary CSV (columns :data:`SUMMARY_COLUMNS`) atomically."""
+    dest = Path(path)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(SUMMARY_COLUMNS), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(records)
+    os.replace(tmp, dest)
+    return dest
+
+
+def run_batch(
+    rows: list[ManifestRow],
+    out_dir: str | os.PathLike[str],
+    *,
+    scheduler: str | None = None,
+    n_workers: int | None = None,
+    processes: bool = True,
+    report: bool = False,
+    on_done: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Align every row on Dask distributed and write ``out_dir/summary.csv``.
+
+    Parameters
+    ----------
+    rows
+        From :func:`read_manifest`.
+    out_dir
+        Receives ``<section>.h5ad`` per section, ``reports/`` (with ``report``) and ``summary.csv``.
+    scheduler
+        Address of a running Dask scheduler (e.g. ``tcp://host:8786``); its workers must see the
+        input paths and ``out_dir``. ``None``: a ``LocalCluster`` on this machine.
+    n_workers
+        LocalCluster workers (default: min(sections, CPUs / 2, 4), at least 1); one thread each.
+    processes
+        LocalCluster workers as processes (the engine's GA seeds NumPy's global state, so threads
+        within one process are not independent).
+    on_done
+        Called with each summary record as its section finishes (e.g. a progress bar).
+
+    Returns
+    -------
+    list of dict
+        One record per row, in manifest order (see :data:`SUMMARY_COLUMNS`).
+    """
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise GalaInputError(f"--out {out} is a file; give a folder.")
+    out.mkdir(parents=True, exist_ok=True)
+    records: dict[int, dict[str, Any]] = {}
+    cluster = None
+    torch_threads: int | None = None
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="10s")
+        except (OSError, TimeoutError) as exc:
+            raise GalaInputError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
+    else:
+        cpus = os.cpu_count() or 1
+        n = n_workers or max(1, min(len(rows), cpus // 2, 4))
+        torch_threads = max(1, cpus // n)
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=None,
+                               silence_logs=40)
+        client = Client(cluster)
+    try:
+        futures = {}
+        for i, row in enumerate(rows):
+            fut = client.submit(_align_row, row, str(out.resolve()), report, torch_threads if processes else None,
+                                key=f"gala-align-{i}-{row.section}", pure=False)
+            futures[fut] = i
+        for fut in as_completed(futures):
+            i = futures[fut]
+            try:
+                rec = fut.result()
+            except Exception as exc:  # noqa: BLE001 - a worker died; the section fails alone
+                rec = {"section": rows[i].section, "status": "failed", "fitness": "", "runtime_s": "",
+                       "error": " ".join(f"{type(exc).__name__}: {exc}".split()), "output": ""}
+            records[i] = rec
+            if on_done is not None:
+                on_done(rec)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    ordered = [records[i] for i in range(len(rows))]
+    write_summary(ordered, out / "summary.csv")
+    return ordered

@@ -1,0 +1,194 @@
+"""Command line: ``python -m gala_engine align ...`` / ``batch ...`` (also installed as ``gala-align``).
+
+Exit codes: 0 success; 1 some batch sections failed; 2 bad input or usage (a one-line message on
+stderr, no traceback); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import constants
+from .errors import GalaInputError
+from .events import ProgressEvent
+
+__all__ = ["main"]
+
+PROG = "gala-align"
+_STAGES = {"ga": "GA generations", "refine": "affine refinement", "lddmm": "LDDMM iterations"}
+
+
+class _Bars:
+    """tqdm bars on stderr, one per engine loop (a new bar when a stage or restart begins)."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+        self.key: tuple | None = None
+        self.last_step = 0
+        self.restart = 0
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        key = (event.stage, event.repeat, event.total)
+        if self.key != key or event.step <= self.last_step:
+            self.restart = self.restart + 1 if (self.key == key) else 0
+            self.close()
+            label = _STAGES.get(event.stage, event.stage)
+            if event.stage == "ga":
+                label += f" (restart {self.restart + 1})"
+            if event.repeat:
+                label += f" [repeat {event.repeat + 1}]"
+            self.bar = tqdm(total=event.total, desc=label, file=sys.stderr, leave=True, dynamic_ncols=True,
+                            mininterval=0.5)
+            self.key = key
+            self.last_step = 0
+        self.bar.update(event.step - self.last_step)
+        self.bar.set_postfix_str(f"{'fitness' if event.stage == 'ga' else 'value'}={event.value:.4g}", refresh=False)
+        self.last_step = event.step
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="GALA: align spatial transcriptomics cells to their H&E image.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{align,batch,params}")
+
+    a = sub.add_parser("align", help="align one section", description="Align one section; writes an aligned .h5ad "
+                       "with obsm['spatial_he'] (x, y in full-resolution image pixels) and uns['gala'].")
+    a.add_argument("--image", required=True, help="tissue image (PNG, JPEG, TIFF incl. pyramidal)")
+    a.add_argument("--h5ad", required=True, help="cells: .h5ad with obsm['spatial'] as (x, y) in µm")
+    a.add_argument("--out", required=True, help="aligned .h5ad to write (never one of the inputs)")
+    _common(a)
+    a.add_argument("--signal", default=constants.SIGNAL_TOTAL_COUNTS,
+                   help=f"cell raster signal: '{constants.SIGNAL_TOTAL_COUNTS}' (default), "
+                        f"'{constants.SIGNAL_DENSITY}', or a gene name")
+    a.add_argument("--dx", type=float, default=None, help="cell raster pixel size in µm (default: from the data)")
+    a.add_argument("--feature", default="sobel", choices=("sobel", "intensity", "inverted"),
+                   help="image feature raster (default sobel)")
+    a.add_argument("--report", metavar="DIR", default=None, help="write a quality report (PNG + JSON) into DIR")
+
+    b = sub.add_parser("batch", help="align many sections on Dask", description="Align every row of a manifest CSV "
+                       "(columns image,h5ad[,section][,params][,signal][,dx][,feature]) on Dask distributed.")
+    b.add_argument("manifest", help="manifest CSV; relative paths are relative to its folder")
+    b.add_argument("--out", required=True, help="output folder (<section>.h5ad, summary.csv, reports/)")
+    _common(b)
+    b.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="Dask scheduler address (default: a LocalCluster on this machine)")
+    b.add_argument("--workers", type=int, default=None, help="LocalCluster worker processes (default: auto)")
+    b.add_argument("--threads", action="store_true", help="LocalCluster workers as threads of one process")
+    b.add_argument("--report", action="store_true", help="write a quality report per section into OUT/reports/")
+
+    t = sub.add_parser("params", help="write a parameter file", description="Write a TOML parameter file with "
+                       "the defaults (or the published tutorial's settings) to edit and pass to --params.")
+    t.add_argument("out", help="TOML file to write ('-' for stdout)")
+    t.add_argument("--tutorial", action="store_true", help="the published tutorial's settings")
+    t.add_argument("--params", default=None, metavar="FILE.toml", help="start from this file")
+    return p
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default=None, metavar="FILE.toml", help="alignment parameters (AlignParams names)")
+    p.add_argument("--device", default=None, choices=("cpu", "cuda"), help="compute device (default: CUDA if present)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _params(args: argparse.Namespace):
+    from .paramfile import read_params
+    from .params import AlignParams
+
+    params = read_params(args.params) if args.params else AlignParams()
+    if getattr(args, "device", None):
+        from .device import resolve_device
+
+        resolve_device(args.device)  # a clear error when CUDA is missing
+        params = AlignParams.from_dict({**params.to_dict(), "device": args.device})
+    return params
+
+
+def _cmd_align(args: argparse.Namespace) -> int:
+    from .batch import align_files
+
+    for label, path in (("image", args.image), ("cells (--h5ad)", args.h5ad)):
+        if not Path(path).is_file():
+            raise GalaInputError(f"{label} file not found: {path}; check the path.")
+    params = _params(args)
+    bars = _Bars(enabled=not args.quiet)
+    try:
+        res = align_files(args.image, args.h5ad, args.out, params, signal=args.signal, dx=args.dx,
+                          feature=args.feature, report_dir=args.report, progress=bars)
+    finally:
+        bars.close()
+    line = f"wrote {res['output']}: fitness {res['fitness']:.4f}, {res['runtime_s']:.1f} s on {res['device']}"
+    if "report" in res:
+        rep = res["report"]
+        line += f"; report {rep['png']} (overlap {rep['overlap_before']:.3f} → {rep['overlap_after']:.3f})"
+    print(line, file=sys.stderr)
+    return 0
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from .batch import read_manifest, run_batch
+
+    base = _params(args)
+    rows = read_manifest(args.manifest, base=base)
+    bar: Any = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(rows), desc="sections", unit="section", file=sys.stderr, dynamic_ncols=True)
+
+    def done(rec: dict[str, Any]) -> None:
+        if bar is not None:
+            bar.update(1)
+            if rec["status"] != "ok":
+                bar.write(f"{rec['section']}: failed: {rec['error']}", file=sys.stderr)
+
+    try:
+        records = run_batch(rows, args.out, scheduler=args.scheduler, n_workers=args.workers,
+                            processes=not args.threads, report=args.report, on_done=done)
+    finally:
+        if bar is not None:
+            bar.close()
+    ok = sum(r["status"] == "ok" for r in records)
+    print(f"{ok}/{len(records)} sections aligned; summary: {Path(args.out) / 'summary.csv'}", file=sys.stderr)
+    return 0 if ok == len(records) else 1
+
+
+def _cmd_params(args: argparse.Namespace) -> int:
+    from .paramfile import dumps_params, read_params, write_params
+    from .params import AlignParams
+
+    params = read_params(args.params) if args.params else (AlignParams.tutorial() if args.tutorial else AlignParams())
+    if args.out == "-":
+        sys.stdout.write(dumps_params(params))
+    else:
+        write_params(params, args.out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (see the module docstring)."""
+    parser = _parser()
+    args = parser.parse_args(argv)  # usage errors exit 2 with argparse's one-line message
+    commands = {"align": _cmd_align, "batch": _cmd_batch, "params": _cmd_params}
+    try:
+        return commands[args.command](args)
+    except GalaInputError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+        print(f"{PROG}: error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
