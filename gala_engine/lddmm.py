@@ -152,17 +152,17 @@ def run_lddmm(
             raise GalaInputError(
                 f"LDDMM diverged at iteration {it} (energy is not finite); lower epV (now {epV}) or raise sigmaR."
             )
-        if float(E) > prev_energy * (1 + 1e-6) and it > 0:
+        if E.item() > prev_energy * (1 + 1e-6) and it > 0:
             with torch.no_grad():  # undo the last step and take a smaller one next time
                 v.copy_(prev_v)
             step *= 0.5
             E, EM, ER, AI = energies(v)
-        prev_energy = float(E)
+        prev_energy = E.item()
         v.grad = None
         E.backward()
-        history.append([float(E), float(EM), float(ER)])
-        emit(progress, ProgressEvent("lddmm", it + 1, int(num_iterations), float(E), None, repeat,
-                                     {"matching": float(EM), "regularisation": float(ER), "step": step}))
+        history.append([E.item(), EM.item(), ER.item()])
+        emit(progress, ProgressEvent("lddmm", it + 1, int(num_iterations), E.item(), None, repeat,
+                                     {"matching": EM.item(), "regularisation": ER.item(), "step": step}))
         with torch.no_grad():
             prev_v = v.detach().clone()
             grad = torch.fft.ifftn(torch.fft.fftn(v.grad, dim=(1, 2)) * K[None, :, :, None], dim=(1, 2)).real

@@ -53,6 +53,16 @@ class SectionRasters:
         return inside.size == 0 or float(inside.std() / max(inside.mean(), 1e-12)) < 0.05
 
 
+def cell_spacing(yx: np.ndarray) -> float:
+    """Median distance from each cell to its nearest neighbour (µm); 0 for a single cell."""
+    from scipy.spatial import cKDTree
+
+    if len(yx) < 2:
+        return 0.0
+    dist, _ = cKDTree(yx).query(yx, k=2)
+    return float(np.median(dist[:, 1]))
+
+
 def default_image_reduce(image: LoadedImage, J_shape: tuple[int, ...], *, ratio: float = 1.5) -> int:
     """Working-pixel size (in loaded pixels) giving a source raster ~``ratio``× the target's long side."""
     long_I = max(image.pixels.shape[:2])
@@ -69,15 +79,23 @@ def prepare_section(
     feature: FeatureKind = "sobel",
     image_reduce: int | None = None,
     target_pixels: int = 200,
+    blur: float | None = None,
 ) -> SectionRasters:
-    """Rasterise the cells (µm grid of pixel ``dx``, chosen from the data when None) and the image."""
+    """Rasterise the cells (µm grid of pixel ``dx``, chosen from the data when None) and the image.
+
+    ``blur`` (raster pixels, Gaussian std = 2·blur) defaults to half the median nearest-neighbour
+    spacing of the cells (at least 1), so sparse spots (Visium) merge into tissue rather than dots.
+    """
     yx = spatial_yx(adata)
     weights = cell_signal(adata, signal)
     if signal != constants.SIGNAL_DENSITY and not np.any(weights > 0):
         raise GalaInputError(f"Every cell has zero {signal}; choose 'cell density' or a gene as the signal.")
     if dx is None:
         dx = choose_dx(yx[:, 1], yx[:, 0], target_pixels=target_pixels)
-    XJ, YJ, J = rasterize(yx[:, 1], yx[:, 0], g=None if signal == constants.SIGNAL_DENSITY else weights, dx=dx)
+    if blur is None:
+        blur = max(1.0, 0.5 * cell_spacing(yx) / (2.0 * dx))
+    XJ, YJ, J = rasterize(yx[:, 1], yx[:, 0], g=None if signal == constants.SIGNAL_DENSITY else weights, dx=dx,
+                          blur=blur)
     reduce = default_image_reduce(image, J.shape) if image_reduce is None else int(image_reduce)
     YI, XI, I = image_feature(image.pixels, reduce=reduce, scale=image.scale, kind=feature)
     return SectionRasters(I, [YI, XI], J.astype(np.float32), [YJ, XJ], float(dx), reduce,
