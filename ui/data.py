@@ -166,8 +166,13 @@ def warnings(data: Dataset) -> list[str]:
 
 
 def signal_choices(data: Dataset) -> list[str]:
-    """The target-signal options: total counts, density, then every gene."""
-    return [constants.SIGNAL_TOTAL_COUNTS, constants.SIGNAL_DENSITY, *map(str, data.adata.var_names)]
+    """The target-signal options: total counts, density, then every gene (most expressed first)."""
+    X = data.adata.X
+    names = np.asarray(data.adata.var_names).astype(str)
+    if X is not None and names.size:
+        totals = np.asarray(X.sum(axis=0)).ravel()
+        names = names[np.argsort(-totals, kind="stable")]
+    return [constants.SIGNAL_TOTAL_COUNTS, constants.SIGNAL_DENSITY, *names.tolist()]
 
 
 def rasters(data: Dataset, settings: dict[str, Any]) -> SectionRasters:
