@@ -109,13 +109,13 @@ def raster_figure(R: np.ndarray, x: Sequence[np.ndarray], *, title: str, unit: s
 def fitness_figure(best: Sequence[float], mean: Sequence[float], refine: Sequence[float] = (), *,
                    height: int = 300) -> go.Figure:
     """GA best and mean fitness per generation (all restarts in sequence)."""
-    gens = np.arange(1, len(best) + 1)
+    gens = list(range(1, len(best) + 1))
     fig = go.Figure([
         go.Scatter(x=gens, y=list(best), mode="lines+markers", name="best", marker=dict(size=4)),
         go.Scatter(x=gens, y=list(mean), mode="lines", name="mean", line=dict(dash="dot")),
     ])
     if refine:
-        fig.add_trace(go.Scatter(x=len(best) + np.arange(1, len(refine) + 1), y=list(refine), mode="lines",
+        fig.add_trace(go.Scatter(x=list(range(len(best) + 1, len(best) + len(refine) + 1)), y=list(refine), mode="lines",
                                  name="refinement (score)"))
     fig.update_layout(title="GA fitness", xaxis_title="generation", yaxis_title="fitness", height=height,
                       margin=_MARGIN, legend=dict(orientation="h", y=-0.25))
@@ -124,7 +124,7 @@ def fitness_figure(best: Sequence[float], mean: Sequence[float], refine: Sequenc
 
 def energy_figure(energy: Sequence[float], *, height: int = 300) -> go.Figure:
     """LDDMM total energy per iteration."""
-    fig = go.Figure(go.Scatter(x=np.arange(1, len(energy) + 1), y=list(energy), mode="lines", name="energy"))
+    fig = go.Figure(go.Scatter(x=list(range(1, len(energy) + 1)), y=list(energy), mode="lines", name="energy"))
     fig.update_layout(title="LDDMM energy", xaxis_title="iteration", yaxis_title="energy", height=height,
                       margin=_MARGIN)
     return fig

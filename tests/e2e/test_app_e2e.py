@@ -1,0 +1,88 @@
+"""The whole path in a real browser: demo → short run with a live chart → viewer → aligned .h5ad."""
+
+from __future__ import annotations
+
+import time
+
+import anndata
+import numpy as np
+import pytest
+from playwright.sync_api import Page, expect
+
+from .conftest import SCREENSHOTS
+
+pytestmark = pytest.mark.e2e
+expect.set_options(timeout=60_000)
+
+SHORT = {"num generations": "40", "ga restarts": "1", "refine iterations": "30", "num iterations": "20"}
+
+_FITNESS_POINTS = """() => {
+  for (const el of document.querySelectorAll('.js-plotly-plot')) {
+    const t = el.layout && el.layout.title && el.layout.title.text;
+    const d = (el._fullData && el._fullData.length) ? el._fullData : el.data;
+    if (t === 'GA fitness' && d && d.length && d[0].y) return d[0].y.length;
+  }
+  return -1;
+}"""
+
+
+def _settled(page: Page, timeout: float = 60_000) -> None:
+    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", state="attached",
+                           timeout=timeout)
+
+
+def _nav(page: Page, name: str) -> None:
+    page.locator("[data-testid='stSidebarNavLink']", has_text=name).click()
+    page.wait_for_timeout(300)
+    _settled(page)
+
+
+def test_demo_run_viewer_download(page: Page, app_url: str, tmp_path):
+    page.set_default_timeout(60_000)
+    page.goto(app_url)
+    expect(page.get_by_text("Loaded: demo: merfish_mini")).to_be_visible()
+    _settled(page)
+    expect(page.locator(".js-plotly-plot")).to_have_count(4)
+    page.wait_for_timeout(800)
+    page.screenshot(path=SCREENSHOTS / "1_data.png", full_page=True)
+
+    _nav(page, "Align")
+    for label, value in SHORT.items():
+        box = page.get_by_label(label, exact=True)
+        box.fill(value)
+        box.press("Tab")
+    page.get_by_role("button", name="Start alignment").click()
+
+    # the fitness curve gains points while the run is going
+    counts, deadline = [], time.monotonic() + 90
+    while time.monotonic() < deadline:
+        n = page.evaluate(_FITNESS_POINTS) or -1
+        if n > 0 and (not counts or n != counts[-1]):
+            counts.append(n)
+        if len(counts) >= 3 or page.get_by_text("Run history").count():
+            break
+        page.wait_for_timeout(250)
+    assert len(counts) >= 2 and counts == sorted(counts), counts
+    page.screenshot(path=SCREENSHOTS / "2_align_running.png", full_page=True)
+
+    expect(page.get_by_text("Run history")).to_be_visible(timeout=150_000)
+    _settled(page)
+    page.wait_for_timeout(800)
+    page.screenshot(path=SCREENSHOTS / "2_align_done.png", full_page=True)
+
+    _nav(page, "Viewer")
+    expect(page.get_by_text("Median distance to truth")).to_be_visible()
+    page.wait_for_timeout(1500)
+    page.screenshot(path=SCREENSHOTS / "3_viewer.png", full_page=True)
+
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Download aligned .h5ad").click()
+    path = tmp_path / "aligned.h5ad"
+    info.value.save_as(path)
+    adata = anndata.read_h5ad(path)
+    xy = np.asarray(adata.obsm["spatial_he"])
+    assert xy.shape == (adata.n_obs, 2)
+    width, height = 4603, 4143  # the MERFISH demo's DAPI image
+    inside = (xy[:, 0] >= 0) & (xy[:, 0] < width) & (xy[:, 1] >= 0) & (xy[:, 1] < height)
+    assert inside.mean() > 0.95, inside.mean()
+    assert adata.uns["gala"]["params"]["num_generations"] == 40
