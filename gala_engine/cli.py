@@ -179,7 +179,10 @@ def _cmd_params(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (see the module docstring)."""
     parser = _parser()
-    args = parser.parse_args(argv)  # usage errors exit 2 with argparse's one-line message
+    try:
+        args = parser.parse_args(argv)  # usage errors: argparse's message and exit code 2
+    except SystemExit as exc:  # --help and usage errors: return the code instead of exiting
+        return exc.code if isinstance(exc.code, int) else 2
     commands = {"align": _cmd_align, "batch": _cmd_batch, "params": _cmd_params}
     try:
         return commands[args.command](args)

@@ -1,7 +1,9 @@
 """Read and write :class:`~gala_engine.params.AlignParams` as TOML (the CLI's ``--params`` and the app's export).
 
 The file is flat: one ``name = value`` line per parameter, with the names of :class:`AlignParams`
-(the tutorial's names). ``None`` values are omitted (omitted names take their defaults). Tables named
+(the tutorial's names). ``None`` values are omitted (omitted names take their defaults); where the
+default is not ``None`` (e.g. ``max_anisotropy``), ``None`` is written as the string ``"none"``, which
+reads back as ``None``. Tables named
 after the parameter groups (``[ga]``, ``[lddmm]``, ``[general]``) or ``[params]`` are accepted too and
 flattened, so a hand-written file may be grouped.
 """
@@ -12,9 +14,10 @@ import dataclasses
 import json
 import math
 import os
-import tomllib
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from .errors import GalaInputError
 from .params import AlignParams
@@ -55,6 +58,10 @@ def loads_params(text: str | bytes, *, source: str = "<text>", base: AlignParams
     unknown = sorted(set(flat) - names)
     if unknown:
         raise GalaInputError(f"parameter file {source}: unknown parameter(s) {unknown}; known: {sorted(names)}.")
+    nullable = {f.name for f in dataclasses.fields(AlignParams) if "None" in str(f.type)}
+    for key, value in flat.items():
+        if key in nullable and isinstance(value, str) and value.strip().lower() == "none":
+            flat[key] = None
     values.update(flat)
     try:
         return AlignParams.from_dict(values)
@@ -93,11 +100,11 @@ def dumps_params(params: AlignParams, *, comments: bool = True) -> str:
     lines = ["# GALA alignment parameters (names as in AlignParams / the tutorial); omitted names use defaults."]
     for f in dataclasses.fields(params):
         value = getattr(params, f.name)
-        if value is None:
+        if value is None and f.default is None:
             continue
         if comments:
             lines.append(f"# {f.metadata.get('help', '')}".rstrip())
-        lines.append(f"{f.name} = {_toml_value(value)}")
+        lines.append(f"{f.name} = {_toml_value('none' if value is None else value)}")
     return "\n".join(lines) + "\n"
 
 
