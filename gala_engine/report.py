@@ -22,7 +22,7 @@ from .io import LoadedImage
 from .section import AlignmentResult, SectionRasters
 from .transform import transform_image_source_to_target, transform_points_source_to_target
 
-__all__ = ["centred_affine", "jacobian_range", "overlap_score", "quality_metrics", "write_report"]
+__all__ = ["centred_affine", "jacobian_det", "jacobian_range", "overlap_score", "quality_metrics", "write_report"]
 
 _PANEL = 420  # panel side, PNG pixels
 _MAX_DOTS = 20000  # cells drawn per overlay panel
@@ -83,10 +83,16 @@ def jacobian_range(result: AlignmentResult, *, n: int = 64) -> tuple[float, floa
     image pixels; the affine ``A`` is left out, its determinant is separate). Finite differences on an
     ``n``×``n`` grid over the velocity grid. ``min > 0``: the deformation does not fold."""
     axes, phi = _phi_grid(result, n)
+    det = jacobian_det(phi, axes)
+    return float(det.min()), float(det.max())
+
+
+def jacobian_det(phi: np.ndarray, axes: list[np.ndarray]) -> np.ndarray:
+    """Jacobian determinant of a map sampled on a grid: ``phi`` (n_r, n_c, 2) = (row, col) images of
+    the grid with axes ``axes = [rows, cols]``; central finite differences (one-sided at the edges)."""
     d_r = np.gradient(phi, axes[0], axis=0)  # ∂φ/∂row
     d_c = np.gradient(phi, axes[1], axis=1)  # ∂φ/∂col
-    det = d_r[..., 0] * d_c[..., 1] - d_c[..., 0] * d_r[..., 1]
-    return float(det.min()), float(det.max())
+    return d_r[..., 0] * d_c[..., 1] - d_c[..., 0] * d_r[..., 1]
 
 
 def _versions() -> dict[str, str]:

@@ -7,7 +7,7 @@ import json
 import cv2
 import numpy as np
 
-from gala_engine.report import centred_affine, jacobian_range
+from gala_engine.report import centred_affine, jacobian_det, jacobian_range
 
 from .conftest import Run
 
@@ -38,18 +38,23 @@ class _Fake:
         self.v, self.xv = v, xv
 
 
-def test_jacobian_detects_folding() -> None:
+def test_jacobian_of_a_smooth_warp_is_positive_and_not_trivial() -> None:
     xv = [np.linspace(0, 100, 21), np.linspace(0, 100, 21)]
-    rr, cc = np.meshgrid(*xv, indexing="ij")
-    smooth = np.zeros((1, 21, 21, 2))
-    smooth[0, ..., 0] = 2.0 * np.sin(2 * np.pi * cc / 100)
-    lo, hi = jacobian_range(_Fake(smooth, xv))
-    assert 0 < lo <= 1.0 + 1e-9 and hi >= 1.0 - 1e-9
-    folding = np.zeros((1, 21, 21, 2))
-    folding[0, ..., 0] = -3.0 * rr * (rr > 40) * (rr < 60)  # rows pushed backwards over each other
-    assert jacobian_range(_Fake(folding, xv))[0] < 0
-    assert jacobian_range(_Fake(np.zeros((1, 21, 21, 2)), xv)) == (1.0, 1.0) or np.allclose(
-        jacobian_range(_Fake(np.zeros((1, 21, 21, 2)), xv)), 1.0)
+    _, cc = np.meshgrid(*xv, indexing="ij")
+    v = np.zeros((1, 21, 21, 2))
+    v[0, ..., 1] = 2.0 * np.sin(2 * np.pi * cc / 100)  # |dv/dx| ≤ 0.13
+    lo, hi = jacobian_range(_Fake(v, xv))
+    assert 0.7 < lo < 0.98 and 1.02 < hi < 1.3
+    assert np.allclose(jacobian_range(_Fake(np.zeros_like(v), xv)), 1.0)
+
+
+def test_jacobian_det_detects_folding() -> None:
+    axes = [np.linspace(0, 1, 30), np.linspace(0, 1, 40)]
+    rr, cc = np.meshgrid(*axes, indexing="ij")
+    ok = np.stack([rr + 0.05 * np.sin(2 * np.pi * cc), cc], -1)
+    assert jacobian_det(ok, axes).min() > 0
+    folded = np.stack([rr, np.where(cc < 0.5, cc, 1.0 - cc)], -1)  # the right half mirrored onto the left
+    assert jacobian_det(folded, axes).min() < 0
 
 
 def test_centred_affine_maps_centre_to_centre() -> None:
