@@ -1,0 +1,488 @@
+"""GALA Studio engine benchmark: GA generations/s (batched vs per-solution pygad), LDDMM iterations/s,
+the seed-sized workload per stage, and (``--full``) a scaling table.
+
+Run from the repository root with the project's environment::
+
+    python bench/bench_engine.py            # --quick (default): reduced work, < 2 min on a 2-core CPU
+    python bench/bench_engine.py --full     # tutorial-sized seed run + scaling table (long on a CPU)
+    python bench/bench_engine.py --device cuda
+
+Every ratio is against a baseline run in the same process on the same inputs. Nothing here asserts a
+timing; see bench/README.md for what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import os
+import platform
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pygad
+import torch
+import torch.nn.functional as F
+
+from gala_engine import gala, image_feature, normalize, rasterize, transform_points_target_to_source
+from gala_engine.affine import grid_centre
+from gala_engine.device import device_name, resolve_device
+from gala_engine.features import tissue_extent
+from gala_engine.io import LoadedImage
+from gala_engine.lddmm import run_lddmm
+from gala_engine.search import BatchedFitness, blur_raster, fill_gene_space, pool_raster, run_ga
+from gala_engine.section import default_image_reduce
+
+HE_IMAGE = Path(__file__).resolve().parents[1] / "gala_engine" / "demo_data" / "visium_tiny" / "tissue_lowres_image.png"
+HE_CROP = (slice(110, 530), slice(100, 530))  # the tissue inside the Visium fiducial frame
+SEED_CELLS = 167_780  # the published breast section
+SEED_WIDTH, SEED_HEIGHT = 2000, 1500
+SEED_UM_PER_PX = 5.0  # 2000 px ≈ 10 mm of tissue
+DX = 30.0
+# the known transform of the synthetic section: pixels → µm, rotation + flip + anisotropic scale + shift
+TRUE_ANGLE, TRUE_SY, TRUE_SX, TRUE_SHIFT = 37.0, 1.0, -0.93, (1200.0, -800.0)
+TUTORIAL = dict(epV=10.0, a=20.0, sigmaR=5e4, random_seed=42)
+
+
+# ---------------------------------------------------------------------------------------- helpers
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark for this process (Linux); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory (MiB) since the last reset (VmHWM), else since process start."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return ru / 1024.0 / (1024.0 if sys.platform == "darwin" else 1.0)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def fmt_s(seconds: float) -> str:
+    return f"{seconds:8.3f} s"
+
+
+def header(title: str) -> None:
+    print()
+    print(f"== {title} " + "=" * max(0, 94 - len(title)))
+
+
+# ------------------------------------------------------------------------------------- synthetic data
+
+
+@dataclass
+class Section:
+    cells_px: np.ndarray  # (N, 2) true (row, col) in image pixels
+    cells_um: np.ndarray  # (N, 2) observed (row, col) in µm
+    image: LoadedImage
+    um_per_px: float
+
+
+def _base_image() -> np.ndarray:
+    rgb = cv2.cvtColor(cv2.imread(str(HE_IMAGE), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    return rgb[HE_CROP]
+
+
+def true_matrix(um_per_px: float) -> np.ndarray:
+    theta = np.deg2rad(TRUE_ANGLE)
+    R = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    A = np.eye(3)
+    A[:2, :2] = R @ np.diag([TRUE_SY * um_per_px, TRUE_SX * um_per_px])
+    A[:2, 2] = TRUE_SHIFT
+    return A
+
+
+def make_section(n_cells: int, width: int, *, um_per_px: float, seed: int = 0) -> Section:
+    """An H&E-like image of ``width`` px (4:3) upsampled from the bundled Visium H&E, and ``n_cells``
+    cells drawn where the tissue is dark, mapped into µm by a known transform."""
+    base = _base_image()
+    height = int(round(width * 3 / 4))
+    pixels = cv2.resize(base, (width, height), interpolation=cv2.INTER_CUBIC)
+    image = LoadedImage(pixels.astype(np.float32) / 255.0, 1.0, (height, width), "synthetic")
+    gray = base.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    prob = np.clip(gray.max() - gray - 10.0, 0.0, None) ** 2
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(prob.size, n_cells, p=prob.ravel() / prob.sum())
+    base_rc = np.stack([idx // base.shape[1], idx % base.shape[1]], 1) + rng.uniform(-0.5, 0.5, (n_cells, 2))
+    fy, fx = height / base.shape[0], width / base.shape[1]
+    cells_px = (base_rc + 0.5) * np.array([fy, fx]) - 0.5
+    A = true_matrix(um_per_px)
+    cells_um = cells_px @ A[:2, :2].T + A[:2, 2]
+    return Section(cells_px, cells_um, image, um_per_px)
+
+
+@dataclass
+class Rasters:
+    xI: list
+    I: np.ndarray
+    xJ: list
+    J: np.ndarray
+    reduce: int
+    t_rasterize: float
+    t_feature: float
+
+
+def make_rasters(section: Section) -> Rasters:
+    t0 = time.perf_counter()
+    XJ, YJ, J = rasterize(section.cells_um[:, 1], section.cells_um[:, 0], dx=DX)
+    t1 = time.perf_counter()
+    reduce = default_image_reduce(section.image, J.shape)
+    YI, XI, I = image_feature(section.image.pixels, reduce=reduce, scale=section.image.scale)
+    t2 = time.perf_counter()
+    return Rasters([YI, XI], I, [YJ, XJ], normalize(J).astype(np.float32), reduce, t1 - t0, t2 - t1)
+
+
+# ------------------------------------------------------------------------------------------ 1. GA
+
+
+def per_solution_fitness_factory(I: torch.Tensor, xI: list, J: torch.Tensor, xJ: list, scale_floor: float):
+    """The straightforward baseline: pygad calls this once per solution; one affine, one grid_sample,
+    one NCC, one Python float back. Same score as ``BatchedFitness(kind='ncc', max_anisotropy=None)``."""
+    dtype, device = I.dtype, I.device
+    rows = torch.as_tensor(np.asarray(xJ[0]), dtype=dtype, device=device)
+    cols = torch.as_tensor(np.asarray(xJ[1]), dtype=dtype, device=device)
+    target = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), -1)  # (H, W, 2) (row, col)
+    lo = torch.tensor([xI[0][0], xI[1][0]], dtype=dtype, device=device)
+    hi = torch.tensor([xI[0][-1], xI[1][-1]], dtype=dtype, device=device)
+    cI, cJ = grid_centre(xI), grid_centre(xJ)
+    j = J.flatten() - J.mean()
+    jj = (j * j).sum()
+
+    def fitness_func(_ga, solution, _idx):
+        angle, sy, sx, ty, tx = (float(g) for g in solution)
+        if abs(sy) < scale_floor or abs(sx) < scale_floor:
+            return -1.0
+        t = math.radians(angle)
+        L = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]]) @ np.diag([sy, sx])
+        A = np.eye(3)
+        A[:2, :2], A[:2, 2] = L, np.array([ty, tx]) + cJ - L @ cI
+        Ainv = torch.as_tensor(np.linalg.inv(A), dtype=dtype, device=device)
+        pts = target @ Ainv[:2, :2].T + Ainv[:2, 2]
+        grid = ((pts - lo) / (hi - lo) * 2.0 - 1.0).flip(-1)
+        with torch.no_grad():
+            AI = F.grid_sample(I[None], grid[None], mode="bilinear", padding_mode="zeros", align_corners=True)
+            a = AI.flatten() - AI.mean()
+            return float((a @ j) / (torch.sqrt((a * a).sum() * jj) + 1e-12))
+
+    return fitness_func
+
+
+def ga_pair(label: str, I: torch.Tensor, xI: list, J: torch.Tensor, xJ: list, space, *, generations: int,
+            pop: int, device: torch.device) -> dict:
+    batched = BatchedFitness(I, xI, J, xJ, kind="ncc", scale_floor=space.scale_floor)
+    single = per_solution_fitness_factory(I, xI, J, xJ, space.scale_floor)
+    # the two fitnesses agree (same score, different evaluation strategy)
+    rng = np.random.default_rng(1)
+    probe = rng.uniform(space.low, space.high, size=(16, 5))
+    with torch.no_grad():
+        b = batched(torch.as_tensor(probe, device=device)).double().cpu().numpy()
+    s = np.array([single(None, g, i) for i, g in enumerate(probe)])
+    agree = float(np.max(np.abs(b - s)))
+
+    # fitness alone (no pygad): one population, batched call vs one call per solution
+    population = rng.uniform(space.low, space.high, size=(pop, 5))
+    pop_t = torch.as_tensor(population, device=device)
+    with torch.no_grad():
+        batched(pop_t)  # warm-up
+    reps = max(1, generations // 3)
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        with torch.no_grad():
+            batched(pop_t).double().cpu().numpy()
+    sync(device)
+    eval_batched = reps / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        [single(None, g, i) for i, g in enumerate(population)]
+    sync(device)
+    eval_single = reps / (time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    res = run_ga(batched, space, num_generations=generations, sol_per_pop=pop, num_parents_mating=pop // 2,
+                 random_seed=42)
+    sync(device)
+    t_batched = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    ga = pygad.GA(num_generations=generations, num_parents_mating=pop // 2, sol_per_pop=pop, num_genes=5,
+                  gene_space=space.as_dicts(), fitness_func=single, fitness_batch_size=None,
+                  mutation_probability=0.2, crossover_probability=0.8, random_seed=42, suppress_warnings=True)
+    ga.run()
+    sync(device)
+    t_single = time.perf_counter() - t0
+    return dict(label=label, shape_I=tuple(I.shape[1:]), shape_J=tuple(J.shape[1:]), generations=generations,
+                rate_batched=generations / t_batched, rate_single=generations / t_single,
+                best_batched=res.fitness, best_single=float(np.max(ga.last_generation_fitness)), agree=agree,
+                eval_batched=eval_batched, eval_single=eval_single)
+
+
+def bench_ga(r: Rasters, *, generations_full: int, generations_level: int, pop: int, device: torch.device,
+             dtype: torch.dtype) -> None:
+    header(f"1. GA generations/s: batched population vs per-solution pygad loop (population {pop}, NCC)")
+    I = torch.as_tensor(r.I, dtype=dtype, device=device)
+    J = torch.as_tensor(r.J, dtype=dtype, device=device)
+    space = fill_gene_space(None, r.xI, r.xJ, mode="extent", source_extent=tissue_extent(r.I, r.xI))
+    fI = max(1, math.ceil(max(r.I.shape[1:]) / 64))
+    fJ = max(1, math.ceil(max(r.J.shape[1:]) / 64))
+    I_c, xI_c = pool_raster(I, r.xI, fI)
+    J_c, xJ_c = pool_raster(J, r.xJ, fJ)
+    rows = [
+        ga_pair("GA level (pooled ≤64 px, as gala() runs it)", blur_raster(I_c, 1.5), xI_c, blur_raster(J_c, 1.5),
+                xJ_c, space, generations=generations_level, pop=pop, device=device),
+        ga_pair("full rasters (seed workload)", I, r.xI, J, r.xJ, space, generations=generations_full, pop=pop,
+                device=device),
+    ]
+    print(f"{'rasters':44s} {'source I':>8s} {'target J':>8s} {'gens':>4s} | {'GA gen/s: batched':>17s} "
+          f"{'per-sol':>8s} {'ratio':>6s} | {'fitness-only pop/s: batched':>27s} {'per-sol':>8s} {'ratio':>6s} | "
+          f"{'|Δfit|':>7s}")
+    for row in rows:
+        print(f"{row['label']:44s} {'×'.join(map(str, row['shape_I'])):>8s} {'×'.join(map(str, row['shape_J'])):>8s} "
+              f"{row['generations']:4d} | {row['rate_batched']:17.2f} {row['rate_single']:8.2f} "
+              f"{row['rate_batched'] / row['rate_single']:5.1f}× | {row['eval_batched']:27.2f} "
+              f"{row['eval_single']:8.2f} {row['eval_batched'] / row['eval_single']:5.1f}× | {row['agree']:7.1e}")
+    print("GA gen/s: run_ga(BatchedFitness) vs pygad with fitness_batch_size=None and a per-solution grid_sample "
+          "fitness,\n  same population, generations, settings and seed. fitness-only pop/s: whole-population "
+          "evaluations per second\n  without pygad (one batched call vs a loop of single calls). |Δfit|: largest "
+          "difference of the two fitnesses on 16 random genes.")
+
+
+# --------------------------------------------------------------------------------------- 2. LDDMM
+
+
+def bench_lddmm(r: Rasters, um_per_px: float, *, iterations: int, device: torch.device, dtype: torch.dtype) -> None:
+    header(f"2. LDDMM iterations/s (run_lddmm, {str(dtype).replace('torch.', '')}, affine fixed at the true pose)")
+    I = torch.as_tensor(r.I, dtype=dtype, device=device)
+    J = torch.as_tensor(r.J, dtype=dtype, device=device)
+    A = torch.as_tensor(true_matrix(um_per_px), dtype=dtype, device=device)
+    params = dict(a=TUTORIAL["a"], epV=TUTORIAL["epV"], sigmaR=TUTORIAL["sigmaR"], sigmaM=float(r.I.std()),
+                  sigmaB=float(r.J.std()))
+    run_lddmm(I, r.xI, J, r.xJ, A, num_iterations=2, **params)  # warm-up
+    sync(device)
+    t0 = time.perf_counter()
+    res = run_lddmm(I, r.xI, J, r.xJ, A, num_iterations=iterations, **params)
+    sync(device)
+    dt = time.perf_counter() - t0
+    E, EM, ER = res.energy_history[-1]
+    E0 = res.energy_history[0][0]
+    print(f"source I {r.I.shape[1]}×{r.I.shape[2]}, target J {r.J.shape[1]}×{r.J.shape[2]}, velocity grid "
+          f"{res.v.shape[1]}×{res.v.shape[2]}×nt={res.v.shape[0]}, a={params['a']}, epV={params['epV']}, "
+          f"sigmaR={params['sigmaR']:g}")
+    print(f"{iterations} iterations in {dt:.3f} s → {iterations / dt:.2f} it/s ({1000 * dt / iterations:.1f} ms/it)")
+    print(f"energy: first {E0:.6g} → final E={E:.6g} (matching {EM:.6g}, regularisation {ER:.6g})")
+
+
+# ---------------------------------------------------------------------------------- 3. seed workload
+
+
+def run_workload(n_cells: int, width: int, *, um_per_px: float, params: dict, device: torch.device,
+                 a: float | None = None) -> dict:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    section = make_section(n_cells, width, um_per_px=um_per_px)
+    t_synth = time.perf_counter() - t0
+    reset_peak_rss()
+    r = make_rasters(section)
+    stage_t: dict[str, float] = {}
+    last = [0.0]
+
+    def progress(event) -> None:
+        now = time.perf_counter()
+        stage_t[event.stage] = stage_t.get(event.stage, 0.0) + now - last[0]
+        last[0] = now
+
+    I, J = r.I, r.J
+    gene_space = [{}, {}, {}, {}, {}]
+    sync(device)
+    t_start = last[0] = time.perf_counter()
+    resu = gala(r.xI, I, r.xJ, J, gene_space=gene_space, num_generations=params["num_generations"],
+                num_iterations=params["num_iterations"], num_repeats=params["num_repeats"], epV=TUTORIAL["epV"],
+                a=TUTORIAL["a"] if a is None else a, sigmaR=TUTORIAL["sigmaR"], sigmaM=float(I.std()),
+                sigmaB=float(J.std()), random_seed=TUTORIAL["random_seed"], device=str(device), progress=progress)
+    sync(device)
+    t_gala = time.perf_counter() - t_start
+    # sanity: cells mapped back into the image vs where they came from
+    px = transform_points_target_to_source(resu["xv"], resu["v"], resu["A"],
+                                           torch.as_tensor(section.cells_um, dtype=resu["A"].dtype,
+                                                           device=resu["A"].device))
+    px = px.detach().cpu().numpy() if isinstance(px, torch.Tensor) else np.asarray(px)
+    err_px = float(np.median(np.linalg.norm(px - section.cells_px, axis=1)))
+    out = dict(cells=n_cells, width=width, height=section.image.pixels.shape[0], reduce=r.reduce,
+               shape_I=tuple(I.shape[1:]), shape_J=tuple(J.shape[1:]), synth=t_synth, rasterize=r.t_rasterize,
+               feature=r.t_feature, ga=stage_t.get("ga", 0.0), refine=stage_t.get("refine", 0.0),
+               lddmm=stage_t.get("lddmm", 0.0), gala=t_gala,
+               other=t_gala - sum(stage_t.values()), err_px=err_px, err_um=err_px * um_per_px,
+               rss=peak_rss_mb(), cuda=(torch.cuda.max_memory_allocated(device) / 2**20
+                                        if device.type == "cuda" else None))
+    out["total"] = r.t_rasterize + r.t_feature + t_gala
+    return out
+
+
+def bench_seed(params: dict, mode: str, device: torch.device) -> None:
+    header("3. Seed-sized workload: gala() end to end, the tutorial's call")
+    print(f"{SEED_CELLS} synthetic cells at dx={DX:g} µm; {SEED_WIDTH}×{SEED_HEIGHT} H&E-like image (bundled Visium "
+          f"H&E, upsampled) at {SEED_UM_PER_PX:g} µm/px; true pose angle={TRUE_ANGLE}°, flip, scale "
+          f"({TRUE_SY * SEED_UM_PER_PX:g}, {TRUE_SX * SEED_UM_PER_PX:g}) µm/px")
+    print(f"gala(..., num_generations={params['num_generations']}, num_iterations={params['num_iterations']}, "
+          f"num_repeats={params['num_repeats']}, epV={TUTORIAL['epV']}, a={TUTORIAL['a']}, "
+          f"sigmaR={TUTORIAL['sigmaR']:g}, sigmaM=I.std(), sigmaB=J.std(), random_seed={TUTORIAL['random_seed']})"
+          + ("   [--quick: REDUCED generations/iterations/repeats; the tutorial is 1000/2000/2]"
+             if mode == "quick" else "   [the tutorial's settings]"))
+    print("other parameters: the engine defaults (3 GA restarts, NCC fitness, refinement, contrast fit)")
+    w = run_workload(SEED_CELLS, SEED_WIDTH, um_per_px=SEED_UM_PER_PX, params=params, device=device)
+    print(f"target J {w['shape_J'][0]}×{w['shape_J'][1]} px; source I {w['shape_I'][0]}×{w['shape_I'][1]} px "
+          f"(image reduce {w['reduce']}, default_image_reduce); input synthesis {w['synth']:.2f} s (not counted)")
+    for name in ("rasterize", "feature", "ga", "refine", "lddmm", "other"):
+        label = {"rasterize": "rasterise (cells → J)", "feature": "feature (image → I)", "ga": "GA",
+                 "refine": "affine refine", "lddmm": "LDDMM", "other": "gala() setup / between stages"}[name]
+        print(f"  {label:32s} {fmt_s(w[name])}")
+    print(f"  {'TOTAL':32s} {fmt_s(w['total'])}   (gala() alone {w['gala']:.3f} s)")
+    print(f"peak RSS during the workload: {w['rss']:.0f} MiB"
+          + (f"; torch.cuda.max_memory_allocated: {w['cuda']:.0f} MiB" if w["cuda"] is not None else ""))
+    print(f"sanity: median error of cells mapped back into the image {w['err_px']:.2f} px "
+          f"({w['err_um']:.1f} µm; target pixel = {DX:g} µm)")
+
+
+# ------------------------------------------------------------------------------------- 4. scaling
+
+
+def bench_scaling(params: dict, device: torch.device) -> None:
+    header("4. Scaling: total time (rasterise + feature + gala) by cell count and image width")
+    print(f"gala(num_generations={params['num_generations']}, num_iterations={params['num_iterations']}, "
+          f"num_repeats={params['num_repeats']}, tutorial's epV/sigmaR/sigmaM/sigmaB, engine defaults otherwise)")
+    print("cells: constant density (tissue area ∝ cells), image 2000 px wide; widths: 167,780 cells, same tissue, "
+          "a scaled with the width (a = 20 px at 2000 px)")
+    cols = (f"{'case':>20s} {'J':>9s} {'I':>9s} {'raster s':>9s} {'feature s':>9s} {'GA s':>8s} {'refine s':>8s} "
+            f"{'LDDMM s':>8s} {'total s':>8s} {'RSS MiB':>8s}" + (f" {'CUDA MiB':>8s}" if device.type == "cuda" else "")
+            + f" {'err µm':>7s}")
+    cases = [("cells", n, SEED_WIDTH) for n in (50_000, 170_000, 300_000, 1_000_000)]
+    cases += [("width", SEED_CELLS, w) for w in (1000, 2000, 4000, 8000)]
+    print(cols)
+    for kind, n, width in cases:
+        if kind == "cells":
+            um_per_px = SEED_UM_PER_PX * math.sqrt(n / SEED_CELLS)
+            a = TUTORIAL["a"]
+            label = f"{n:,} cells"
+        else:
+            um_per_px = SEED_UM_PER_PX * SEED_WIDTH / width
+            a = TUTORIAL["a"] * width / SEED_WIDTH
+            label = f"width {width} px"
+        w = run_workload(n, width, um_per_px=um_per_px, params=params, device=device, a=a)
+        print(f"{label:>20s} {'×'.join(map(str, w['shape_J'])):>9s} {'×'.join(map(str, w['shape_I'])):>9s} "
+              f"{w['rasterize']:9.3f} {w['feature']:9.3f} {w['ga']:8.2f} {w['refine']:8.2f} {w['lddmm']:8.2f} "
+              f"{w['total']:8.2f} {w['rss']:8.0f}" + (f" {w['cuda']:8.0f}" if w["cuda"] is not None else "")
+              + f" {w['err_um']:7.1f}", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true", help="reduced work, < 2 min on a 2-core CPU (default)")
+    group.add_argument("--full", action="store_true", help="tutorial-sized seed run and the scaling table")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (CUDA when available; default)")
+    parser.add_argument("--generations", type=int, help="override num_generations of every gala() run")
+    parser.add_argument("--iterations", type=int, help="override num_iterations of every gala() run")
+    parser.add_argument("--repeats", type=int, help="override num_repeats of every gala() run")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice, or 1 when "
+                        "the load average exceeds the core count: oversubscribed threads stall)")
+    parser.add_argument("--skip", default="", help="comma-separated sections to skip: ga,lddmm,seed,scaling")
+    args = parser.parse_args(argv)
+    mode = "full" if args.full else "quick"
+    device = resolve_device(None if args.device == "auto" else args.device)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    threads_note = "set by --threads"
+    if args.threads is None and load > (os.cpu_count() or 1):
+        # an oversubscribed CPU stalls torch's parallel regions (here: 30 ms for a 180k-element op
+        # with 2 threads vs 0.06 ms with 1); one thread is the fast choice there
+        args.threads = 1
+        threads_note = f"auto: load average {load:.1f} > {os.cpu_count()} cores"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    else:
+        threads_note = "torch default"
+    dtype = torch.float32
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+
+    if mode == "quick":
+        seed_params = dict(num_generations=100, num_iterations=100, num_repeats=1)
+        scale_params = None
+        ga_gens_level, ga_gens_full, lddmm_its = 50, 3, 50
+    else:
+        seed_params = dict(num_generations=1000, num_iterations=2000, num_repeats=2)
+        scale_params = dict(num_generations=150, num_iterations=200, num_repeats=1)
+        ga_gens_level, ga_gens_full, lddmm_its = 200, 20, 200
+    for key, value in (("num_generations", args.generations), ("num_iterations", args.iterations),
+                       ("num_repeats", args.repeats)):
+        if value is not None:
+            seed_params[key] = value
+            if scale_params is not None:
+                scale_params[key] = value
+
+    t_all = time.perf_counter()
+    print(f"GALA Studio engine benchmark  --{mode}  ({time.strftime('%Y-%m-%d %H:%M')})")
+    print(f"device: {device_name(device)}   dtype: float32   torch {torch.__version__} "
+          f"(threads {torch.get_num_threads()}, {threads_note}), pygad {pygad.__version__}, numpy {np.__version__}, "
+          f"python {platform.python_version()}")
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} logical cores, load average {load:.1f} at start"
+          + (f"; CUDA {torch.version.cuda}" if device.type == "cuda" else ""))
+
+    if not {"ga", "lddmm"} <= skip:
+        section = make_section(SEED_CELLS, SEED_WIDTH, um_per_px=SEED_UM_PER_PX)
+        r = make_rasters(section)
+        if "ga" not in skip:
+            bench_ga(r, generations_full=ga_gens_full, generations_level=ga_gens_level, pop=100, device=device,
+                     dtype=dtype)
+        if "lddmm" not in skip:
+            bench_lddmm(r, SEED_UM_PER_PX, iterations=lddmm_its, device=device, dtype=dtype)
+        del section, r
+    if "seed" not in skip:
+        bench_seed(seed_params, mode, device)
+    if scale_params is not None and "scaling" not in skip:
+        bench_scaling(scale_params, device)
+    elif mode == "quick":
+        print("\n(scaling table: run with --full)")
+    print(f"\nbenchmark wall time {time.perf_counter() - t_all:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
