@@ -257,6 +257,7 @@ def run_batch(
     processes: bool = True,
     report: bool = False,
     on_done: Callable[[dict[str, Any]], None] | None = None,
+    connect_timeout: str = "10s",
 ) -> list[dict[str, Any]]:
     """Align every row on Dask distributed and write ``out_dir/summary.csv``.
 
@@ -276,6 +277,8 @@ def run_batch(
         within one process are not independent).
     on_done
         Called with each summary record as its section finishes (e.g. a progress bar).
+    connect_timeout
+        How long to try reaching ``scheduler``.
 
     Returns
     -------
@@ -293,7 +296,7 @@ def run_batch(
     torch_threads: int | None = None
     if scheduler:
         try:
-            client = Client(scheduler, timeout="10s")
+            client = Client(scheduler, timeout=connect_timeout)
         except (OSError, TimeoutError) as exc:
             raise GalaInputError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
     else:

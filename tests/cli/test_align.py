@@ -7,6 +7,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pytest
+import torch
 
 from gala_engine import constants
 from gala_engine.cli import main
@@ -69,7 +70,7 @@ def test_refuses_out_equal_to_input(synth: Synth) -> None:
 
 
 @pytest.mark.parametrize("case", ["missing_image", "missing_h5ad", "image_is_h5ad", "bad_params", "unknown_param",
-                                  "out_folder_missing", "bad_gene"])
+                                  "out_folder_missing", "bad_gene", "no_cuda"])
 def test_bad_input_one_line_error(case: str, synth: Synth, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     image, h5ad, out, extra = synth.image, synth.h5ad, tmp_path / "o.h5ad", []
     if case == "missing_image":
@@ -88,6 +89,10 @@ def test_bad_input_one_line_error(case: str, synth: Synth, tmp_path: Path, capsy
         out = tmp_path / "no" / "such" / "o.h5ad"
     elif case == "bad_gene":
         extra = ["--signal", "NotAGene"]
+    elif case == "no_cuda":
+        if torch.cuda.is_available():
+            pytest.skip("a CUDA GPU is present")
+        extra = ["--device", "cuda"]
     # in-process (the same main() as the console script; a subprocess per case costs seconds)
     code = main(["align", "--image", str(image), "--h5ad", str(h5ad), "--out", str(out), "-q", *map(str, extra)])
     err = capsys.readouterr().err

@@ -62,3 +62,23 @@ def test_manifest_errors(tmp_path: Path) -> None:
     assert Path(rows[1].image) == tmp_path / "b.png"  # relative to the manifest's folder
     proc = run_cli("batch", tmp_path / "missing.csv", "--out", tmp_path / "o", timeout=60)
     assert proc.returncode == 2 and "manifest not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_batch_on_an_existing_scheduler(synth: Synth, tmp_path: Path) -> None:
+    from dask.distributed import LocalCluster
+
+    from gala_engine.batch import run_batch
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("section,image,h5ad,params\n"
+                        f"only,{synth.image},{synth.h5ad},"
+                        "num_generations=20; ga_restarts=1; refine_iterations=50; num_iterations=0\n")
+    done: list[dict] = []
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        records = run_batch(read_manifest(manifest), tmp_path / "out", scheduler=cluster.scheduler_address,
+                            report=True, on_done=done.append)
+    assert [r["status"] for r in records] == ["ok"] and done == records
+    assert (tmp_path / "out" / "reports" / "only.png").is_file()
+    assert (tmp_path / "out" / "summary.csv").is_file()
+    with pytest.raises(GalaInputError, match="scheduler"):
+        run_batch(read_manifest(manifest), tmp_path / "out2", scheduler="tcp://127.0.0.1:9", connect_timeout="1s")
