@@ -11,7 +11,7 @@ from ui import state
 from ui.data import DataError, demo_dataset, set_dataset
 from ui.sidebar import sidebar
 
-st.set_page_config(page_title="GALA Studio", page_icon="🧬", layout="wide")
+st.set_page_config(page_title="GALA Studio", page_icon=":material/biotech:", layout="wide")
 
 if not state.get(state.AUTOLOADED):
     st.session_state[state.AUTOLOADED] = True
@@ -22,9 +22,9 @@ if not state.get(state.AUTOLOADED):
             st.session_state[state.DATA_ERROR] = str(err)
 
 pages = [
-    st.Page("pages/1_data.py", title="Data", icon="📂", default=True),
-    st.Page("pages/2_align.py", title="Align", icon="🧭"),
-    st.Page("pages/3_viewer.py", title="Viewer", icon="🔬"),
+    st.Page("pages/1_data.py", title="Data", icon=":material/folder_open:", default=True),
+    st.Page("pages/2_align.py", title="Align", icon=":material/tune:"),
+    st.Page("pages/3_viewer.py", title="Viewer", icon=":material/visibility:"),
 ]
 nav = st.navigation(pages)
 sidebar()

@@ -107,4 +107,4 @@ p[1].plotly_chart(figures.image_figure(data.image, title="Image"), theme=None, k
 p[2].plotly_chart(figures.raster_figure(r.I, r.xI, title=f"Image raster ({r.feature})", unit="px"),
                   theme=None, key="fig_I")
 p[3].plotly_chart(figures.raster_figure(r.J, r.xJ, title="Cell raster", unit="µm"), theme=None, key="fig_J")
-st.page_link("pages/2_align.py", label="Next: align →", icon="🧭")
+st.page_link("pages/2_align.py", label="Next: align →", icon=":material/tune:")

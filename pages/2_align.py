@@ -11,14 +11,14 @@ from gala_engine.params import AlignParams
 from ui import figures, state
 from ui.data import DataError, rasters
 from ui.jobs import start_job
-from ui.params_form import auto_gene_space, gene_inputs, gene_space, params_inputs, stored_genes, stored_params
+from ui.params_form import auto_gene_space, gene_inputs, gene_space, params_inputs
 from ui.runs import next_run_id, record_finished
 
 st.title("2 · Align")
 data = state.get(state.DATA)
 if data is None:
     st.info("Load data on the Data page first.")
-    st.page_link("pages/1_data.py", label="Go to Data", icon="📂")
+    st.page_link("pages/1_data.py", label="Go to Data", icon=":material/folder_open:")
     st.stop()
 try:
     r = rasters(data, state.settings())
@@ -28,6 +28,44 @@ except DataError as err:
 
 job = state.get(state.JOB)
 running = job is not None and job.running
+
+
+@st.fragment(run_every=0.5 if running else None)
+def live() -> None:
+    """The live view of the session's job; redraws itself twice a second while the job runs."""
+    job = state.get(state.JOB)
+    if job is None:
+        st.caption("No run yet: set the parameters and press **Start alignment**. "
+                   "On CPU a default run on the MERFISH demo takes about a minute.")
+        return
+    snap, job_data = job.snapshot(), job.context
+    head = st.columns(3)
+    head[0].metric("Run", f"#{job.run_id}: {snap.state}")
+    head[1].metric("Elapsed", f"{snap.elapsed_s:.1f} s")
+    head[2].metric("Best GA fitness", f"{max(snap.ga_best):.4f}" if snap.ga_best else "–")
+    if snap.genes is not None:
+        g = snap.genes
+        st.markdown(f"**Current best transform:** angle {g[0]:.1f}°, scale (y, x) = ({g[1]:.4g}, {g[2]:.4g}) µm/px, "
+                    f"shift (y, x) = ({g[3]:.1f}, {g[4]:.1f}) µm")
+    if job.running:
+        st.progress(min(1.0, snap.step / max(snap.total, 1)), text=f"{snap.stage or 'starting'}: "
+                    f"step {snap.step} of {snap.total}")
+        if st.button("Stop", key="stop_job", help="Ends the run within a second; the best so far is kept."):
+            job.stop()
+    c1, c2, c3 = st.columns([2, 2, 1.3])
+    c1.plotly_chart(figures.fitness_figure(snap.ga_best, snap.ga_mean, snap.refine), theme=None, key="fig_fitness")
+    c2.plotly_chart(figures.energy_figure(snap.energy), theme=None, key="fig_energy")
+    if snap.genes is not None:
+        xy = figures.genes_to_image_xy(snap.genes, job.rasters.xI, job.rasters.xJ, spatial_yx(job_data.adata)[:, ::-1])
+        c3.plotly_chart(figures.preview_figure(job_data.image, xy), theme=None, key="fig_preview")
+    if snap.state == "error":
+        st.error(snap.error)
+    if not job.running and not job.reported:
+        record_finished(job, job_data)
+        st.rerun()
+
+
+live()
 
 with st.form("align_form", border=True):
     values = params_inputs()
@@ -43,51 +81,14 @@ if start:
     else:
         st.session_state[state.PARAMS] = params.to_dict()
         st.session_state[state.GENES] = genes
-        st.session_state[state.JOB] = start_job(r, params, gene_space=space, run_id=next_run_id())
-        st.rerun()
-else:
-    stored_params(), stored_genes()
-
-
-@st.fragment(run_every=0.5 if running else None)
-def live() -> None:
-    """The live view of the session's job; redraws itself twice a second while the job runs."""
-    job = state.get(state.JOB)
-    if job is None:
-        st.caption("No run yet: set the parameters and press **Start alignment**. "
-                   "On CPU a default run on the MERFISH demo takes about a minute.")
-        return
-    snap = job.snapshot()
-    head = st.columns([1, 1, 1, 2])
-    head[0].metric("Run", f"#{job.run_id}: {snap.state}")
-    head[1].metric("Elapsed", f"{snap.elapsed_s:.1f} s")
-    head[2].metric("Best GA fitness", f"{max(snap.ga_best):.4f}" if snap.ga_best else "–")
-    if snap.genes is not None:
-        g = snap.genes
-        head[3].metric("Current best transform",
-                       f"{g[0]:.1f}°, s=({g[1]:.3g}, {g[2]:.3g}), t=({g[3]:.0f}, {g[4]:.0f}) µm")
-    if job.running:
-        st.progress(min(1.0, snap.step / max(snap.total, 1)), text=f"{snap.stage or 'starting'}: "
-                    f"step {snap.step} of {snap.total}")
-        if st.button("Stop", key="stop_job", help="Ends the run within a second; the best so far is kept."):
-            job.stop()
-    c1, c2, c3 = st.columns([2, 2, 1.3])
-    c1.plotly_chart(figures.fitness_figure(snap.ga_best, snap.ga_mean, snap.refine), theme=None, key="fig_fitness")
-    c2.plotly_chart(figures.energy_figure(snap.energy), theme=None, key="fig_energy")
-    if snap.genes is not None:
-        xy = figures.genes_to_image_xy(snap.genes, job.rasters.xI, job.rasters.xJ, spatial_yx(data.adata)[:, ::-1])
-        c3.plotly_chart(figures.preview_figure(data.image, xy), theme=None, key="fig_preview")
-    if snap.state == "error":
-        st.error(snap.error)
-    if not job.running and not job.reported:
-        record_finished(job, data)
+        st.session_state[state.JOB] = start_job(r, params, gene_space=space, run_id=next_run_id(),
+                                                     context=data)
         st.rerun()
 
 
-live()
 
 rows = state.history()
 if rows:
     st.subheader("Run history")
     st.dataframe(pd.DataFrame(rows), hide_index=True, key="history_table")
-    st.page_link("pages/3_viewer.py", label="Open the viewer →", icon="🔬")
+    st.page_link("pages/3_viewer.py", label="Open the viewer →", icon=":material/visibility:")

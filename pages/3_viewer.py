@@ -16,7 +16,7 @@ data = state.get(state.DATA)
 runs = {rid: res for rid, (uid, res) in state.results().items() if data is not None and uid == data.uid}
 if not runs:
     st.info("No finished alignment for the loaded data yet: run one on the Align page.")
-    st.page_link("pages/2_align.py", label="Go to Align", icon="🧭")
+    st.page_link("pages/2_align.py", label="Go to Align", icon=":material/tune:")
     st.stop()
 
 ids = sorted(runs, reverse=True)

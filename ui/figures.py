@@ -21,6 +21,7 @@ LAYER_COLOURS = {
     "ground truth": "#00e5ff",
 }
 _MARGIN = dict(l=10, r=10, t=40, b=10)
+_CHART_MARGIN = dict(l=60, r=10, t=40, b=40)
 
 
 def _display_rgb(pixels: np.ndarray) -> np.ndarray:
@@ -115,10 +116,10 @@ def fitness_figure(best: Sequence[float], mean: Sequence[float], refine: Sequenc
         go.Scatter(x=gens, y=list(mean), mode="lines", name="mean", line=dict(dash="dot")),
     ])
     if refine:
-        fig.add_trace(go.Scatter(x=list(range(len(best) + 1, len(best) + len(refine) + 1)), y=list(refine), mode="lines",
-                                 name="refinement (score)"))
+        steps = list(range(len(best) + 1, len(best) + len(refine) + 1))
+        fig.add_trace(go.Scatter(x=steps, y=list(refine), mode="lines", name="refinement (score)"))
     fig.update_layout(title="GA fitness", xaxis_title="generation", yaxis_title="fitness", height=height,
-                      margin=_MARGIN, legend=dict(orientation="h", y=-0.25))
+                      margin=_CHART_MARGIN, legend=dict(orientation="h", y=-0.25))
     return fig
 
 
@@ -126,7 +127,7 @@ def energy_figure(energy: Sequence[float], *, height: int = 300) -> go.Figure:
     """LDDMM total energy per iteration."""
     fig = go.Figure(go.Scatter(x=list(range(1, len(energy) + 1)), y=list(energy), mode="lines", name="energy"))
     fig.update_layout(title="LDDMM energy", xaxis_title="iteration", yaxis_title="energy", height=height,
-                      margin=_MARGIN)
+                      margin=_CHART_MARGIN)
     return fig
 
 

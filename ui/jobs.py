@@ -63,6 +63,7 @@ class Job:
     error: str | None = None
     result: AlignmentResult | None = None
     reported: bool = False  # the page has recorded this job in the history
+    context: Any = None  # what the page needs to draw and record the job (the Dataset it aligns)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
@@ -156,9 +157,10 @@ class Job:
 
 
 def start_job(rasters: SectionRasters, params: AlignParams, *, gene_space: list[dict] | None = None,
-              run_id: int = 0, runner: Runner = align_section) -> Job:
+              run_id: int = 0, runner: Runner = align_section, context: Any = None) -> Job:
     """Create and start a :class:`Job`."""
-    return Job(rasters=rasters, params=params, gene_space=gene_space, runner=runner, run_id=run_id).start()
+    return Job(rasters=rasters, params=params, gene_space=gene_space, runner=runner, run_id=run_id,
+               context=context).start()
 
 
 def history_row(job: Job, *, truth_error_px: float | None = None) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import streamlit as st
 from gala_engine.device import device_name
 
 from . import state
+from .runs import record_finished
 
 
 @st.cache_resource(show_spinner=False)
@@ -27,10 +28,24 @@ def sidebar() -> None:
             h, w = data.image.full_shape
             st.caption(f"{data.adata.n_obs:,} cells × {data.adata.n_vars:,} genes · image {w:,} × {h:,} px")
         job = state.get(state.JOB)
+        run_state(every=1.0 if job is not None and job.running else None)
+
+
+def run_state(*, every: float | None) -> None:
+    """The run line; refreshes itself every second while a job runs."""
+
+    @st.fragment(run_every=every)
+    def _draw() -> None:
+        job = state.get(state.JOB)
         if job is None:
             st.markdown("**Run:** none yet")
         else:
             snap = job.snapshot()
             label = {"waiting": "waiting for the engine", "running": f"running ({snap.stage or 'starting'})"}
             st.markdown(f"**Run #{job.run_id}:** {label.get(snap.state, snap.state)} · {snap.elapsed_s:.0f} s")
+            if not job.running and not job.reported:  # finished while the user was on another page
+                record_finished(job, job.context)
+                st.rerun()
         st.caption(f"{len(state.history())} finished run(s) in this session")
+
+    _draw()

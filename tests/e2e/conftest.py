@@ -35,7 +35,7 @@ def browser_type_launch_args(browser_type_launch_args):
 
 @pytest.fixture(scope="session")
 def browser_context_args(browser_context_args):
-    return {**browser_context_args, "viewport": {"width": 1600, "height": 1000}, "accept_downloads": True}
+    return {**browser_context_args, "viewport": {"width": 1500, "height": 1700}, "accept_downloads": True}
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,8 @@ from .conftest import SCREENSHOTS
 pytestmark = pytest.mark.e2e
 expect.set_options(timeout=60_000)
 
-SHORT = {"num generations": "40", "ga restarts": "1", "refine iterations": "30", "num iterations": "20"}
+SHORT = {"num generations": "30", "sol per pop": "60", "ga restarts": "1", "refine iterations": "30",
+         "num iterations": "20"}
 
 _FITNESS_POINTS = """() => {
   for (const el of document.querySelectorAll('.js-plotly-plot')) {
@@ -61,6 +62,8 @@ def test_demo_run_viewer_download(page: Page, app_url: str, tmp_path):
             counts.append(n)
         if len(counts) >= 3 or page.get_by_text("Run history").count():
             break
+        assert not page.locator("[data-testid='stAlertContentError']").count(), page.locator(
+            "[data-testid='stAlertContentError']").first.inner_text()
         page.wait_for_timeout(250)
     assert len(counts) >= 2 and counts == sorted(counts), counts
     page.screenshot(path=SCREENSHOTS / "2_align_running.png", full_page=True)
@@ -85,4 +88,4 @@ def test_demo_run_viewer_download(page: Page, app_url: str, tmp_path):
     width, height = 4603, 4143  # the MERFISH demo's DAPI image
     inside = (xy[:, 0] >= 0) & (xy[:, 0] < width) & (xy[:, 1] >= 0) & (xy[:, 1] < height)
     assert inside.mean() > 0.95, inside.mean()
-    assert adata.uns["gala"]["params"]["num_generations"] == 40
+    assert adata.uns["gala"]["params"]["num_generations"] == 30
