@@ -107,7 +107,11 @@ def _versions() -> dict[str, str]:
 
 def quality_metrics(rasters: SectionRasters, result: AlignmentResult) -> dict[str, Any]:
     """JSON-friendly metrics of one alignment (see :func:`write_report`)."""
-    jmin, jmax = jacobian_range(result)
+    axes, phi = _phi_grid(result)
+    det = jacobian_det(phi, axes)
+    jmin, jmax = float(det.min()), float(det.max())
+    rr, cc = np.meshgrid(axes[0], axes[1], indexing="ij")
+    disp = np.hypot(phi[..., 0] - rr, phi[..., 1] - cc)
     return {
         "fitness": float(result.fitness),
         "score": float(result.score),
@@ -117,6 +121,7 @@ def quality_metrics(rasters: SectionRasters, result: AlignmentResult) -> dict[st
         "jacobian_det_min": jmin,
         "jacobian_det_max": jmax,
         "folding": bool(jmin <= 0.0),
+        "max_displacement_px": float(disp.max()),
         "affine_det": float(np.linalg.det(np.asarray(result.A)[:2, :2])),
         "mirrored": bool(np.linalg.det(np.asarray(result.A)[:2, :2]) < 0),
         "runtime_s": float(result.runtime_s),
@@ -178,7 +183,7 @@ def _overlay(image: LoadedImage, xy_px: np.ndarray, title: str, color) -> np.nda
     return panel
 
 
-def _grid_panel(image: LoadedImage, result: AlignmentResult, jac: tuple[float, float]) -> np.ndarray:
+def _grid_panel(image: LoadedImage, result: AlignmentResult, jac: tuple[float, float], disp: float) -> np.ndarray:
     panel, f, off = _background(image)
     n = 17
     axes = [np.linspace(a[0], a[-1], n) for a in result.xv]
@@ -194,7 +199,7 @@ def _grid_panel(image: LoadedImage, result: AlignmentResult, jac: tuple[float, f
             line = np.stack([phi[:, 1] * f + off[1], phi[:, 0] * f + off[0]], -1)
             cv2.polylines(panel, [np.round(line).astype(np.int32)], False, (200, 90, 0), 1, cv2.LINE_AA)
     _text(panel, "deformation grid (LDDMM)", (8, 20), scale=0.5)
-    _text(panel, f"det J in [{jac[0]:.3f}, {jac[1]:.3f}]", (8, _PANEL - 10), scale=0.45,
+    _text(panel, f"det J in [{jac[0]:.3f}, {jac[1]:.3f}]; max shift {disp:.1f} px", (8, _PANEL - 10), scale=0.45,
           color=(0, 0, 200) if jac[0] <= 0 else (0, 120, 0))
     return panel
 
@@ -317,7 +322,8 @@ def write_report(
                       (40, 40, 220))
     after = _overlay(image, result.cells_to_image(xy_um), f"after (GALA)  NCC {metrics['overlap_after']:.3f}",
                      (30, 170, 30))
-    grid = _grid_panel(image, result, (metrics["jacobian_det_min"], metrics["jacobian_det_max"]))
+    grid = _grid_panel(image, result, (metrics["jacobian_det_min"], metrics["jacobian_det_max"]),
+                       metrics["max_displacement_px"])
     top = np.concatenate([before, after, grid], axis=1)
     bottom = np.concatenate([_fitness_panel(result), _energy_panel(result), _metrics_panel(metrics)], axis=1)
     canvas = np.concatenate([top, bottom], axis=0)
