@@ -134,33 +134,41 @@ def gala(
     best_genes = np.zeros(5)
     fitness = score = float("nan")
     for repeat in range(p.num_repeats):
-        best = None
+        candidates = []
         for restart in range(p.ga_restarts):
             seed = p.random_seed + restart
             population = None
             if p.seed_population:
                 population = moment_seeds(I_c.cpu().numpy(), xI_c, J_c.cpu().numpy(), xJ_c, space,
                                           count=p.sol_per_pop, rng=np.random.default_rng(seed))
-            result = run_ga(coarse, space, initial_population=population, num_generations=p.num_generations, sol_per_pop=p.sol_per_pop,
-                            num_parents_mating=p.num_parents_mating,
+            result = run_ga(coarse, space, initial_population=population, num_generations=p.num_generations,
+                            sol_per_pop=p.sol_per_pop, num_parents_mating=p.num_parents_mating,
                             mutation_probability=p.mutation_probability,
                             crossover_probability=p.crossover_probability, random_seed=seed,
                             stop_criteria=p.stop_criteria, progress=progress, should_stop=should_stop,
                             repeat=repeat)
             ga_history.append({"repeat": repeat, "restart": restart, "seed": seed,
                                "best": result.best_history, "mean": result.mean_history})
-            if best is None or result.fitness > best.fitness:
-                best = result
+            candidates.append(result)
             if result.stopped:
                 was_stopped = True
                 break
+        best = max(candidates, key=lambda c: c.fitness)
         best_genes, fitness = best.genes, best.fitness
         score = float(full(torch.as_tensor(best_genes[None], dtype=dtype, device=device))[0])
         if p.refine_iterations and not was_stopped:
-            for level in levels:
-                best_genes, score = refine_genes(level, best_genes, space,
-                                                 iterations=max(p.refine_iterations // len(levels), 1),
-                                                 progress=progress, should_stop=should_stop, repeat=repeat)
+            # each restart's best is refined on the coarse levels; the sharpest score picks the winner
+            per_level = max(p.refine_iterations // len(levels), 1)
+            refined = []
+            for cand in candidates:
+                genes = cand.genes
+                for level in levels[:-1]:
+                    genes, level_score = refine_genes(level, genes, space, iterations=per_level,
+                                                      progress=progress, should_stop=should_stop, repeat=repeat)
+                refined.append((level_score, genes))
+            best_genes = max(refined, key=lambda item: item[0])[1]
+            best_genes, score = refine_genes(full, best_genes, space, iterations=per_level,
+                                             progress=progress, should_stop=should_stop, repeat=repeat)
             was_stopped = stopped(should_stop)
         A = genes_to_matrix(torch.as_tensor(best_genes, dtype=dtype, device=device), full.cI, full.cJ)
         if p.num_iterations and not was_stopped:

@@ -32,12 +32,21 @@ def _return(P: torch.Tensor, is_numpy: bool):
     return P.detach().cpu().numpy() if is_numpy else P
 
 
-def transform_points_source_to_target(xv, v, A, points):
-    """Source points (image pixels, row/col) → target (µm, row/col): flow forward, then ``A``."""
+def transform_points_source_to_target(xv, v, A, points, *, fixed_point_iterations: int = 5):
+    """Source points (image pixels, row/col) → target (µm, row/col): flow forward, then ``A``.
+
+    Each time step solves ``Q = P + v_t(Q)/nt`` by fixed-point iteration (started from the plain Euler
+    step ``P + v_t(P)/nt``), so this map is the exact inverse of the backward steps that LDDMM fits
+    and that :func:`transform_points_target_to_source` applies; ``fixed_point_iterations=0`` gives the
+    plain Euler step of the published code.
+    """
     xv, v, A, P, is_numpy = _as_tensors(xv, v, A, points)
     nt = v.shape[0]
     for t in range(nt):
-        P = P + _velocity_at(v[t], xv, P) / nt
+        Q = P + _velocity_at(v[t], xv, P) / nt
+        for _ in range(fixed_point_iterations):
+            Q = P + _velocity_at(v[t], xv, Q) / nt
+        P = Q
     P = P @ A[:2, :2].T + A[:2, 2]
     return _return(P, is_numpy)
 

@@ -1,0 +1,89 @@
+"""Genes ⇄ matrix, batched vs per-solution fitness, parameter validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import pygad
+import torch
+
+from gala_engine import AlignParams, GalaInputError, image_feature, normalize, rasterize
+from gala_engine.affine import genes_to_matrix_np, matrix_to_genes
+from gala_engine.search import BatchedFitness, fill_gene_space, score_batch
+
+XI = [np.arange(50.0), np.arange(80.0)]
+XJ = [np.linspace(-300, 300, 40), np.linspace(0, 900, 60)]
+
+
+@pytest.mark.parametrize("genes", [[0, 1, 1, 0, 0], [37.5, 0.8, -0.6, 12.0, -40.0], [-135.0, 2.0, 1.5, -3.0, 7.0],
+                                   [90.0, 0.5, -0.5, 100.0, 250.0], [180.0, 1.0, 1.0, 0.0, 0.0]])
+def test_genes_matrix_round_trip(genes):
+    A = genes_to_matrix_np(genes, XI, XJ)
+    back = matrix_to_genes(A, XI, XJ)
+    assert np.allclose(genes_to_matrix_np(back, XI, XJ), A, atol=1e-9)
+    assert back[1] > 0  # canonical form: (θ, sy, sx) ≡ (θ ± 180°, −sy, −sx)
+    if genes[1] > 0:
+        assert np.allclose(back, genes, atol=1e-9) or np.isclose(abs(back[0]), 180.0)
+
+
+def test_matrix_maps_source_centre_to_target_centre_plus_shift():
+    A = genes_to_matrix_np([33.0, 2.0, -1.0, 5.0, 7.0], XI, XJ)
+    cI = np.array([XI[0].mean(), XI[1].mean(), 1.0])
+    cJ = np.array([XJ[0].mean(), XJ[1].mean()])
+    assert np.allclose((A @ cI)[:2], cJ + [5.0, 7.0])
+
+
+def _rasters(dapi):
+    YI, XI_, I = image_feature(dapi, reduce=8)
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(0, 400, 500), rng.uniform(0, 300, 500)
+    XJ_, YJ, J = rasterize(x, y, dx=10.0)
+    return (torch.tensor(normalize(I)), [YI, XI_], torch.tensor(normalize(J), dtype=torch.float32), [YJ, XJ_])
+
+
+@pytest.mark.parametrize("kind", ["ncc", "sse"])
+def test_batched_fitness_equals_per_solution_fitness(dapi_small, kind):
+    I, xI, J, xJ = _rasters(dapi_small)
+    space = fill_gene_space(None, xI, xJ, mode="compatible")
+    fit = BatchedFitness(I, xI, J, xJ, kind=kind, scale_floor=space.scale_floor)
+    rng = np.random.default_rng(3)
+    pop = torch.tensor(rng.uniform(space.low, space.high, (32, 5)))
+    batched = fit(pop)
+    single = torch.cat([fit(pop[i : i + 1]) for i in range(32)])
+    assert torch.allclose(batched, single, atol=1e-5)
+    assert batched.std() > 0  # the population really differs
+
+
+def test_ncc_is_one_for_identical_rasters_and_ignores_intensity_scale():
+    J = torch.rand(1, 20, 30)
+    assert score_batch(J[None], J).item() == pytest.approx(1.0, abs=1e-5)
+    assert score_batch(3 * J[None] + 1, J).item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_pygad_runs_with_the_gene_space_we_fill():
+    space = fill_gene_space([{}, {"low": 0.5}, {}, {"low": 0.0, "high": 0.0}, {}], XI, XJ)
+    assert space.low[1] == 0.5 and space.low[3] == space.high[3] == 0.0
+    ga = pygad.GA(num_generations=2, num_parents_mating=2, sol_per_pop=4, num_genes=5,
+                  gene_space=space.as_dicts(), fitness_func=lambda ga, s, i: 0.0, suppress_warnings=True)
+    ga.run()
+
+
+@pytest.mark.parametrize(
+    "gene_space, message",
+    [([{}] * 4, "list of 5 dicts"), ([{}, {"low": 2.0, "high": 1.0}, {}, {}, {}], "greater than"),
+     ("angles", "list of 5 dicts"), ([{}, {}, {}, {}, 3], "must be a dict")],
+)
+def test_bad_gene_space_raises(gene_space, message):
+    with pytest.raises(GalaInputError, match=message):
+        fill_gene_space(gene_space, XI, XJ)
+
+
+def test_params_validate_and_round_trip():
+    p = AlignParams(num_generations=10, a=30.0)
+    assert AlignParams.from_dict(p.to_dict()) == p
+    with pytest.raises(GalaInputError, match="Unknown parameter"):
+        AlignParams.from_dict({"num_generation": 10})
+    with pytest.raises(GalaInputError, match="fitness must be one of"):
+        AlignParams(fitness="mse")
+    with pytest.raises(GalaInputError, match="sol_per_pop"):
+        AlignParams(sol_per_pop=1)

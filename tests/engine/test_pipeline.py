@@ -1,0 +1,127 @@
+"""gala() end to end on synthetic pairs with a KNOWN transform, made from the real DAPI image."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gala_engine import GalaInputError, gala, to_cpu, transform_points_target_to_source
+from gala_engine.section import AlignmentResult
+
+from .synth import make_pair, median_error_target_px
+
+FAST = dict(num_iterations=0)  # the defaults of the global search
+
+
+def _error(pair, result, *, deformed=True):
+    r = to_cpu(result)
+    v = r["v"] if deformed else 0 * r["v"]
+    return median_error_target_px(pair, transform_points_target_to_source(r["xv"], v, r["A"], pair.cells_um))
+
+
+@pytest.mark.parametrize(
+    "angle, sy, sx",
+    [(0, 1.0, 1.0), (90, 0.5, 0.5), (180, 2.0, 2.0), (270, 1.0, -1.0), (37, 0.8, -0.6), (-123, 0.75, 1.05)],
+    ids=["0deg", "90deg-shrink", "180deg-grow", "270deg-flip", "37deg-flip-aniso", "-123deg-aniso"],
+)
+def test_known_transform_is_recovered_within_one_target_pixel(dapi_small, angle, sy, sx):
+    pair = make_pair(dapi_small, angle, sy, sx)
+    result = gala(pair.xI, pair.I, pair.xJ, pair.J, **FAST)
+    assert _error(pair, result) < 1.0
+
+
+def test_lddmm_lowers_the_error_left_by_the_affine_stage_on_a_warped_pair(dapi_small):
+    pair = make_pair(dapi_small, 30, 0.8, 0.8, warp=12.0)  # ~5 target pixels of smooth warp
+    result = gala(pair.xI, pair.I, pair.xJ, pair.J, num_iterations=200)
+    affine, deformed = _error(pair, result, deformed=False), _error(pair, result)
+    assert affine > 1.5  # the warp is real
+    assert deformed < 0.7 * affine
+    energy = np.array(result["energy_history"])
+    assert energy[-1, 1] < 0.6 * energy[0, 1]  # matching energy fell
+
+
+def test_float32_and_float64_agree(dapi_small):
+    pair = make_pair(dapi_small, 60, 0.9, 0.9, n_cells=3000)
+    kw = dict(num_iterations=20, num_generations=40, ga_restarts=1)
+    r32 = to_cpu(gala(pair.xI, pair.I, pair.xJ, pair.J, dtype="float32", **kw))
+    r64 = to_cpu(gala(pair.xI, pair.I, pair.xJ, pair.J, dtype="float64", **kw))
+    assert r64["A"].dtype.is_floating_point and str(r64["A"].dtype) == "torch.float64"
+    P = pair.cells_um[:200]
+    p32 = transform_points_target_to_source(r32["xv"], r32["v"], r32["A"], P)
+    p64 = transform_points_target_to_source(r64["xv"], r64["v"], r64["A"], P)
+    assert np.median(np.linalg.norm(p32 - p64, axis=1)) < 0.25  # image pixels (~0.1 target pixel)
+
+
+def test_same_seed_gives_the_same_result_on_cpu(dapi_small):
+    pair = make_pair(dapi_small, 10, 1.0, 1.0, n_cells=2000)
+    kw = dict(num_iterations=10, num_generations=15, ga_restarts=1, device="cpu", random_seed=7)
+    a, b = gala(pair.xI, pair.I, pair.xJ, pair.J, **kw), gala(pair.xI, pair.I, pair.xJ, pair.J, **kw)
+    assert np.array_equal(a["genes"], b["genes"])
+    assert np.array_equal(a["v"].numpy(), b["v"].numpy())
+    assert a["ga_history"] == b["ga_history"]
+
+
+def test_global_numpy_random_state_is_left_alone(dapi_small):
+    pair = make_pair(dapi_small, 10, 1.0, 1.0, n_cells=1000)
+    np.random.seed(123)
+    expected = np.random.random()
+    np.random.seed(123)
+    gala(pair.xI, pair.I, pair.xJ, pair.J, num_iterations=0, num_generations=3, ga_restarts=1, refine_iterations=0)
+    assert np.random.random() == expected
+
+
+def test_progress_events_and_stop_keep_the_best_so_far(dapi_small):
+    pair = make_pair(dapi_small, 10, 1.0, 1.0, n_cells=1000)
+    events = []
+    result = gala(pair.xI, pair.I, pair.xJ, pair.J, num_generations=500, num_iterations=100,
+                  progress=events.append, should_stop=lambda: len(events) >= 5)
+    assert result["stopped"] is True
+    assert [e.stage for e in events] == ["ga"] * 5
+    assert [e.step for e in events] == [1, 2, 3, 4, 5]
+    assert events[-1].value == result["fitness"] and np.allclose(events[-1].genes, result["genes"])
+    assert all(b.value >= a.value for a, b in zip(events, events[1:]))  # best so far never drops
+
+
+def test_small_iteration_counts_work_and_report_energy(dapi_small):
+    pair = make_pair(dapi_small, 0, 1.0, 1.0, n_cells=1000)
+    events = []
+    result = gala(pair.xI, pair.I, pair.xJ, pair.J, num_generations=5, ga_restarts=1, refine_iterations=3,
+                  num_iterations=3, progress=events.append)
+    lddmm = [e for e in events if e.stage == "lddmm"]
+    assert [e.step for e in lddmm] == [1, 2, 3] and len(result["energy_history"]) == 3
+    assert {"matching", "regularisation"} <= set(lddmm[0].extra)
+
+
+def test_result_round_trips_through_npz_without_pickle(dapi_small, tmp_path):
+    pair = make_pair(dapi_small, 0, 1.0, 1.0, n_cells=1000)
+    raw = gala(pair.xI, pair.I, pair.xJ, pair.J, num_generations=5, ga_restarts=1, num_iterations=5)
+    result = AlignmentResult.from_gala(raw, dx=pair.dx)
+    back = AlignmentResult.load_npz(result.save_npz(tmp_path / "r.npz"))
+    assert np.array_equal(back.A, result.A) and np.array_equal(back.v, result.v)
+    assert back.params == result.params and back.energy_history == result.energy_history
+    xy = pair.cells_um[:50, ::-1]
+    assert np.allclose(back.cells_to_image(xy), result.cells_to_image(xy))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(I=np.zeros((1, 20, 20))), "constant"),
+        (dict(I=np.full((1, 20, 20), np.nan)), "NaN"),
+        (dict(J=np.ones((1, 1, 0))), "too small"),
+        (dict(I=np.ones((2, 3, 4, 5))), r"\(C, H, W\)"),
+        (dict(xJ=[np.arange(5.0), np.arange(6.0)]), "axis"),
+        (dict(gene_space=[{}] * 3), "list of 5 dicts"),
+        (dict(gene_space=[{"low": 10, "high": -10}, {}, {}, {}, {}]), "greater than"),
+        (dict(num_generations=0), "num_generations"),
+        (dict(bogus=1), "Unknown parameter"),
+    ],
+)
+def test_bad_inputs_raise_clear_value_errors(change, message):
+    rng = np.random.default_rng(0)
+    args = dict(xI=[np.arange(20.0), np.arange(20.0)], I=rng.random((1, 20, 20)),
+                xJ=[np.arange(30.0), np.arange(25.0)], J=rng.random((1, 30, 25)))
+    args.update(change)
+    with pytest.raises(ValueError, match=message):
+        gala(**args)
+    assert issubclass(GalaInputError, ValueError)

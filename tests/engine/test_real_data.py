@@ -1,0 +1,50 @@
+"""Real tissue (bundled, see gala_engine/demo_data/README.md): cells moved by a known rotation + flip +
+shift must land back on their ground-truth image positions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gala_engine import AlignParams
+from gala_engine.demo import load_demo, truth_px_xy
+from gala_engine.io import read_image
+from gala_engine.section import align_section, median_error_px, prepare_section
+
+
+def _moved(demo, angle: float, flip: bool, shift: tuple[float, float]):
+    xy = np.asarray(demo.adata.obsm["spatial"], dtype=np.float64)
+    theta = np.deg2rad(angle)
+    R = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    if flip:
+        R = R @ np.diag([-1.0, 1.0])
+    centre = xy.mean(0)
+    adata = demo.adata.copy()
+    adata.obsm["spatial"] = (xy - centre) @ R.T + centre + np.asarray(shift)
+    return adata
+
+
+def _median_error_um(name: str, angle: float, flip: bool, **params) -> float:
+    demo = load_demo(name)
+    adata = _moved(demo, angle, flip, (250.0, -400.0))
+    rasters = prepare_section(adata, read_image(demo.image_path))
+    result = align_section(rasters, AlignParams(**params))
+    predicted = result.cells_to_image(np.asarray(adata.obsm["spatial"]), deformed=params.get("num_iterations", 1) > 0)
+    px_per_um = np.sqrt(abs(np.linalg.det(demo.um_to_px[:, :2])))
+    return median_error_px(predicted, truth_px_xy(demo)) / px_per_um
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("angle, flip", [(0.0, False), (130.0, True)], ids=["as-is", "rot130-flip"])
+def test_merfish_cells_land_on_their_dapi_positions(angle, flip):
+    assert _median_error_um("merfish_mini", angle, flip, num_iterations=0) < 5.0  # half a nucleus
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="known shortfall, see issue 2 note: NCC on Sobel features scores a wrong pose above the "
+                   "true one for Visium H&E (truth 0.32 vs 0.36 found on visium_dg)", strict=False)
+@pytest.mark.parametrize("name", ["visium_tiny", "visium_dg"])
+def test_visium_spots_land_on_the_he_within_three_pixels(name):
+    demo = load_demo(name)
+    px_per_um = np.sqrt(abs(np.linalg.det(demo.um_to_px[:, :2])))
+    assert _median_error_um(name, 130.0, True, num_iterations=0) * px_per_um < 3.0
