@@ -83,13 +83,25 @@ def align_files(
     rasters = section.prepare_section(adata, img, signal=signal, dx=dx, feature=feature)  # type: ignore[arg-type]
     result = section.align_section(rasters, params, progress=progress)
     _write_aligned(adata, result, out, protect=[image, h5ad])
-    summary: dict[str, Any] = {"fitness": result.fitness, "score": result.score, "runtime_s": result.runtime_s,
-                               "device": result.device, "output": str(out)}
+    summary: dict[str, Any] = {
+        "fitness": result.fitness,
+        "score": result.score,
+        "runtime_s": result.runtime_s,
+        "device": result.device,
+        "output": str(out),
+    }
     if report_dir is not None:
         from .report import write_report
 
-        summary["report"] = write_report(adata, img, rasters, result, report_dir, name=report_name,
-                                         inputs={"image": str(image), "h5ad": str(h5ad), "output": str(out)})
+        summary["report"] = write_report(
+            adata,
+            img,
+            rasters,
+            result,
+            report_dir,
+            name=report_name,
+            inputs={"image": str(image), "h5ad": str(h5ad), "output": str(out)},
+        )
     return summary
 
 
@@ -211,8 +223,14 @@ def read_manifest(path: str | os.PathLike[str], *, base: AlignParams | None = No
 def _align_row(row: ManifestRow, out_dir: str, report: bool, torch_threads: int | None) -> dict[str, Any]:
     """Worker task: align one row; never raises (a failure is a summary row)."""
     start = time.perf_counter()
-    rec: dict[str, Any] = {"section": row.section, "status": "failed", "fitness": "", "runtime_s": "",
-                           "error": row.error, "output": ""}
+    rec: dict[str, Any] = {
+        "section": row.section,
+        "status": "failed",
+        "fitness": "",
+        "runtime_s": "",
+        "error": row.error,
+        "output": "",
+    }
     if row.error:
         return rec
     try:
@@ -221,9 +239,15 @@ def _align_row(row: ManifestRow, out_dir: str, report: bool, torch_threads: int 
 
             torch.set_num_threads(int(torch_threads))
         out = Path(out_dir) / f"{row.section}.h5ad"
-        res = align_files(row.image, row.h5ad, out, AlignParams.from_dict(row.params),
-                          report_dir=Path(out_dir) / "reports" if report else None,
-                          report_name=row.section, **row.options)
+        res = align_files(
+            row.image,
+            row.h5ad,
+            out,
+            AlignParams.from_dict(row.params),
+            report_dir=Path(out_dir) / "reports" if report else None,
+            report_name=row.section,
+            **row.options,
+        )
         rec.update(status="ok", fitness=f"{res['fitness']:.6g}", error="", output=res["output"])
     except GalaInputError as exc:
         rec["error"] = str(exc)
@@ -303,22 +327,36 @@ def run_batch(
         cpus = os.cpu_count() or 1
         n = n_workers or max(1, min(len(rows), cpus // 2, 4))
         torch_threads = max(1, cpus // n)
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=None,
-                               silence_logs=40)
+        cluster = LocalCluster(
+            n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=None, silence_logs=40
+        )
         client = Client(cluster)
     try:
         futures = {}
         for i, row in enumerate(rows):
-            fut = client.submit(_align_row, row, str(out.resolve()), report, torch_threads if processes else None,
-                                key=f"gala-align-{i}-{row.section}", pure=False)
+            fut = client.submit(
+                _align_row,
+                row,
+                str(out.resolve()),
+                report,
+                torch_threads if processes else None,
+                key=f"gala-align-{i}-{row.section}",
+                pure=False,
+            )
             futures[fut] = i
         for fut in as_completed(futures):
             i = futures[fut]
             try:
                 rec = fut.result()
             except Exception as exc:  # noqa: BLE001 - a worker died; the section fails alone
-                rec = {"section": rows[i].section, "status": "failed", "fitness": "", "runtime_s": "",
-                       "error": " ".join(f"{type(exc).__name__}: {exc}".split()), "output": ""}
+                rec = {
+                    "section": rows[i].section,
+                    "status": "failed",
+                    "fitness": "",
+                    "runtime_s": "",
+                    "error": " ".join(f"{type(exc).__name__}: {exc}".split()),
+                    "output": "",
+                }
             records[i] = rec
             if on_done is not None:
                 on_done(rec)

@@ -45,8 +45,9 @@ class _Bars:
                 label += f" (restart {self.restart + 1})"
             if event.repeat:
                 label += f" [repeat {event.repeat + 1}]"
-            self.bar = tqdm(total=event.total, desc=label, file=sys.stderr, leave=True, dynamic_ncols=True,
-                            mininterval=0.5)
+            self.bar = tqdm(
+                total=event.total, desc=label, file=sys.stderr, leave=True, dynamic_ncols=True, mininterval=0.5
+            )
             self.key = key
             self.last_step = 0
         self.bar.update(event.step - self.last_step)
@@ -63,33 +64,56 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="GALA: align spatial transcriptomics cells to their H&E image.")
     sub = p.add_subparsers(dest="command", required=True, metavar="{align,batch,params}")
 
-    a = sub.add_parser("align", help="align one section", description="Align one section; writes an aligned .h5ad "
-                       "with obsm['spatial_he'] (x, y in full-resolution image pixels) and uns['gala'].")
+    a = sub.add_parser(
+        "align",
+        help="align one section",
+        description="Align one section; writes an aligned .h5ad "
+        "with obsm['spatial_he'] (x, y in full-resolution image pixels) and uns['gala'].",
+    )
     a.add_argument("--image", required=True, help="tissue image (PNG, JPEG, TIFF incl. pyramidal)")
     a.add_argument("--h5ad", required=True, help="cells: .h5ad with obsm['spatial'] as (x, y) in µm")
     a.add_argument("--out", required=True, help="aligned .h5ad to write (never one of the inputs)")
     _common(a)
-    a.add_argument("--signal", default=constants.SIGNAL_TOTAL_COUNTS,
-                   help=f"cell raster signal: '{constants.SIGNAL_TOTAL_COUNTS}' (default), "
-                        f"'{constants.SIGNAL_DENSITY}', or a gene name")
+    a.add_argument(
+        "--signal",
+        default=constants.SIGNAL_TOTAL_COUNTS,
+        help=f"cell raster signal: '{constants.SIGNAL_TOTAL_COUNTS}' (default), "
+        f"'{constants.SIGNAL_DENSITY}', or a gene name",
+    )
     a.add_argument("--dx", type=float, default=None, help="cell raster pixel size in µm (default: from the data)")
-    a.add_argument("--feature", default="sobel", choices=("sobel", "intensity", "inverted"),
-                   help="image feature raster (default sobel)")
+    a.add_argument(
+        "--feature",
+        default="sobel",
+        choices=("sobel", "intensity", "inverted"),
+        help="image feature raster (default sobel)",
+    )
     a.add_argument("--report", metavar="DIR", default=None, help="write a quality report (PNG + JSON) into DIR")
 
-    b = sub.add_parser("batch", help="align many sections on Dask", description="Align every row of a manifest CSV "
-                       "(columns image,h5ad[,section][,params][,signal][,dx][,feature]) on Dask distributed.")
+    b = sub.add_parser(
+        "batch",
+        help="align many sections on Dask",
+        description="Align every row of a manifest CSV "
+        "(columns image,h5ad[,section][,params][,signal][,dx][,feature]) on Dask distributed.",
+    )
     b.add_argument("manifest", help="manifest CSV; relative paths are relative to its folder")
     b.add_argument("--out", required=True, help="output folder (<section>.h5ad, summary.csv, reports/)")
     _common(b)
-    b.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help="Dask scheduler address (default: a LocalCluster on this machine)")
+    b.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="Dask scheduler address (default: a LocalCluster on this machine)",
+    )
     b.add_argument("--workers", type=int, default=None, help="LocalCluster worker processes (default: auto)")
     b.add_argument("--threads", action="store_true", help="LocalCluster workers as threads of one process")
     b.add_argument("--report", action="store_true", help="write a quality report per section into OUT/reports/")
 
-    t = sub.add_parser("params", help="write a parameter file", description="Write a TOML parameter file with "
-                       "the defaults (or the published tutorial's settings) to edit and pass to --params.")
+    t = sub.add_parser(
+        "params",
+        help="write a parameter file",
+        description="Write a TOML parameter file with "
+        "the defaults (or the published tutorial's settings) to edit and pass to --params.",
+    )
     t.add_argument("out", help="TOML file to write ('-' for stdout)")
     t.add_argument("--tutorial", action="store_true", help="the published tutorial's settings")
     t.add_argument("--params", default=None, metavar="FILE.toml", help="start from this file")
@@ -124,8 +148,17 @@ def _cmd_align(args: argparse.Namespace) -> int:
     params = _params(args)
     bars = _Bars(enabled=not args.quiet)
     try:
-        res = align_files(args.image, args.h5ad, args.out, params, signal=args.signal, dx=args.dx,
-                          feature=args.feature, report_dir=args.report, progress=bars)
+        res = align_files(
+            args.image,
+            args.h5ad,
+            args.out,
+            params,
+            signal=args.signal,
+            dx=args.dx,
+            feature=args.feature,
+            report_dir=args.report,
+            progress=bars,
+        )
     finally:
         bars.close()
     line = f"wrote {res['output']}: fitness {res['fitness']:.4f}, {res['runtime_s']:.1f} s on {res['device']}"
@@ -154,8 +187,15 @@ def _cmd_batch(args: argparse.Namespace) -> int:
                 bar.write(f"{rec['section']}: failed: {rec['error']}", file=sys.stderr)
 
     try:
-        records = run_batch(rows, args.out, scheduler=args.scheduler, n_workers=args.workers,
-                            processes=not args.threads, report=args.report, on_done=done)
+        records = run_batch(
+            rows,
+            args.out,
+            scheduler=args.scheduler,
+            n_workers=args.workers,
+            processes=not args.threads,
+            report=args.report,
+            on_done=done,
+        )
     finally:
         if bar is not None:
             bar.close()

@@ -27,8 +27,20 @@ __all__ = ["centred_affine", "jacobian_det", "jacobian_range", "overlap_score", 
 _PANEL = 420  # panel side, PNG pixels
 _MAX_DOTS = 20000  # cells drawn per overlay panel
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
-_PACKAGES = ("gala-studio", "numpy", "scipy", "torch", "pygad", "anndata", "opencv-python-headless",
-             "opencv-python", "pillow", "tifffile", "dask", "distributed")
+_PACKAGES = (
+    "gala-studio",
+    "numpy",
+    "scipy",
+    "torch",
+    "pygad",
+    "anndata",
+    "opencv-python-headless",
+    "opencv-python",
+    "pillow",
+    "tifffile",
+    "dask",
+    "distributed",
+)
 
 
 # ------------------------------------------------------------------------------------- metrics
@@ -57,15 +69,22 @@ def _ncc(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / den) if den > 0 else 0.0
 
 
-def overlap_score(rasters: SectionRasters, A: np.ndarray, v: np.ndarray | None = None,
-                  xv: list[np.ndarray] | None = None) -> float:
+def overlap_score(
+    rasters: SectionRasters, A: np.ndarray, v: np.ndarray | None = None, xv: list[np.ndarray] | None = None
+) -> float:
     """Normalised cross-correlation (−1…1) of the cell raster ``J`` with the image raster ``I``
     resampled into the cells' µm grid by ``A`` (and the velocity ``v`` on ``xv``, if given)."""
     if v is None or xv is None:
         xv = [np.array([a[0], a[-1]], np.float64) for a in rasters.xI]
         v = np.zeros((1, 2, 2, 2))
-    moved = transform_image_source_to_target(xv, np.asarray(v, np.float64), np.asarray(A, np.float64),
-                                             rasters.xI, np.asarray(rasters.I, np.float64), rasters.xJ)
+    moved = transform_image_source_to_target(
+        xv,
+        np.asarray(v, np.float64),
+        np.asarray(A, np.float64),
+        rasters.xI,
+        np.asarray(rasters.I, np.float64),
+        rasters.xJ,
+    )
     return _ncc(moved, rasters.J)
 
 
@@ -139,8 +158,9 @@ def quality_metrics(rasters: SectionRasters, result: AlignmentResult) -> dict[st
 # ------------------------------------------------------------------------------------- drawing
 
 
-def _text(img: np.ndarray, s: str, org: tuple[int, int], *, scale: float = 0.45, color=(30, 30, 30),
-          thick: int = 1) -> None:
+def _text(
+    img: np.ndarray, s: str, org: tuple[int, int], *, scale: float = 0.45, color=(30, 30, 30), thick: int = 1
+) -> None:
     cv2.putText(img, s.encode("ascii", "replace").decode(), org, _FONT, scale, color, thick, cv2.LINE_AA)
 
 
@@ -161,7 +181,7 @@ def _background(image: LoadedImage) -> tuple[np.ndarray, float, tuple[int, int]]
     panel = _panel()
     off = (30, (_PANEL - small.shape[1]) // 2)  # (row, col) of the image's top-left
     tile = (0.35 + 0.45 * small) * 255  # light gray: dots stay visible
-    panel[off[0]:off[0] + small.shape[0], off[1]:off[1] + small.shape[1]] = tile[..., None].astype(np.uint8)
+    panel[off[0] : off[0] + small.shape[0], off[1] : off[1] + small.shape[1]] = tile[..., None].astype(np.uint8)
     return panel, f / image.scale, off
 
 
@@ -192,20 +212,29 @@ def _grid_panel(image: LoadedImage, result: AlignmentResult, jac: tuple[float, f
     for i, fixed in enumerate(axes):
         for value in fixed:
             other = fine[1 - i]
-            pts = np.stack([np.full_like(other, value), other], -1) if i == 0 else np.stack(
-                [other, np.full_like(other, value)], -1)
+            pts = (
+                np.stack([np.full_like(other, value), other], -1)
+                if i == 0
+                else np.stack([other, np.full_like(other, value)], -1)
+            )
             phi = np.asarray(transform_points_source_to_target(result.xv, v, np.eye(3), pts))
             # φ is in full-res pixels (row, col); scale by f (per full-res pixel)
             line = np.stack([phi[:, 1] * f + off[1], phi[:, 0] * f + off[0]], -1)
             cv2.polylines(panel, [np.round(line).astype(np.int32)], False, (200, 90, 0), 1, cv2.LINE_AA)
     _text(panel, "deformation grid (LDDMM)", (8, 20), scale=0.5)
-    _text(panel, f"det J in [{jac[0]:.3f}, {jac[1]:.3f}]; max shift {disp:.1f} px", (8, _PANEL - 10), scale=0.45,
-          color=(0, 0, 200) if jac[0] <= 0 else (0, 120, 0))
+    _text(
+        panel,
+        f"det J in [{jac[0]:.3f}, {jac[1]:.3f}]; max shift {disp:.1f} px",
+        (8, _PANEL - 10),
+        scale=0.45,
+        color=(0, 0, 200) if jac[0] <= 0 else (0, 120, 0),
+    )
     return panel
 
 
-def _line_plot(series: list[tuple[np.ndarray, tuple[int, int, int], str]], title: str, xlabel: str,
-               empty: str = "no data") -> np.ndarray:
+def _line_plot(
+    series: list[tuple[np.ndarray, tuple[int, int, int], str]], title: str, xlabel: str, empty: str = "no data"
+) -> np.ndarray:
     panel = _panel()
     _text(panel, title, (8, 20), scale=0.5)
     left, right, top, bottom = 60, _PANEL - 15, 45, _PANEL - 45
@@ -257,8 +286,11 @@ def _fitness_panel(result: AlignmentResult) -> np.ndarray:
 
 def _energy_panel(result: AlignmentResult) -> np.ndarray:
     E = np.asarray(result.energy_history, np.float64).reshape(-1, 3)
-    series = [(E[:, 0], (30, 30, 30), "total"), (E[:, 1], (200, 60, 20), "matching"),
-              (E[:, 2], (20, 140, 40), "regular.")]
+    series = [
+        (E[:, 0], (30, 30, 30), "total"),
+        (E[:, 1], (200, 60, 20), "matching"),
+        (E[:, 2], (20, 140, 40), "regular."),
+    ]
     return _line_plot(series, "LDDMM energy", "iteration", empty="LDDMM off (num_iterations = 0)")
 
 
@@ -318,12 +350,15 @@ def write_report(
     xy_um = np.asarray(adata.obsm[constants.SPATIAL_KEY], np.float64)[:, :2]
     A0 = centred_affine(rasters)
     yx_before = (np.linalg.inv(A0) @ np.c_[xy_um[:, ::-1], np.ones(len(xy_um))].T).T[:, :2]
-    before = _overlay(image, yx_before[:, ::-1], f"before (centred)  NCC {metrics['overlap_before']:.3f}",
-                      (40, 40, 220))
-    after = _overlay(image, result.cells_to_image(xy_um), f"after (GALA)  NCC {metrics['overlap_after']:.3f}",
-                     (30, 170, 30))
-    grid = _grid_panel(image, result, (metrics["jacobian_det_min"], metrics["jacobian_det_max"]),
-                       metrics["max_displacement_px"])
+    before = _overlay(
+        image, yx_before[:, ::-1], f"before (centred)  NCC {metrics['overlap_before']:.3f}", (40, 40, 220)
+    )
+    after = _overlay(
+        image, result.cells_to_image(xy_um), f"after (GALA)  NCC {metrics['overlap_after']:.3f}", (30, 170, 30)
+    )
+    grid = _grid_panel(
+        image, result, (metrics["jacobian_det_min"], metrics["jacobian_det_max"]), metrics["max_displacement_px"]
+    )
     top = np.concatenate([before, after, grid], axis=1)
     bottom = np.concatenate([_fitness_panel(result), _energy_panel(result), _metrics_panel(metrics)], axis=1)
     canvas = np.concatenate([top, bottom], axis=0)

@@ -38,8 +38,14 @@ num_iterations = 15
 def run_cli(*args: str | os.PathLike[str], timeout: float = 240) -> subprocess.CompletedProcess:
     """``python -m gala_engine ARGS`` as a subprocess (text output captured)."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    return subprocess.run([sys.executable, "-m", "gala_engine", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "gala_engine", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env=env,
+    )
 
 
 @dataclass
@@ -50,8 +56,16 @@ class Synth:
     A: np.ndarray  # 3×3 (row, col) px → µm
 
 
-def make_synth(folder: Path, *, angle: float = 25.0, scale: float = 1.6, shift=(300.0, -150.0),
-               n_cells: int = 3000, seed: int = 0, name: str = "synth") -> Synth:
+def make_synth(
+    folder: Path,
+    *,
+    angle: float = 25.0,
+    scale: float = 1.6,
+    shift=(300.0, -150.0),
+    n_cells: int = 3000,
+    seed: int = 0,
+    name: str = "synth",
+) -> Synth:
     """Cells sampled where a real DAPI image (reduced to ≤ 400 px) is bright, mapped to µm by a known
     rotation + isotropic scale + shift; the image is written as a PNG, the cells as an .h5ad."""
     gray = read_image(DAPI, max_side=400).pixels[..., 0]
@@ -101,6 +115,19 @@ def synth_run(synth: Synth, param_files: dict[str, Path], tmp_path_factory: pyte
     """``align`` on the synthetic section with a short LDDMM and a report (run once per session)."""
     d = tmp_path_factory.mktemp("synth_run")
     out, report = d / "aligned.h5ad", d / "report"
-    proc = run_cli("align", "--image", synth.image, "--h5ad", synth.h5ad, "--out", out,
-                   "--params", param_files["synth"], "--report", report, "--device", "cpu")
+    proc = run_cli(
+        "align",
+        "--image",
+        synth.image,
+        "--h5ad",
+        synth.h5ad,
+        "--out",
+        out,
+        "--params",
+        param_files["synth"],
+        "--report",
+        report,
+        "--device",
+        "cpu",
+    )
     return Run(proc, out, report)

@@ -69,8 +69,19 @@ def test_refuses_out_equal_to_input(synth: Synth) -> None:
     assert proc.returncode == 2 and "input" in _err_line(proc)
 
 
-@pytest.mark.parametrize("case", ["missing_image", "missing_h5ad", "image_is_h5ad", "bad_params", "unknown_param",
-                                  "out_folder_missing", "bad_gene", "no_cuda"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing_image",
+        "missing_h5ad",
+        "image_is_h5ad",
+        "bad_params",
+        "unknown_param",
+        "out_folder_missing",
+        "bad_gene",
+        "no_cuda",
+    ],
+)
 def test_bad_input_one_line_error(case: str, synth: Synth, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     image, h5ad, out, extra = synth.image, synth.h5ad, tmp_path / "o.h5ad", []
     if case == "missing_image":

@@ -26,7 +26,7 @@ def test_batch_two_ok_one_failure(synth: Synth, tmp_path: Path) -> None:
         "section,image,h5ad,params\n"
         f"first,{synth.image},{synth.h5ad},fast.toml\n"
         f"broken,{synth.image},broken.h5ad,fast.toml\n"
-        f"second,other.png,other.h5ad,\"{inline}\"\n"
+        f'second,other.png,other.h5ad,"{inline}"\n'
     )
     out = tmp_path / "out"
     proc = run_cli("batch", manifest, "--out", out, "--workers", "2", timeout=300)
@@ -70,13 +70,20 @@ def test_batch_on_an_existing_scheduler(synth: Synth, tmp_path: Path) -> None:
     from gala_engine.batch import run_batch
 
     manifest = tmp_path / "m.csv"
-    manifest.write_text("section,image,h5ad,params\n"
-                        f"only,{synth.image},{synth.h5ad},"
-                        "num_generations=20; ga_restarts=1; refine_iterations=50; num_iterations=0\n")
+    manifest.write_text(
+        "section,image,h5ad,params\n"
+        f"only,{synth.image},{synth.h5ad},"
+        "num_generations=20; ga_restarts=1; refine_iterations=50; num_iterations=0\n"
+    )
     done: list[dict] = []
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
-        records = run_batch(read_manifest(manifest), tmp_path / "out", scheduler=cluster.scheduler_address,
-                            report=True, on_done=done.append)
+        records = run_batch(
+            read_manifest(manifest),
+            tmp_path / "out",
+            scheduler=cluster.scheduler_address,
+            report=True,
+            on_done=done.append,
+        )
     assert [r["status"] for r in records] == ["ok"] and done == records
     assert (tmp_path / "out" / "reports" / "only.png").is_file()
     assert (tmp_path / "out" / "summary.csv").is_file()

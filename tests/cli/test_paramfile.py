@@ -13,8 +13,9 @@ from gala_engine.paramfile import dumps_params, loads_params, read_params, write
 from gala_engine.params import AlignParams
 
 
-@pytest.mark.parametrize("params", [AlignParams(), AlignParams.tutorial(), AlignParams(stop_criteria="saturate_5",
-                                                                                         sigmaM=0.5, a=12.0)])
+@pytest.mark.parametrize(
+    "params", [AlignParams(), AlignParams.tutorial(), AlignParams(stop_criteria="saturate_5", sigmaM=0.5, a=12.0)]
+)
 def test_roundtrip(params: AlignParams, tmp_path: Path) -> None:
     path = write_params(params, tmp_path / "p.toml")
     assert read_params(path) == params
@@ -30,9 +31,16 @@ def test_groups_and_partial_files() -> None:
     assert p.sol_per_pop == AlignParams().sol_per_pop
 
 
-@pytest.mark.parametrize("text,needle", [("num_generations = 0", "num_generations"), ("foo = 1", "unknown"),
-                                         ("fitness = 'xyz'", "fitness"), ("a = [1, 2]", "single values"),
-                                         ("x = ", "not valid TOML")])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("num_generations = 0", "num_generations"),
+        ("foo = 1", "unknown"),
+        ("fitness = 'xyz'", "fitness"),
+        ("a = [1, 2]", "single values"),
+        ("x = ", "not valid TOML"),
+    ],
+)
 def test_errors(text: str, needle: str) -> None:
     with pytest.raises(GalaInputError, match=needle):
         loads_params(text)

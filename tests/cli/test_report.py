@@ -11,8 +11,17 @@ from gala_engine.report import centred_affine, jacobian_det, jacobian_range
 
 from .conftest import Run
 
-FIELDS = ("fitness", "overlap_before", "overlap_after", "jacobian_det_min", "jacobian_det_max", "runtime_s",
-          "device", "params", "versions")
+FIELDS = (
+    "fitness",
+    "overlap_before",
+    "overlap_after",
+    "jacobian_det_min",
+    "jacobian_det_max",
+    "runtime_s",
+    "device",
+    "params",
+    "versions",
+)
 
 
 def test_report_png_and_json(synth_run: Run) -> None:
