@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import torch
 
 
-@lru_cache(maxsize=None)
+@cache
 def default_device() -> torch.device:
     """CUDA when available, CPU otherwise."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

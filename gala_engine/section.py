@@ -154,7 +154,7 @@ class AlignmentResult:
             "version": self.version, "device": self.device, "runtime_s": self.runtime_s,
             "fitness": self.fitness, "score": self.score, "stopped": self.stopped, "dx_um": self.dx,
             "genes": self.genes.tolist(), "A": self.A.tolist(), "A_affine": self.A_affine.tolist(),
-            "params": self.params, "python": platform.python_version(), "torch": torch.__version__,
+            "params": self.params, "python": platform.python_version(), "torch": str(torch.__version__),
         }
 
     def save_npz(self, path: str | Path) -> Path:

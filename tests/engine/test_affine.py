@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import pygad
+import pytest
 import torch
 
 from gala_engine import AlignParams, GalaInputError, image_feature, normalize, rasterize
