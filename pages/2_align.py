@@ -36,7 +36,7 @@ def live() -> None:
     job = state.get(state.JOB)
     if job is None:
         st.caption("No run yet: set the parameters and press **Start alignment**. "
-                   "On CPU a default run on the MERFISH demo takes about a minute.")
+                   "A default run on the MERFISH demo takes 1–3 minutes on a 2-core CPU.")
         return
     snap, job_data = job.snapshot(), job.context
     head = st.columns(3)

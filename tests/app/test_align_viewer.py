@@ -131,3 +131,28 @@ def test_stop_keeps_the_best_so_far(app):
     assert job.state == "stopped" and job.result is not None
     app.run()
     assert app.session_state[state.HISTORY][0]["state"] == "stopped"
+
+
+def test_a_run_finishing_on_another_page_is_recorded(app):
+    """The sidebar records a job that finished while no Align page was open.
+
+    (AppTest redraws only the page on later runs of an ``st.navigation`` app, so the finished job is
+    handed to a fresh AppTest whose first run draws the sidebar.)
+    """
+    from streamlit.testing.v1 import AppTest
+
+    from gala_engine.params import AlignParams as P
+    from ui.jobs import start_job
+
+    from .conftest import APP
+
+    data = app.session_state[state.DATA]
+    job = start_job(app.session_state[state.RASTERS][1], P(**SHORT), run_id=1, context=data)
+    job.join(120)
+    fresh = AppTest.from_file(APP, default_timeout=60)
+    fresh.session_state[state.DATA] = data
+    fresh.session_state[state.JOB] = job
+    fresh.run()
+    assert not fresh.exception
+    assert job.reported and len(fresh.session_state[state.HISTORY]) == 1
+    assert 1 in fresh.session_state[state.RESULTS]
