@@ -119,7 +119,7 @@ def fitness_figure(best: Sequence[float], mean: Sequence[float], refine: Sequenc
         steps = list(range(len(best) + 1, len(best) + len(refine) + 1))
         fig.add_trace(go.Scatter(x=steps, y=list(refine), mode="lines", name="refinement (score)"))
     fig.update_layout(title="GA fitness", xaxis_title="generation", yaxis_title="fitness", height=height,
-                      margin=_CHART_MARGIN, legend=dict(orientation="h", y=-0.25))
+                      margin=_CHART_MARGIN, legend=dict(orientation="h", y=-0.35))
     return fig
 
 
@@ -164,6 +164,8 @@ def overlay_figure(image: LoadedImage, layers: dict[str, np.ndarray], values: np
             marker = dict(size=5, color=np.asarray(values, np.float32), colorscale="Viridis", opacity=opacity,
                           showscale=True, colorbar=dict(title=colour_label, len=0.6))
             first = False
+        elif name == "ground truth":  # rings, so the aligned cells stay visible inside them
+            marker = dict(size=10, symbol="circle-open", color=LAYER_COLOURS[name], opacity=opacity, line=dict(width=1.5))
         else:
             marker = dict(size=5, color=LAYER_COLOURS.get(name, "#ffffff"), opacity=opacity)
         fig.add_trace(go.Scattergl(x=xy[:, 0], y=xy[:, 1], mode="markers", name=name, marker=marker,
