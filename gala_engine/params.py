@@ -30,7 +30,7 @@ class AlignParams:
     ga_restarts: int = _p(3, "Independent GA runs with seeds seed, seed+1, …; the best is kept.", "ga", min=1)
     ga_max_pixels: int = _p(64, "The GA works on rasters pooled to at most this many pixels a side.", "ga", min=8)
     max_anisotropy: float | None = _p(1.5, "Largest allowed ratio |sy|/|sx| (None = any, as published).", "ga", min=1.0)
-    ga_blur: float = _p(1.5, "Gaussian blur (pooled pixels) of both rasters in every second GA restart: a wider basin.", "ga", min=0.0)
+    ga_blur: float = _p(1.5, "Gaussian blur (pooled pixels) of both rasters during the GA: widens the basin of the true pose.", "ga", min=0.0)
     refine_iterations: int = _p(300, "Gradient steps refining the GA's best transform (0 = off).", "ga", min=0)
     gene_space_mode: str = _p("extent", "Default ranges: 'extent' (from the tissue's size, pixels vs µm) or 'compatible' (published).", "ga", choices=("extent", "compatible"))
     seed_population: bool = _p(True, "Start the GA from moment-matched poses every 10° (with and without flip) instead of a purely random population.", "ga")

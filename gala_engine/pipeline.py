@@ -118,14 +118,13 @@ def gala(
     fJ = max(1, math.ceil(max(J_np.shape[1:]) / p.ga_max_pixels))
     I_c, xI_c = pool_raster(I_t, xI, fI)
     J_c, xJ_c = pool_raster(J_t, xJ, fJ)
-    # coarse-to-fine: the GA scores pooled rasters; odd restarts also blur them (a wider basin, which
-    # helps some poses and hurts others); refinement then sharpens on the pooled and full rasters
+    # coarse-to-fine: the GA scores blurred pooled rasters (a wide basin), refinement sharpens
     levels = [
+        _fitness(blur_raster(I_c, p.ga_blur), xI_c, blur_raster(J_c, p.ga_blur), xJ_c, p, space, xI, xJ),
         _fitness(I_c, xI_c, J_c, xJ_c, p, space, xI, xJ),
         _fitness(I_t, xI, J_t, xJ, p, space, xI, xJ),
     ]
-    blurred = _fitness(blur_raster(I_c, p.ga_blur), xI_c, blur_raster(J_c, p.ga_blur), xJ_c, p, space, xI, xJ)
-    full = levels[-1]
+    coarse, full = levels[0], levels[-1]
 
     ga_history: list[dict] = []
     energy_history: list[list[float]] = []
@@ -142,7 +141,7 @@ def gala(
             if p.seed_population:
                 population = moment_seeds(I_c.cpu().numpy(), xI_c, J_c.cpu().numpy(), xJ_c, space,
                                           count=p.sol_per_pop, rng=np.random.default_rng(seed))
-            result = run_ga(blurred if restart % 2 else levels[0], space, initial_population=population, num_generations=p.num_generations,
+            result = run_ga(coarse, space, initial_population=population, num_generations=p.num_generations,
                             sol_per_pop=p.sol_per_pop, num_parents_mating=p.num_parents_mating,
                             mutation_probability=p.mutation_probability,
                             crossover_probability=p.crossover_probability, random_seed=seed,
@@ -156,18 +155,16 @@ def gala(
                 break
         best = max(candidates, key=lambda c: c.fitness)
         best_genes, fitness = best.genes, best.fitness
-        if len(candidates) > 1:  # blurred and sharp restarts score differently: compare on one level
-            sharp = levels[0](torch.as_tensor(np.stack([c.genes for c in candidates]), dtype=dtype, device=device))
-            best_genes = candidates[int(torch.argmax(sharp))].genes
         score = float(full(torch.as_tensor(best_genes[None], dtype=dtype, device=device))[0])
         if p.refine_iterations and not was_stopped:
             # each restart's best is refined on the coarse levels; the sharpest score picks the winner
-            per_level = max(p.refine_iterations // (len(levels) + 1), 1)
+            per_level = max(p.refine_iterations // len(levels), 1)
             refined = []
             for cand in candidates:
                 genes = cand.genes
-                genes, level_score = refine_genes(levels[0], genes, space, iterations=2 * per_level,
-                                                  progress=progress, should_stop=should_stop, repeat=repeat)
+                for level in levels[:-1]:
+                    genes, level_score = refine_genes(level, genes, space, iterations=per_level,
+                                                      progress=progress, should_stop=should_stop, repeat=repeat)
                 refined.append((level_score, genes))
             best_genes = max(refined, key=lambda item: item[0])[1]
             best_genes, score = refine_genes(full, best_genes, space, iterations=per_level,
