@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from . import constants
 from .errors import GalaInputError
 from .events import ProgressCallback
@@ -82,7 +80,7 @@ def align_files(
     img = io.read_image(image, max_side=max_side)
     rasters = section.prepare_section(adata, img, signal=signal, dx=dx, feature=feature)  # type: ignore[arg-type]
     result = section.align_section(rasters, params, progress=progress)
-    _write_aligned(adata, result, out, protect=[image, h5ad])
+    section.write_aligned(adata, result, out, protect=[image, h5ad])
     summary: dict[str, Any] = {
         "fitness": result.fitness,
         "score": result.score,
@@ -103,28 +101,6 @@ def align_files(
             inputs={"image": str(image), "h5ad": str(h5ad), "output": str(out)},
         )
     return summary
-
-
-def _plain(value: Any) -> Any:
-    """``uns`` values h5py can store: version objects and other str subclasses become plain str."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, bool | int | float | np.ndarray | np.generic | list | tuple):
-        return value
-    return str(value)
-
-
-def _write_aligned(adata: Any, result: Any, out: Path, *, protect: list[Path]) -> Path:
-    """:func:`section.write_aligned`, with ``uns['gala']`` made storable (e.g. ``torch.__version__``
-    is a ``TorchVersion``, which anndata cannot write)."""
-    from .io import write_h5ad_atomic
-    from .section import aligned_adata
-
-    aligned = aligned_adata(adata, result)
-    aligned.uns[constants.UNS_KEY] = _plain(dict(aligned.uns[constants.UNS_KEY]))
-    return write_h5ad_atomic(aligned, out, protect=protect)
 
 
 # ------------------------------------------------------------------------------------- manifest

@@ -14,6 +14,11 @@ from .errors import GalaInputError
 from .events import ProgressCallback, ProgressEvent, StopPredicate, emit, stopped
 
 
+def default_a(xI: list) -> float:
+    """Default smoothness scale: 1/8 of the source's longer extent (source units)."""
+    return max(float(np.ptp(xI[0])), float(np.ptp(xI[1]))) / 8.0
+
+
 def velocity_grid(xI: list, a: float, expand: float = 1.0) -> list[np.ndarray]:
     """Axes of the velocity grid: the source extent widened by ``expand``, spacing ``a / 2``."""
     axes = []
@@ -105,7 +110,7 @@ def run_lddmm(
     """
     dtype, device = I.dtype, I.device
     if a is None:
-        a = max(float(np.ptp(xI[0])), float(np.ptp(xI[1]))) / 8.0
+        a = default_a(xI)
     if not (a > 0 and epV > 0 and sigmaR > 0):
         raise GalaInputError("LDDMM parameters a, epV and sigmaR must be positive.")
     xv = velocity_grid(xI, a, expand)

@@ -14,7 +14,7 @@ from .device import device_name, resolve_device
 from .errors import GalaInputError
 from .events import ProgressCallback, ProgressEvent, StopPredicate, stopped
 from .features import normalize, tissue_extent
-from .lddmm import run_lddmm
+from .lddmm import default_a, run_lddmm, velocity_grid
 from .params import AlignParams
 from .search import BatchedFitness, blur_raster, fill_gene_space, moment_seeds, pool_raster, refine_genes, run_ga
 
@@ -182,12 +182,8 @@ def gala(
         if was_stopped:
             break
 
-    A = genes_to_matrix(torch.as_tensor(best_genes, dtype=dtype, device=device), full.cI, full.cJ)
-    if lddmm is None:  # affine only: an identity flow on a minimal grid over the source
-        from .lddmm import velocity_grid
-
-        a = p.a if p.a is not None else max(np.ptp(xI[0]), np.ptp(xI[1])) / 8.0
-        xv = velocity_grid(xI, a)
+    if lddmm is None:  # affine only: an identity flow on the velocity grid LDDMM would use
+        xv = velocity_grid(xI, p.a if p.a is not None else default_a(xI))
         v = torch.zeros((p.nt, xv[0].size, xv[1].size, 2), dtype=dtype, device=device)
         WM = torch.ones(J_t.shape[1:], dtype=dtype, device=device)
     else:

@@ -7,7 +7,6 @@ image pixels (row, col) to µm (row, col); cells are drawn at their (x, y) image
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 from importlib import metadata as importlib_metadata
@@ -16,9 +15,11 @@ from typing import Any
 
 import cv2
 import numpy as np
+import torch
 
 from . import constants
 from .io import LoadedImage
+from .search import score_batch
 from .section import AlignmentResult, SectionRasters
 from .transform import transform_image_source_to_target, transform_points_source_to_target
 
@@ -60,15 +61,6 @@ def centred_affine(rasters: SectionRasters) -> np.ndarray:
     return A
 
 
-def _ncc(a: np.ndarray, b: np.ndarray) -> float:
-    a = np.asarray(a, np.float64).ravel()
-    b = np.asarray(b, np.float64).ravel()
-    a = a - a.mean()
-    b = b - b.mean()
-    den = math.sqrt(float(a @ a) * float(b @ b))
-    return float(a @ b / den) if den > 0 else 0.0
-
-
 def overlap_score(
     rasters: SectionRasters, A: np.ndarray, v: np.ndarray | None = None, xv: list[np.ndarray] | None = None
 ) -> float:
@@ -85,7 +77,7 @@ def overlap_score(
         np.asarray(rasters.I, np.float64),
         rasters.xJ,
     )
-    return _ncc(moved, rasters.J)
+    return float(score_batch(torch.as_tensor(moved)[None], torch.as_tensor(np.asarray(rasters.J, np.float64)))[0])
 
 
 def _phi_grid(result: AlignmentResult, n: int = 64) -> tuple[list[np.ndarray], np.ndarray]:

@@ -84,28 +84,12 @@ def aligned_h5ad_bytes(result, data: Dataset) -> bytes:
     import tempfile
     from pathlib import Path
 
-    from gala_engine import constants
-    from gala_engine.io import write_h5ad_atomic
-    from gala_engine.section import aligned_adata
+    from gala_engine.section import write_aligned
 
     from .data import session_tmpdir
 
-    out = aligned_adata(data.adata, result)
-    out.uns[constants.UNS_KEY] = _plain(out.uns[constants.UNS_KEY])
     with tempfile.TemporaryDirectory(dir=session_tmpdir()) as tmp:
-        return write_h5ad_atomic(out, Path(tmp) / "aligned.h5ad").read_bytes()
-
-
-def _plain(value):
-    """Workaround for the engine's metadata: str subclasses (``torch.__version__`` is a TorchVersion)
-    cannot be written by anndata, so make them plain ``str`` (recursively through dicts and lists)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, str) and type(value) is not str:
-        return str(value)
-    return value
+        return write_aligned(data.adata, result, Path(tmp) / "aligned.h5ad").read_bytes()
 
 
 def transform_npz_bytes(result) -> bytes:
