@@ -16,7 +16,7 @@ from .events import ProgressCallback, ProgressEvent, StopPredicate, stopped
 from .features import normalize, tissue_extent
 from .lddmm import default_a, run_lddmm, velocity_grid
 from .params import AlignParams
-from .search import BatchedFitness, blur_raster, fill_gene_space, moment_seeds, pool_raster, refine_genes, run_ga
+from .search import BatchedFitness, blur_raster, fill_gene_space, pool_raster, pose_grid, refine_genes, run_ga
 
 
 def _check_raster(name: str, R, x) -> np.ndarray:
@@ -133,14 +133,24 @@ def gala(
     was_stopped = False
     best_genes = np.zeros(5)
     fitness = score = float("nan")
+    scan_genes = np.empty((0, 5))
+    if p.seed_population:
+        # multi-start: every 10° ± flip from moment-matched poses, all refined at once (blurred, then sharp)
+        poses = pose_grid(I_c.cpu().numpy(), xI_c, J_c.cpu().numpy(), xJ_c, space,
+                          centres=(grid_centre(xI), grid_centre(xJ)))
+        poses, _ = refine_genes(levels[0], poses, space, iterations=p.scan_iterations, should_stop=should_stop)
+        poses, scan_scores = refine_genes(levels[1], poses, space, iterations=p.scan_iterations,
+                                          should_stop=should_stop)
+        scan_genes = poses[np.argsort(-scan_scores)]
     for repeat in range(p.num_repeats):
         candidates = []
         for restart in range(p.ga_restarts):
             seed = p.random_seed + restart
             population = None
-            if p.seed_population:
-                population = moment_seeds(I_c.cpu().numpy(), xI_c, J_c.cpu().numpy(), xJ_c, space,
-                                          count=p.sol_per_pop, rng=np.random.default_rng(seed))
+            if len(scan_genes):  # the scanned poses, best first, then uniform samples
+                kept = scan_genes[: max(p.sol_per_pop // 2, 1)]
+                uniform = np.random.default_rng(seed).uniform(space.low, space.high, (p.sol_per_pop - len(kept), 5))
+                population = np.concatenate([kept, uniform])
             result = run_ga(coarse, space, initial_population=population, num_generations=p.num_generations,
                             sol_per_pop=p.sol_per_pop, num_parents_mating=p.num_parents_mating,
                             mutation_probability=p.mutation_probability,
@@ -157,16 +167,14 @@ def gala(
         best_genes, fitness = best.genes, best.fitness
         score = float(full(torch.as_tensor(best_genes[None], dtype=dtype, device=device))[0])
         if p.refine_iterations and not was_stopped:
-            # each restart's best is refined on the coarse levels; the sharpest score picks the winner
+            # each restart's best and the best scanned poses are refined on the coarse levels; the sharp
+            # coarse score picks the winner
             per_level = max(p.refine_iterations // len(levels), 1)
-            refined = []
-            for cand in candidates:
-                genes = cand.genes
-                for level in levels[:-1]:
-                    genes, level_score = refine_genes(level, genes, space, iterations=per_level,
-                                                      progress=progress, should_stop=should_stop, repeat=repeat)
-                refined.append((level_score, genes))
-            best_genes = max(refined, key=lambda item: item[0])[1]
+            starts = np.stack([c.genes for c in candidates] + list(scan_genes[: p.ga_restarts]))
+            for level in levels[:-1]:  # all candidates at once
+                starts, level_scores = refine_genes(level, starts, space, iterations=per_level, progress=progress,
+                                                    should_stop=should_stop, repeat=repeat)
+            best_genes = starts[int(np.argmax(level_scores))]
             best_genes, score = refine_genes(full, best_genes, space, iterations=per_level,
                                              progress=progress, should_stop=should_stop, repeat=repeat)
             was_stopped = stopped(should_stop)

@@ -250,28 +250,26 @@ def _weighted_moments(R: np.ndarray, x: list) -> tuple[np.ndarray, np.ndarray]:
     return mean, cov
 
 
-def moment_seeds(
-    I: np.ndarray, xI: list, J: np.ndarray, xJ: list, space: GeneSpace, *, count: int, rng: np.random.Generator
+def pose_grid(
+    I: np.ndarray, xI: list, J: np.ndarray, xJ: list, space: GeneSpace, *, centres: tuple[np.ndarray, np.ndarray],
+    step: float = 10.0,
 ) -> np.ndarray:
-    """An initial GA population: every 10° of rotation, with and without a flip, at the scale that
-    matches the rasters' second moments and the shift that matches their centroids; the rest uniform.
-    """
+    """Starting poses every ``step``° of rotation, with and without a flip, at the scale that matches the
+    rasters' second moments and the shift that matches their centroids → (P, 5) genes (clipped to the
+    space). ``centres`` are the (source, target) centres the genes are defined against."""
     mI, cI = _weighted_moments(I, xI)
     mJ, cJ = _weighted_moments(J, xJ)
     s0 = (max(np.linalg.det(cJ), 1e-300) / max(np.linalg.det(cI), 1e-300)) ** 0.25
-    gI, gJ = grid_centre(xI), grid_centre(xJ)
-    seeds = []
+    gI, gJ = centres
+    poses = []
     for flip in (1.0, -1.0):
-        for angle in np.arange(-180.0, 180.0, 10.0):
+        for angle in np.arange(-180.0, 180.0, step):
             theta = np.deg2rad(angle)
             R = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
             L = R @ np.diag([s0, flip * s0])
             t = (mJ - gJ) - L @ (mI - gI)
-            seeds.append([angle, s0, flip * s0, t[0], t[1]])
-    seeds = np.array(seeds)[: max(count // 2, 1)] if len(seeds) > count else np.array(seeds)
-    uniform = rng.uniform(space.low, space.high, size=(max(count - len(seeds), 0), 5))
-    population = np.concatenate([seeds, uniform])
-    return np.clip(population, space.low, space.high)
+            poses.append([angle, s0, flip * s0, t[0], t[1]])
+    return np.clip(np.array(poses), space.low, space.high)
 
 
 def blur_raster(R: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -314,30 +312,41 @@ def refine_genes(
     progress: ProgressCallback | None = None,
     should_stop: StopPredicate | None = None,
     repeat: int = 0,
-) -> tuple[np.ndarray, float]:
-    """Gradient ascent (Adam) of the score over the free genes, from ``genes``; returns (genes, score)."""
-    g0 = torch.as_tensor(np.asarray(genes, dtype=np.float64), dtype=fitness.I.dtype, device=fitness.I.device)
+) -> tuple[np.ndarray, float | np.ndarray]:
+    """Gradient ascent (Adam) of the score over the free genes, from ``genes``.
+
+    ``genes`` (5,) → ``(genes, score)``; ``genes`` (P, 5) refines P starting poses at once (one batched
+    resampling per step) → ``(genes (P, 5), scores (P,))``. Each pose keeps the best it visited.
+    """
+    single = np.ndim(genes) == 1
+    g0 = torch.as_tensor(np.atleast_2d(np.asarray(genes, dtype=np.float64)), dtype=fitness.I.dtype,
+                         device=fitness.I.device)
     span = torch.as_tensor(np.asarray(space.high - space.low, dtype=np.float64), dtype=g0.dtype, device=g0.device)
-    unit = torch.stack([torch.ones_like(span[0]), 0.01 * g0[1].abs(), 0.01 * g0[2].abs(),
-                        0.01 * span[3].clamp_min(1e-9), 0.01 * span[4].clamp_min(1e-9)])
+    unit = torch.stack([torch.ones_like(g0[:, 0]), 0.01 * g0[:, 1].abs(), 0.01 * g0[:, 2].abs(),
+                        0.01 * span[3].clamp_min(1e-9).expand_as(g0[:, 0]),
+                        0.01 * span[4].clamp_min(1e-9).expand_as(g0[:, 0])], 1)
     unit = unit * (span > 0)  # fixed genes stay fixed
-    delta = torch.zeros(5, dtype=g0.dtype, device=g0.device, requires_grad=True)
+    delta = torch.zeros_like(g0, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(int(iterations), 1))
     with torch.no_grad():
-        best_score = float(fitness(g0[None])[0])
+        best_score = fitness(g0)
     best_genes = g0.clone()
     for it in range(int(iterations)):
         opt.zero_grad()
         g = g0 + delta * unit
-        score = fitness(g[None])[0]
-        (-score).backward()
+        score = fitness(g)
+        (-score.sum()).backward()  # poses are independent: the sum's gradient is each pose's own
         opt.step()
         schedule.step()
-        if score.item() > best_score:
-            best_score, best_genes = score.item(), g.detach().clone()
-        emit(progress, ProgressEvent("refine", it + 1, int(iterations), best_score,
-                                     best_genes.cpu().numpy(), repeat))
+        with torch.no_grad():
+            better = score > best_score
+            best_score = torch.where(better, score, best_score)
+            best_genes = torch.where(better[:, None], g, best_genes)
+        top = int(torch.argmax(best_score))
+        emit(progress, ProgressEvent("refine", it + 1, int(iterations), best_score[top].item(),
+                                     best_genes[top].cpu().numpy(), repeat))
         if stopped(should_stop):
             break
-    return best_genes.double().cpu().numpy(), best_score
+    genes_out, scores_out = best_genes.detach().double().cpu().numpy(), best_score.detach().double().cpu().numpy()
+    return (genes_out[0], float(scores_out[0])) if single else (genes_out, scores_out)
