@@ -19,12 +19,13 @@ from typing import Any
 from . import constants
 from .errors import GalaInputError
 from .events import ProgressCallback
+from .features import FEATURE_KINDS
 from .params import AlignParams
 
 __all__ = ["SUMMARY_COLUMNS", "ManifestRow", "align_files", "read_manifest", "run_batch", "write_summary"]
 
 SUMMARY_COLUMNS = ("section", "status", "fitness", "runtime_s", "error", "output")
-_FEATURES = ("sobel", "intensity", "inverted")
+_FEATURES = FEATURE_KINDS
 
 
 def _check_out(out: Path, inputs: list[Path]) -> None:
@@ -49,7 +50,7 @@ def align_files(
     *,
     signal: str = constants.SIGNAL_TOTAL_COUNTS,
     dx: float | None = None,
-    feature: str = "sobel",
+    feature: str = "auto",
     max_side: int | None = 4096,
     report_dir: str | os.PathLike[str] | None = None,
     report_name: str = "gala_report",

@@ -14,6 +14,7 @@ from typing import Any
 from . import constants
 from .errors import GalaInputError
 from .events import ProgressEvent
+from .features import FEATURE_KINDS
 
 __all__ = ["main"]
 
@@ -83,9 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--dx", type=float, default=None, help="cell raster pixel size in µm (default: from the data)")
     a.add_argument(
         "--feature",
-        default="sobel",
-        choices=("sobel", "intensity", "inverted"),
-        help="image feature raster (default sobel)",
+        default="auto",
+        choices=FEATURE_KINDS,
+        help="image feature raster (default auto: sobel for one-channel images, inverted for H&E colour)",
     )
     a.add_argument("--report", metavar="DIR", default=None, help="write a quality report (PNG + JSON) into DIR")
 

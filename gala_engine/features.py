@@ -11,7 +11,18 @@ import torch
 from .errors import GalaInputError
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
-FeatureKind = Literal["sobel", "intensity", "inverted"]
+FeatureKind = Literal["auto", "sobel", "intensity", "inverted"]
+FEATURE_KINDS: tuple[str, ...] = ("auto", "sobel", "intensity", "inverted")
+
+
+def resolve_feature(kind: str, pixels: np.ndarray) -> str:
+    """``"auto"`` → ``"sobel"`` for one-channel images (DAPI), ``"inverted"`` for colour (H&E: dark
+    hematoxylin nuclei, so inverted brightness follows cell density); other kinds unchanged."""
+    if kind not in FEATURE_KINDS:
+        raise GalaInputError(f"Unknown image feature {kind!r}; use one of {FEATURE_KINDS}.")
+    if kind != "auto":
+        return kind
+    return "sobel" if np.ndim(pixels) == 2 or np.shape(pixels)[-1] == 1 else "inverted"
 
 
 def normalize(values: ArrayT) -> ArrayT:
@@ -49,7 +60,8 @@ def image_feature(
     *,
     reduce: int = 1,
     scale: float = 1.0,
-    kind: FeatureKind = "sobel",
+    kind: FeatureKind = "auto",
+    smooth: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Make the normalised source raster from an image.
 
@@ -63,8 +75,11 @@ def image_feature(
         Full-resolution pixels per loaded pixel (from a downsampled read); keeps coordinates in
         full-resolution pixels.
     kind
-        ``"sobel"`` (gradient magnitude, the published method), ``"intensity"`` (e.g. DAPI) or
-        ``"inverted"`` (dark nuclei, e.g. H&E hematoxylin).
+        ``"sobel"`` (gradient magnitude, the published method), ``"intensity"`` (e.g. DAPI),
+        ``"inverted"`` (dark nuclei, e.g. H&E hematoxylin) or ``"auto"`` (:func:`resolve_feature`).
+    smooth
+        Gaussian std (loaded pixels) of the feature before reduction, at least ``reduce / 2``; set it
+        to the cell raster's blur seen in image pixels so both rasters show structure at one scale.
 
     Returns
     -------
@@ -72,6 +87,7 @@ def image_feature(
         Row and column pixel-centre coordinates in full-resolution image pixels (pixel centres at
         integers, origin at the top-left pixel) and the raster ``(1, h, w)`` float32 in [0, 1].
     """
+    kind = resolve_feature(kind, pixels)
     gray = to_gray(pixels)
     if min(gray.shape) < 2:
         raise GalaInputError(f"The image is too small ({gray.shape[0]}×{gray.shape[1]} pixels).")
@@ -84,10 +100,10 @@ def image_feature(
         feature = gray
     elif kind == "inverted":
         feature = gray.max() - gray
-    else:
-        raise GalaInputError(f"Unknown image feature {kind!r}; use 'sobel', 'intensity' or 'inverted'.")
+    sigma = max(reduce / 2.0 if reduce > 1 else 0.0, float(smooth))
+    if sigma > 0:
+        feature = cv2.GaussianBlur(feature, (0, 0), sigmaX=sigma)
     if reduce > 1:
-        feature = cv2.GaussianBlur(feature, (0, 0), sigmaX=reduce / 2.0)
         h, w = feature.shape[0] // reduce, feature.shape[1] // reduce
         if min(h, w) < 2:
             raise GalaInputError("The image reduction is too strong for this image; lower it.")

@@ -96,22 +96,32 @@ def fill_gene_space(
     return GeneSpace(low, high, float(floor))
 
 
+FITNESS_KINDS = ("ncc", "ncc_support", "sse")
+SUPPORT_LEVEL = 0.02  # target pixels above this fraction of the maximum count as the cells' support
+
+
 def score_batch(AI: torch.Tensor, J: torch.Tensor, kind: str = "ncc") -> torch.Tensor:
     """Similarity of each resampled source (P, C, H, W) with the target (C, H, W) → (P,).
 
     ``"ncc"``: normalised cross-correlation over all pixels and channels (insensitive to intensity
-    scale). ``"sse"``: the published ``1 / (1 + Σ (AI − J)²)``.
+    scale). ``"ncc_support"``: the same over the cells' support only (target pixels above
+    ``SUPPORT_LEVEL`` of its maximum), so tissue the cells don't cover (e.g. beyond a Visium capture
+    area) costs nothing. ``"sse"``: the published ``1 / (1 + Σ (AI − J)²)``.
     """
     if kind == "sse":
         return 1.0 / (1.0 + ((AI - J) ** 2).flatten(1).sum(1))
-    if kind != "ncc":
-        raise GalaInputError(f"Unknown fitness {kind!r}; use 'ncc' or 'sse'.")
-    a = AI.flatten(1)
-    a = a - a.mean(1, keepdim=True)
-    j = J.flatten()
-    j = j - j.mean()
-    num = a @ j
-    den = torch.sqrt((a * a).sum(1) * (j * j).sum()) + 1e-12
+    if kind not in FITNESS_KINDS:
+        raise GalaInputError(f"Unknown fitness {kind!r}; use one of {FITNESS_KINDS}.")
+    a, j = AI.flatten(1), J.flatten()
+    if kind == "ncc_support":
+        w = (J.sum(0) > SUPPORT_LEVEL * J.sum(0).max()).to(AI.dtype).expand_as(J).flatten()
+    else:
+        w = torch.ones_like(j)
+    n = w.sum()
+    a = a - (a * w).sum(1, keepdim=True) / n
+    j = j - (j * w).sum() / n
+    num = (a * w) @ j
+    den = torch.sqrt((a * a * w).sum(1) * (j * j * w).sum()) + 1e-12
     return num / den
 
 
@@ -253,22 +263,24 @@ def _weighted_moments(R: np.ndarray, x: list) -> tuple[np.ndarray, np.ndarray]:
 def pose_grid(
     I: np.ndarray, xI: list, J: np.ndarray, xJ: list, space: GeneSpace, *, centres: tuple[np.ndarray, np.ndarray],
     step: float = 10.0,
+    scales: tuple[float, ...] = (0.75, 1.0, 1.33),
 ) -> np.ndarray:
     """Starting poses every ``step``° of rotation, with and without a flip, at the scale that matches the
-    rasters' second moments and the shift that matches their centroids → (P, 5) genes (clipped to the
-    space). ``centres`` are the (source, target) centres the genes are defined against."""
+    rasters' second moments (times each of ``scales``) and the shift that matches their centroids →
+    (P, 5) genes (clipped to the space). ``centres`` are the (source, target) centres the genes are defined against."""
     mI, cI = _weighted_moments(I, xI)
     mJ, cJ = _weighted_moments(J, xJ)
     s0 = (max(np.linalg.det(cJ), 1e-300) / max(np.linalg.det(cI), 1e-300)) ** 0.25
     gI, gJ = centres
     poses = []
-    for flip in (1.0, -1.0):
-        for angle in np.arange(-180.0, 180.0, step):
-            theta = np.deg2rad(angle)
-            R = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
-            L = R @ np.diag([s0, flip * s0])
-            t = (mJ - gJ) - L @ (mI - gI)
-            poses.append([angle, s0, flip * s0, t[0], t[1]])
+    for scale in s0 * np.asarray(scales):
+        for flip in (1.0, -1.0):
+            for angle in np.arange(-180.0, 180.0, step):
+                theta = np.deg2rad(angle)
+                R = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+                L = R @ np.diag([scale, flip * scale])
+                t = (mJ - gJ) - L @ (mI - gI)
+                poses.append([angle, scale, flip * scale, t[0], t[1]])
     return np.clip(np.array(poses), space.low, space.high)
 
 

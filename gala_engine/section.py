@@ -19,7 +19,7 @@ import torch
 from . import constants
 from .errors import GalaInputError
 from .events import ProgressCallback, StopPredicate
-from .features import FeatureKind, image_feature
+from .features import FeatureKind, image_feature, resolve_feature
 from .io import LoadedImage, cell_signal, spatial_yx, write_h5ad_atomic
 from .params import AlignParams
 from .pipeline import gala, to_cpu
@@ -63,6 +63,15 @@ def cell_spacing(yx: np.ndarray) -> float:
     return float(np.median(dist[:, 1]))
 
 
+def matched_image_blur(image: LoadedImage, yx: np.ndarray, sigma_um: float) -> float:
+    """The cells' Gaussian blur ``sigma_um`` (µm) seen in loaded image pixels, taking the image's scale
+    (µm per pixel) as the ratio of the cells' extent to the image's extent — a rough guess that only
+    sets how much the image feature is smoothed."""
+    um_extent = float(np.sqrt(max(np.ptp(yx[:, 0]) * np.ptp(yx[:, 1]), 1e-12)))
+    px_extent = float(np.sqrt(image.pixels.shape[0] * image.pixels.shape[1]))
+    return sigma_um / (um_extent / px_extent)
+
+
 def default_image_reduce(image: LoadedImage, J_shape: tuple[int, ...], *, ratio: float = 1.5) -> int:
     """Working-pixel size (in loaded pixels) giving a source raster ~``ratio``× the target's long side."""
     long_I = max(image.pixels.shape[:2])
@@ -76,10 +85,11 @@ def prepare_section(
     *,
     signal: str = constants.SIGNAL_TOTAL_COUNTS,
     dx: float | None = None,
-    feature: FeatureKind = "sobel",
+    feature: FeatureKind = "auto",
     image_reduce: int | None = None,
     target_pixels: int = 200,
     blur: float | None = None,
+    match_blur: bool = True,
 ) -> SectionRasters:
     """Rasterise the cells (µm grid of pixel ``dx``, chosen from the data when None) and the image.
 
@@ -97,9 +107,10 @@ def prepare_section(
     XJ, YJ, J = rasterize(yx[:, 1], yx[:, 0], g=None if signal == constants.SIGNAL_DENSITY else weights, dx=dx,
                           blur=blur)
     reduce = default_image_reduce(image, J.shape) if image_reduce is None else int(image_reduce)
-    YI, XI, I = image_feature(image.pixels, reduce=reduce, scale=image.scale, kind=feature)
+    YI, XI, I = image_feature(image.pixels, reduce=reduce, scale=image.scale, kind=feature,
+                              smooth=matched_image_blur(image, yx, 2.0 * blur * dx) if match_blur else 0.0)
     return SectionRasters(I, [YI, XI], J.astype(np.float32), [YJ, XJ], float(dx), reduce,
-                          tuple(image.full_shape), signal, feature)
+                          tuple(image.full_shape), signal, resolve_feature(feature, image.pixels))
 
 
 @dataclass

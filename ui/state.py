@@ -24,7 +24,7 @@ TMPDIR = "gala_tmpdir"  # per-session spool folder for uploads and downloads
 RUN_COUNTER = "gala_run_counter"  # last run number given out
 AUTOLOADED = "gala_autoloaded"  # the default demo was loaded once on the first screen
 
-DEFAULT_SETTINGS: dict[str, Any] = {"signal": "total counts", "dx": None, "feature": "sobel", "reduce": None}
+DEFAULT_SETTINGS: dict[str, Any] = {"signal": "total counts", "dx": None, "feature": "auto", "reduce": None}
 
 
 def get(key: str, default: Any = None) -> Any:
