@@ -19,7 +19,7 @@ from .features import FEATURE_KINDS
 __all__ = ["main"]
 
 PROG = "gala-align"
-_STAGES = {"ga": "GA generations", "refine": "affine refinement", "lddmm": "LDDMM iterations"}
+_STAGES = {"scan": "pose scan", "ga": "GA generations", "refine": "affine refinement", "lddmm": "LDDMM iterations"}
 
 
 class _Bars:

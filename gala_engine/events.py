@@ -12,7 +12,7 @@ import numpy as np
 class ProgressEvent:
     """One step of a long loop.
 
-    ``stage`` is ``"ga"`` (one generation; ``value`` = best fitness, ``extra['mean']`` = mean fitness,
+    ``stage`` is ``"scan"`` (the pose scan before the GA; ``value`` = best score so far), ``"ga"`` (one generation; ``value`` = best fitness, ``extra['mean']`` = mean fitness,
     ``genes`` = best genes so far), ``"refine"`` (affine refinement; ``value`` = score) or ``"lddmm"``
     (one iteration; ``value`` = total energy, ``extra`` = matching/regularisation energies).
     ``repeat`` counts ``num_repeats`` restarts from 0.

@@ -138,9 +138,10 @@ def gala(
         # multi-start: every 10° ± flip from moment-matched poses, all refined at once (blurred, then sharp)
         poses = pose_grid(I_c.cpu().numpy(), xI_c, J_c.cpu().numpy(), xJ_c, space,
                           centres=(grid_centre(xI), grid_centre(xJ)))
-        poses, _ = refine_genes(levels[0], poses, space, iterations=p.scan_iterations, should_stop=should_stop)
-        poses, scan_scores = refine_genes(levels[1], poses, space, iterations=p.scan_iterations,
-                                          should_stop=should_stop)
+        poses, _ = refine_genes(levels[0], poses, space, iterations=p.scan_iterations, progress=progress,
+                                should_stop=should_stop, stage="scan")
+        poses, scan_scores = refine_genes(levels[1], poses, space, iterations=p.scan_iterations, progress=progress,
+                                          should_stop=should_stop, stage="scan")
         scan_genes = poses[np.argsort(-scan_scores)]
     for repeat in range(p.num_repeats):
         candidates = []

@@ -324,6 +324,7 @@ def refine_genes(
     progress: ProgressCallback | None = None,
     should_stop: StopPredicate | None = None,
     repeat: int = 0,
+    stage: str = "refine",
 ) -> tuple[np.ndarray, float | np.ndarray]:
     """Gradient ascent (Adam) of the score over the free genes, from ``genes``.
 
@@ -356,7 +357,7 @@ def refine_genes(
             best_score = torch.where(better, score, best_score)
             best_genes = torch.where(better[:, None], g, best_genes)
         top = int(torch.argmax(best_score))
-        emit(progress, ProgressEvent("refine", it + 1, int(iterations), best_score[top].item(),
+        emit(progress, ProgressEvent(stage, it + 1, int(iterations), best_score[top].item(),
                                      best_genes[top].cpu().numpy(), repeat))
         if stopped(should_stop):
             break
