@@ -18,7 +18,8 @@ DEMO_DIR = Path(__file__).resolve().parent / "demo_data"
 
 DEMOS: dict[str, str] = {
     "merfish_mini": "Vizgen MERFISH mouse brain crop: 504 cells × 559 genes on a DAPI image (4603×4143 px, 9.2 px/µm).",
-    "visium_tiny": "10x Visium test fixture: 100 spots × 100 genes on a 600×600 low-res H&E (fiducial frame visible).",
+    "visium_tiny": "10x Visium test fixture: 100 spots × 100 genes on a 600×600 low-res H&E (fiducial frame visible); "
+    "a hard case: the sparse spots carry only the tissue outline and the default search misses it.",
     "visium_dg": "10x Visium mouse dentate gyrus: 624 spots × 634 genes on a 243×172 H&E "
     "(~14 µm/px, approximate truth).",
 }
