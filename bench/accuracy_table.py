@@ -36,7 +36,7 @@ def main() -> None:
         pair = make_pair(image, angle, sy, sx)
         error = _synthetic_error(pair, gala(pair.xI, pair.I, pair.xJ, pair.J, num_iterations=0))
         print(f"{f'synthetic {angle}°, scale ({sy}, {sx})':<48} {error:.2f} target px", flush=True)
-    pair = make_pair(image, 30, 0.8, 0.8, warp=12.0)
+    pair = make_pair(image, 30, 0.8, 0.8, warp=12.0, kind="intensity")
     result = gala(pair.xI, pair.I, pair.xJ, pair.J, num_iterations=200)
     for deformed in (False, True):
         label = f"synthetic 30° + 12 µm warp, {'LDDMM' if deformed else 'affine only'}"

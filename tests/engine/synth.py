@@ -22,11 +22,13 @@ class SynthPair:
 
 
 def make_pair(image: np.ndarray, angle: float, sy: float, sx: float, shift=(1000.0, -500.0), *,
-              n_cells: int = 4000, warp: float = 0.0, seed: int = 0, reduce: int = 4) -> SynthPair:
-    """Cells sampled where the image is bright (∝ intensity²), mapped by R(angle)·diag(sy, sx) + shift,
-    then displaced by a smooth sinusoidal warp of amplitude ``warp`` µm."""
+              n_cells: int = 4000, warp: float = 0.0, seed: int = 0, reduce: int = 4,
+              kind: str = "auto", power: float = 2.0, smooth: float = 0.0) -> SynthPair:
+    """Cells sampled where the image is bright (∝ intensity**power), mapped by R(angle)·diag(sy, sx) + shift,
+    then displaced by a smooth sinusoidal warp of amplitude ``warp`` µm. ``kind``/``smooth`` choose the
+    source feature (:func:`image_feature`), ``power`` the sampling density ∝ intensity**power."""
     rng = np.random.default_rng(seed)
-    prob = image.ravel().astype(np.float64) ** 2
+    prob = image.ravel().astype(np.float64) ** power
     idx = rng.choice(prob.size, n_cells, p=prob / prob.sum())
     px = np.stack([idx // image.shape[1], idx % image.shape[1]], 1) + rng.uniform(-0.5, 0.5, (n_cells, 2))
     theta = np.deg2rad(angle)
@@ -40,7 +42,7 @@ def make_pair(image: np.ndarray, angle: float, sy: float, sx: float, shift=(1000
         um = um + warp * np.stack([np.sin(2 * np.pi * u[:, 1]), np.sin(2 * np.pi * u[:, 0])], 1)
     dx = choose_dx(um[:, 1], um[:, 0])
     XJ, YJ, J = rasterize(um[:, 1], um[:, 0], dx=dx)
-    YI, XI, I = image_feature(image, reduce=reduce)
+    YI, XI, I = image_feature(image, reduce=reduce, kind=kind, smooth=smooth)
     return SynthPair([YI, XI], I, [YJ, XJ], J, px, um, A, dx)
 
 

@@ -30,12 +30,14 @@ def test_known_transform_is_recovered_within_one_target_pixel(dapi_small, angle,
     assert _error(pair, result) < 1.0
 
 
-def test_lddmm_lowers_the_error_left_by_the_affine_stage_on_a_warped_pair(dapi_small):
-    pair = make_pair(dapi_small, 30, 0.8, 0.8, warp=12.0)  # ~5 target pixels of smooth warp
+def test_lddmm_recovers_a_smooth_warp_within_one_target_pixel(dapi_small):
+    # Cells are drawn where the DAPI is bright, so the intensity feature is the image their density
+    # follows; with a Sobel source the truth is not the energy minimum and LDDMM stops near 1.6-1.9 px.
+    pair = make_pair(dapi_small, 30, 0.8, 0.8, warp=12.0, kind="intensity")  # ~5 target px of smooth warp
     result = gala(pair.xI, pair.I, pair.xJ, pair.J, num_iterations=200)
     affine, deformed = _error(pair, result, deformed=False), _error(pair, result)
-    assert affine > 1.5  # the warp is real
-    assert deformed < 0.7 * affine
+    assert affine > 1.5  # the warp is real: no affine map removes it
+    assert deformed < 1.0 and deformed < 0.5 * affine
     energy = np.array(result["energy_history"])
     assert energy[-1, 1] < 0.6 * energy[0, 1]  # matching energy fell
 
