@@ -109,7 +109,8 @@ def raster_figure(R: np.ndarray, x: Sequence[np.ndarray], *, title: str, unit: s
 
 def fitness_figure(best: Sequence[float], mean: Sequence[float], refine: Sequence[float] = (), *,
                    height: int = 300) -> go.Figure:
-    """GA best and mean fitness per generation (all restarts in sequence)."""
+    """GA best and mean fitness per generation (all restarts in sequence); the gradient refinement that
+    follows is scored on the full-resolution rasters, so it gets its own axis on the right."""
     gens = list(range(1, len(best) + 1))
     fig = go.Figure([
         go.Scatter(x=gens, y=list(best), mode="lines+markers", name="best", marker=dict(size=4)),
@@ -117,17 +118,21 @@ def fitness_figure(best: Sequence[float], mean: Sequence[float], refine: Sequenc
     ])
     if refine:
         steps = list(range(len(best) + 1, len(best) + len(refine) + 1))
-        fig.add_trace(go.Scatter(x=steps, y=list(refine), mode="lines", name="refinement (score)"))
-    fig.update_layout(title="GA fitness", xaxis_title="generation", yaxis_title="fitness", height=height,
-                      margin=_CHART_MARGIN, legend=dict(orientation="h", y=-0.35))
+        fig.add_trace(go.Scatter(x=steps, y=list(refine), mode="lines", name="refinement (full-res score, right)",
+                                 yaxis="y2", line=dict(color="#2ca02c")))
+        fig.add_vline(x=len(best) + 0.5, line=dict(color="#999", dash="dash", width=1))
+        fig.update_layout(yaxis2=dict(title="score", overlaying="y", side="right", showgrid=False))
+    fig.update_layout(title="GA fitness", xaxis_title="generation, then refinement step", yaxis_title="fitness",
+                      height=height, margin=_CHART_MARGIN, legend=dict(orientation="h", y=-0.35))
     return fig
 
 
 def energy_figure(energy: Sequence[float], *, height: int = 300) -> go.Figure:
-    """LDDMM total energy per iteration."""
+    """LDDMM total energy per iteration, on a log axis (the first contrast fit drops it by orders)."""
+    positive = bool(energy) and min(energy) > 0
     fig = go.Figure(go.Scatter(x=list(range(1, len(energy) + 1)), y=list(energy), mode="lines", name="energy"))
     fig.update_layout(title="LDDMM energy", xaxis_title="iteration", yaxis_title="energy", height=height,
-                      margin=_CHART_MARGIN)
+                      margin=_CHART_MARGIN, yaxis_type="log" if positive else "linear")
     return fig
 
 
@@ -161,8 +166,9 @@ def overlay_figure(image: LoadedImage, layers: dict[str, np.ndarray], values: np
     for name, xy in layers.items():
         xy = np.asarray(xy, np.float32)
         if name == "after LDDMM" or (first and "after LDDMM" not in layers):
-            marker = dict(size=5, color=np.asarray(values, np.float32), colorscale="Viridis", opacity=opacity,
-                          showscale=True, colorbar=dict(title=colour_label, len=0.6))
+            marker = dict(size=6, color=np.asarray(values, np.float32), colorscale="Viridis", opacity=opacity,
+                          showscale=True, colorbar=dict(title=colour_label, len=0.6),
+                          line=dict(width=0.5, color="white"))  # visible on dark (DAPI) backgrounds too
             first = False
         elif name == "ground truth":  # rings, so the aligned cells stay visible inside them
             marker = dict(size=10, symbol="circle-open", color=LAYER_COLOURS[name], opacity=opacity, line=dict(width=1.5))
