@@ -97,6 +97,8 @@ def run_lddmm(
     muB: float | None = None,
     contrast: bool = True,
     v0: torch.Tensor | None = None,
+    patience: int = 0,
+    tol: float = 1e-4,
     progress: ProgressCallback | None = None,
     should_stop: StopPredicate | None = None,
     repeat: int = 0,
@@ -107,6 +109,8 @@ def run_lddmm(
     gradient step; ``sigmaR`` the regularisation (larger = weaker); ``sigmaM``/``sigmaB`` the noise of
     matched/background pixels (default: the target's std); ``muB`` the background level (estimated
     every 10 iterations when None). A step that raises the energy is undone and ``epV`` halved.
+    ``patience`` > 0 stops early once the energy fell by less than ``tol`` (relative) over the last
+    ``patience`` iterations (0: run all ``num_iterations``).
     """
     dtype, device = I.dtype, I.device
     if a is None:
@@ -188,4 +192,9 @@ def run_lddmm(
         if stopped(should_stop):
             was_stopped = True
             break
+        first = it - patience  # compare energies of the same weights: not across the E-steps' start
+        if patience and first >= 0 and (it <= 50 or first >= 51) and (
+            history[first][0] - history[it][0] < tol * abs(history[first][0])
+        ):
+            break  # energy plateau (early stop, not a user stop)
     return LDDMMResult(v.detach(), xv, WM.detach(), history, (c0.tolist(), c1.tolist()), was_stopped)
