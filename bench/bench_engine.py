@@ -390,6 +390,9 @@ def bench_lddmm(r: Rasters, um_per_px: float, *, iterations: int, device: torch.
           f"{ours.v.shape[1]}×{ours.v.shape[2]}×nt={nt}, {iterations} iterations, a={a}, p=2, epV={params['epV']}, "
           f"sigmaR={params['sigmaR']:g}, sigmaM=I.std()={sigmaM:.4g}, sigmaB=J.std()={sigmaB:.4g}, muB estimated")
     EM_o, ER_o = common_energy(I, r.xI, J, r.xJ, A, ours.v, ours.xv, a=a, sigmaM=sigmaM, sigmaR=params["sigmaR"])
+    EM_0, ER_0 = common_energy(I, r.xI, J, r.xJ, A, torch.zeros_like(ours.v), ours.xv, a=a, sigmaM=sigmaM,
+                               sigmaR=params["sigmaR"])
+    print(f"common energy at the start (v = 0): {EM_0 + ER_0:.6g}")
     rows = [("GALA Studio run_lddmm", iterations / t_ours, t_ours, ours.energy_history[-1][1], EM_o, ER_o)]
     try:
         from STalign import STalign as reference
@@ -417,8 +420,10 @@ def bench_lddmm(r: Rasters, um_per_px: float, *, iterations: int, device: torch.
     for name, rate, t, own, EM, ER in rows:
         print(f"{name:42s} {rate:7.2f} {1000 / rate:7.1f} {t:7.2f} | {own:13.6g} | {EM:11.6g} {ER:9.3g} {EM + ER:11.6g}")
     if len(rows) == 2:
-        print(f"ratio (ours / STalign): {rows[0][1] / rows[1][1]:.2f}× iterations/s; common energy "
-              f"{(rows[0][4] + rows[0][5]) / (rows[1][4] + rows[1][5]):.4f}× (< 1: ours lower)")
+        drop = [(EM_0 + ER_0) - (row[4] + row[5]) for row in rows]
+        print(f"ratio (ours / STalign): {rows[0][1] / rows[1][1]:.2f}× iterations/s; final common energy "
+              f"{(rows[0][4] + rows[0][5]) / (rows[1][4] + rows[1][5]):.4f}× STalign's (< 1: ours lower); energy "
+              f"lowered by {drop[0]:.6g} (ours) vs {drop[1]:.6g} (STalign)")
     print("Same I, J, A (fixed: STalign with epL=epT=0), velocity grid (STalign given v=0 on ours), nt, a, p, epV,\n"
           "  sigmaR, sigmaM, sigmaB, dtype and iteration count. 'common E_M' evaluates both final fields with one\n"
           "  formula (uniform weights 0.5, least-squares contrast); 'own final E_M' is run_lddmm's last reported\n"
@@ -467,7 +472,7 @@ def run_workload(n_cells: int, width: int, *, um_per_px: float, params: dict, de
     err_px = float(np.median(np.linalg.norm(px - section.cells_px, axis=1)))
     out = dict(cells=n_cells, width=width, height=section.image.pixels.shape[0], reduce=r.reduce,
                shape_I=tuple(I.shape[1:]), shape_J=tuple(J.shape[1:]), synth=t_synth, rasterize=r.t_rasterize,
-               feature=r.t_feature, ga=stage_t.get("ga", 0.0), refine=stage_t.get("refine", 0.0),
+               feature=r.t_feature, scan=stage_t.get("scan", 0.0), ga=stage_t.get("ga", 0.0), refine=stage_t.get("refine", 0.0),
                lddmm=stage_t.get("lddmm", 0.0), gala=t_gala,
                other=t_gala - sum(stage_t.values()), err_px=err_px, err_um=err_px * um_per_px,
                rss=peak_rss_mb(), cuda=(torch.cuda.max_memory_allocated(device) / 2**20
@@ -490,8 +495,8 @@ def bench_seed(params: dict, mode: str, device: torch.device) -> None:
     w = run_workload(SEED_CELLS, SEED_WIDTH, um_per_px=SEED_UM_PER_PX, params=params, device=device)
     print(f"target J {w['shape_J'][0]}×{w['shape_J'][1]} px; source I {w['shape_I'][0]}×{w['shape_I'][1]} px "
           f"(image reduce {w['reduce']}, default_image_reduce); input synthesis {w['synth']:.2f} s (not counted)")
-    for name in ("rasterize", "feature", "ga", "refine", "lddmm", "other"):
-        label = {"rasterize": "rasterise (cells → J)", "feature": "feature (image → I)", "ga": "GA",
+    for name in ("rasterize", "feature", "scan", "ga", "refine", "lddmm", "other"):
+        label = {"rasterize": "rasterise (cells → J)", "feature": "feature (image → I)", "scan": "pose scan (seeds the GA)", "ga": "GA",
                  "refine": "affine refine", "lddmm": "LDDMM", "other": "gala() setup / between stages"}[name]
         print(f"  {label:32s} {fmt_s(w[name])}")
     print(f"  {'TOTAL':32s} {fmt_s(w['total'])}   (gala() alone {w['gala']:.3f} s)")
@@ -510,7 +515,7 @@ def bench_scaling(params: dict, device: torch.device) -> None:
           f"num_repeats={params['num_repeats']}, tutorial's epV/sigmaR/sigmaM/sigmaB, engine defaults otherwise)")
     print("cells: constant density (tissue area ∝ cells), image 2000 px wide; widths: 167,780 cells, same tissue, "
           "a scaled with the width (a = 20 px at 2000 px)")
-    cols = (f"{'case':>20s} {'J':>9s} {'I':>9s} {'raster s':>9s} {'feature s':>9s} {'GA s':>8s} {'refine s':>8s} "
+    cols = (f"{'case':>20s} {'J':>9s} {'I':>9s} {'raster s':>9s} {'feature s':>9s} {'scan s':>7s} {'GA s':>7s} {'refine s':>8s} "
             f"{'LDDMM s':>8s} {'total s':>8s} {'RSS MiB':>8s}" + (f" {'CUDA MiB':>8s}" if device.type == "cuda" else "")
             + f" {'err µm':>7s}")
     cases = [("cells", n, SEED_WIDTH) for n in (50_000, 170_000, 300_000, 1_000_000)]
@@ -527,7 +532,7 @@ def bench_scaling(params: dict, device: torch.device) -> None:
             label = f"width {width} px"
         w = run_workload(n, width, um_per_px=um_per_px, params=params, device=device, a=a)
         print(f"{label:>20s} {'×'.join(map(str, w['shape_J'])):>9s} {'×'.join(map(str, w['shape_I'])):>9s} "
-              f"{w['rasterize']:9.3f} {w['feature']:9.3f} {w['ga']:8.2f} {w['refine']:8.2f} {w['lddmm']:8.2f} "
+              f"{w['rasterize']:9.3f} {w['feature']:9.3f} {w['scan']:7.2f} {w['ga']:7.2f} {w['refine']:8.2f} {w['lddmm']:8.2f} "
               f"{w['total']:8.2f} {w['rss']:8.0f}" + (f" {w['cuda']:8.0f}" if w["cuda"] is not None else "")
               + f" {w['err_um']:7.1f}", flush=True)
 
@@ -567,11 +572,11 @@ def main(argv: list[str] | None = None) -> None:
     if mode == "quick":
         seed_params = dict(num_generations=100, num_iterations=100, num_repeats=1)
         scale_params = None
-        ga_gens_level, ga_gens_full, lddmm_its = 50, 3, 50
+        ga_gens_level, ga_gens_full, lddmm_its = 50, 3, 100
     else:
         seed_params = dict(num_generations=1000, num_iterations=2000, num_repeats=2)
         scale_params = dict(num_generations=150, num_iterations=200, num_repeats=1)
-        ga_gens_level, ga_gens_full, lddmm_its = 200, 20, 200
+        ga_gens_level, ga_gens_full, lddmm_its = 200, 5, 300
     for key, value in (("num_generations", args.generations), ("num_iterations", args.iterations),
                        ("num_repeats", args.repeats)):
         if value is not None:
@@ -602,7 +607,9 @@ def main(argv: list[str] | None = None) -> None:
         bench_scaling(scale_params, device)
     elif mode == "quick":
         print("\n(scaling table: run with --full)")
-    print(f"\nbenchmark wall time {time.perf_counter() - t_all:.1f} s")
+    end_load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    print(f"\nbenchmark wall time {time.perf_counter() - t_all:.1f} s; load average at the end {end_load:.1f} "
+          f"({os.cpu_count()} cores: a load above that means other jobs shared the CPU, slowing every row)")
 
 
 if __name__ == "__main__":
