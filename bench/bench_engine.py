@@ -24,20 +24,24 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
-import numpy as np
-import pygad
-import torch
-import torch.nn.functional as F
+# benchmark the checkout this file lives in, even where another checkout is installed (editable) in the env
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gala_engine import gala, image_feature, normalize, rasterize, transform_points_target_to_source
-from gala_engine.affine import genes_to_matrix, grid_centre, grid_points, sample
-from gala_engine.device import device_name, resolve_device
-from gala_engine.features import tissue_extent
-from gala_engine.io import LoadedImage
-from gala_engine.lddmm import run_lddmm
-from gala_engine.search import BatchedFitness, blur_raster, fill_gene_space, pool_raster, run_ga, score_batch
-from gala_engine.section import default_image_reduce
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import pygad  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import gala_engine  # noqa: E402
+from gala_engine import gala, image_feature, normalize, rasterize, transform_points_target_to_source  # noqa: E402
+from gala_engine.affine import genes_to_matrix, grid_centre, grid_points, sample  # noqa: E402
+from gala_engine.device import device_name, resolve_device  # noqa: E402
+from gala_engine.features import tissue_extent  # noqa: E402
+from gala_engine.io import LoadedImage  # noqa: E402
+from gala_engine.lddmm import run_lddmm  # noqa: E402
+from gala_engine.search import BatchedFitness, blur_raster, fill_gene_space, pool_raster, run_ga, score_batch  # noqa: E402
+from gala_engine.section import default_image_reduce  # noqa: E402
 
 HE_IMAGE = Path(__file__).resolve().parents[1] / "gala_engine" / "demo_data" / "visium_tiny" / "tissue_lowres_image.png"
 HE_CROP = (slice(110, 530), slice(100, 530))  # the tissue inside the Visium fiducial frame
@@ -589,6 +593,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"device: {device_name(device)}   dtype: float32   torch {torch.__version__} "
           f"(threads {torch.get_num_threads()}, {threads_note}), pygad {pygad.__version__}, numpy {np.__version__}, "
           f"python {platform.python_version()}")
+    print(f"engine: {Path(gala_engine.__file__).parent}")
     print(f"CPU: {cpu_model()}, {os.cpu_count()} logical cores, load average {load:.1f} at start"
           + (f"; CUDA {torch.version.cuda}" if device.type == "cuda" else ""))
 
