@@ -7,6 +7,8 @@ maps source (image pixel) coordinates to target (µm) coordinates. Negative scal
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -84,6 +86,15 @@ def sample(image: torch.Tensor, x: list, points: torch.Tensor, padding: str = "z
     return out[0, :, :, 0].reshape(image.shape[0], *shape)
 
 
+@lru_cache(maxsize=64)
+def _half_and_mid(ends: tuple, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Half-extents and midpoints of the source and target axes, made once per grid pair and device
+    (the GA calls :func:`normalised_theta` every generation: no host→device copy each time)."""
+    half = torch.tensor([(hi - lo) / 2.0 for lo, hi in ends], dtype=dtype, device=device)
+    mid = torch.tensor([(hi + lo) / 2.0 for lo, hi in ends], dtype=dtype, device=device)
+    return half[:2], mid[:2], half[2:], mid[2:]
+
+
 def normalised_theta(A: torch.Tensor, xI: list, xJ: list) -> torch.Tensor:
     """(P, 3, 3) source → target matrices → (P, 2, 3) ``F.affine_grid`` matrices.
 
@@ -91,11 +102,8 @@ def normalised_theta(A: torch.Tensor, xI: list, xJ: list) -> torch.Tensor:
     first/last pixel centres) to the source's normalised coordinates: the axis scalings are folded into
     the inverse affine, so no physical coordinate tensor is ever built. Axes must be uniformly spaced.
     """
-    dtype, device = A.dtype, A.device
-    half_j = torch.tensor([(float(x[-1]) - float(x[0])) / 2.0 for x in xJ], dtype=dtype, device=device)
-    mid_j = torch.tensor([(float(x[-1]) + float(x[0])) / 2.0 for x in xJ], dtype=dtype, device=device)
-    half_i = torch.tensor([(float(x[-1]) - float(x[0])) / 2.0 for x in xI], dtype=dtype, device=device)
-    mid_i = torch.tensor([(float(x[-1]) + float(x[0])) / 2.0 for x in xI], dtype=dtype, device=device)
+    ends = tuple((float(x[0]), float(x[-1])) for x in (*xI, *xJ))
+    half_i, mid_i, half_j, mid_j = _half_and_mid(ends, A.dtype, A.device)
     # inverse of [[L, T], [0, 1]] in closed form (2×2): cheaper and differentiable for a batch
     L, T = A[..., :2, :2], A[..., :2, 2]
     det = L[..., 0, 0] * L[..., 1, 1] - L[..., 0, 1] * L[..., 1, 0]

@@ -179,16 +179,17 @@ class BatchedFitness:
         if self.max_log_aniso is not None:
             ratio = torch.log(genes[:, 1].abs().clamp_min(1e-12) / genes[:, 2].abs().clamp_min(1e-12))
             ok = ok & (ratio.abs() <= self.max_log_aniso)
-        safe = genes.clone()
-        safe[~ok, 1:3] = 1.0  # keep A invertible; these solutions get the worst score below
+        # invalid scales → 1 (A stays invertible; these solutions get the worst score below), without a
+        # boolean-mask assignment: no host sync on a GPU
+        scale_cols = torch.arange(5, device=genes.device).sub(1.5).abs() < 1.0  # genes 1 and 2
+        safe = torch.where(~ok[:, None] & scale_cols, torch.ones_like(genes), genes)
         A = genes_to_matrix(safe, self.cI, self.cJ)
         shape = tuple(self.J.shape[1:])
         theta = normalised_theta(A, self.xI, self.xJ)
         scores = [self._score(resample_batch(self.I, self.xI, None, self.xJ, shape, self.padding, theta=part)
                               .flatten(1)) for part in theta.split(self.chunk)]
         score = torch.cat(scores)
-        worst = torch.tensor(-1.0 if self.kind == "ncc" else 0.0, dtype=score.dtype, device=score.device)
-        return torch.where(ok, score, worst)
+        return torch.where(ok, score, -1.0 if self.kind == "ncc" else 0.0)
 
 
 @contextmanager
