@@ -341,7 +341,9 @@ def bench_ga(r: Rasters, *, generations_full: int, generations_level: int, pop: 
     print("\nAll GA variants: same rasters, population, generations, parents, crossover/mutation probabilities and\n"
           "  seed. 'ours is': our gen/s (or pop/s) divided by that row's. The per-solution rows are pygad with\n"
           "  fitness_batch_size=None and pygad's operators; fitness-only rates are the best of a few repeats.\n"
-          "  The best fitness differs between rows with different random streams (operators), not by accuracy.")
+          "  'best fit' is one GA run's outcome, which depends on its random path: other operators draw other\n"
+          "  numbers, and fitness rounding differences (≤ 'agree') change pygad's picks among near-ties after\n"
+          "  enough generations. A single run can end in another basin; gala() adds restarts and a pose scan.")
 
 
 # --------------------------------------------------------------------------------------- 2. LDDMM
