@@ -260,7 +260,7 @@ def ga_level(label: str, I: torch.Tensor, xI: list, J: torch.Tensor, xJ: list, s
     # fitness alone (no pygad): one population per call
     pop_t = torch.as_tensor(rng.uniform(space.low, space.high, size=(pop, 5)), device=device)
     population = pop_t.cpu().numpy()
-    reps = 5 if generations >= 10 else 2
+    reps = 5 if generations >= 10 else 3
     with torch.no_grad():
         evals = {
             "batched": _best_rate(lambda: batched(pop_t).double().cpu().numpy(), reps, device),
@@ -269,23 +269,31 @@ def ga_level(label: str, I: torch.Tensor, xI: list, J: torch.Tensor, xJ: list, s
             "plain": _best_rate(lambda: [plain(None, g, i) for i, g in enumerate(population)], reps, device),
         }
 
+    def best_of(run, repeats: int = 3):
+        """Highest gen/s of ``repeats`` identical seeded runs (other jobs on a shared CPU only slow a run)."""
+        best_rate, best_fit = 0.0, None
+        for _ in range(repeats):
+            sync(device)
+            t0 = time.perf_counter()
+            best_fit = run()
+            sync(device)
+            best_rate = max(best_rate, generations / (time.perf_counter() - t0))
+        return best_rate, best_fit
+
     def timed_run_ga(fitness, operators):
-        sync(device)
-        t0 = time.perf_counter()
-        res = run_ga(fitness, space, num_generations=generations, sol_per_pop=pop, num_parents_mating=pop // 2,
-                     random_seed=42, operators=operators)
-        sync(device)
-        return generations / (time.perf_counter() - t0), res.fitness
+        return best_of(lambda: run_ga(fitness, space, num_generations=generations, sol_per_pop=pop,
+                                      num_parents_mating=pop // 2, random_seed=42, operators=operators).fitness)
 
     def timed_pygad(fitness_func):
-        sync(device)
-        t0 = time.perf_counter()
-        ga = pygad.GA(num_generations=generations, num_parents_mating=pop // 2, sol_per_pop=pop, num_genes=5,
-                      gene_space=space.as_dicts(), fitness_func=fitness_func, fitness_batch_size=None,
-                      mutation_probability=0.2, crossover_probability=0.8, random_seed=42, suppress_warnings=True)
-        ga.run()
-        sync(device)
-        return generations / (time.perf_counter() - t0), float(np.max(ga.best_solutions_fitness))
+        def run():
+            ga = pygad.GA(num_generations=generations, num_parents_mating=pop // 2, sol_per_pop=pop, num_genes=5,
+                          gene_space=space.as_dicts(), fitness_func=fitness_func, fitness_batch_size=None,
+                          mutation_probability=0.2, crossover_probability=0.8, random_seed=42,
+                          suppress_warnings=True)
+            ga.run()
+            return float(np.max(ga.best_solutions_fitness))
+
+        return best_of(run)
 
     runs = {
         "ours": timed_run_ga(batched, "vectorized"),
@@ -340,7 +348,8 @@ def bench_ga(r: Rasters, *, generations_full: int, generations_level: int, pop: 
             print(f"  {name:58s} {rate:8.2f} {1000 / rate:8.2f} {lv['evals']['batched'] / rate:7.1f}×")
     print("\nAll GA variants: same rasters, population, generations, parents, crossover/mutation probabilities and\n"
           "  seed. 'ours is': our gen/s (or pop/s) divided by that row's. The per-solution rows are pygad with\n"
-          "  fitness_batch_size=None and pygad's operators; fitness-only rates are the best of a few repeats.\n"
+          "  fitness_batch_size=None and pygad's operators. Every rate is the best of 3 identical seeded GA runs\n"
+          "  (fitness only: of a few repeats), so jobs sharing the CPU distort the ratios less.\n"
           "  'best fit' is one GA run's outcome, which depends on its random path: other operators draw other\n"
           "  numbers, and fitness rounding differences (≤ 'agree') change pygad's picks among near-ties after\n"
           "  enough generations. A single run can end in another basin; gala() adds restarts and a pose scan.")
@@ -586,11 +595,11 @@ def main(argv: list[str] | None = None) -> None:
     if mode == "quick":
         seed_params = dict(num_generations=100, num_iterations=100, num_repeats=1)
         scale_params = None
-        ga_gens_level, ga_gens_full, lddmm_its = 50, 3, 100
+        ga_gens_level, ga_gens_full, lddmm_its = 30, 2, 100
     else:
         seed_params = dict(num_generations=1000, num_iterations=2000, num_repeats=2)
         scale_params = dict(num_generations=150, num_iterations=200, num_repeats=1)
-        ga_gens_level, ga_gens_full, lddmm_its = 200, 5, 300
+        ga_gens_level, ga_gens_full, lddmm_its = 100, 3, 300
     for key, value in (("num_generations", args.generations), ("num_iterations", args.iterations),
                        ("num_repeats", args.repeats)):
         if value is not None:
