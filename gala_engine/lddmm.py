@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .affine import grid_points, sample
+from .affine import grid_points, sample_planar
 from .errors import GalaInputError
 from .events import ProgressCallback, ProgressEvent, StopPredicate, emit, stopped
 
@@ -57,13 +57,12 @@ class LDDMMResult:
     stopped: bool = False
 
 
-def _backward_points(v: torch.Tensor, xv: list, A: torch.Tensor, target_points: torch.Tensor) -> torch.Tensor:
-    """Target grid points pulled back into the source: ``φ⁻¹(A⁻¹ y)``."""
-    Ainv = torch.linalg.inv(A)
-    X = target_points @ Ainv[:2, :2].T + Ainv[:2, 2]
+def _backward_points(v: torch.Tensor, xv: list, X: torch.Tensor) -> torch.Tensor:
+    """Points ``X = A⁻¹ y`` (target grid pulled back through the fixed affine), channel-first (2, H, W)
+    → ``φ⁻¹(A⁻¹ y)``, channel-first (planar: every step is a whole-plane, vectorised operation)."""
     nt = v.shape[0]
-    for t in reversed(range(nt)):
-        X = X - sample(v[t].permute(2, 0, 1), xv, X).permute(*range(1, X.ndim), 0) / nt
+    for t in reversed(range(nt)):  # 1/nt scales the small field, not the sampled one
+        X = X - sample_planar((v[t] / nt).permute(2, 0, 1), xv, X)
     return X
 
 
@@ -97,6 +96,8 @@ def run_lddmm(
     muB: float | None = None,
     contrast: bool = True,
     v0: torch.Tensor | None = None,
+    patience: int = 0,
+    tol: float = 1e-4,
     progress: ProgressCallback | None = None,
     should_stop: StopPredicate | None = None,
     repeat: int = 0,
@@ -107,6 +108,8 @@ def run_lddmm(
     gradient step; ``sigmaR`` the regularisation (larger = weaker); ``sigmaM``/``sigmaB`` the noise of
     matched/background pixels (default: the target's std); ``muB`` the background level (estimated
     every 10 iterations when None). A step that raises the energy is undone and ``epV`` halved.
+    ``patience`` > 0 stops early once the energy fell by less than ``tol`` (relative) over the last
+    ``patience`` iterations (0: run all ``num_iterations``).
     """
     dtype, device = I.dtype, I.device
     if a is None:
@@ -122,7 +125,9 @@ def run_lddmm(
     if tuple(v.shape) != shape:
         v = torch.zeros(shape, dtype=dtype, device=device)
     v.requires_grad_(True)
-    target_points = grid_points(xJ, dtype=dtype, device=device)
+    Ainv = torch.linalg.inv(A)  # A is fixed here: pull J's grid back through it once
+    start_points = (grid_points(xJ, dtype=dtype, device=device) @ Ainv[:2, :2].T + Ainv[:2, 2]).permute(2, 0, 1)
+    start_points = start_points.contiguous()
     sigmaM = float(J.std()) if sigmaM is None else float(sigmaM)
     sigmaB = float(J.std()) if sigmaB is None else float(sigmaB)
     sigmaM, sigmaB = max(sigmaM, 1e-6), max(sigmaB, 1e-6)
@@ -140,8 +145,8 @@ def run_lddmm(
     was_stopped = False
 
     def energies(vel: torch.Tensor):
-        X = _backward_points(vel, xv, A, target_points)
-        AI = sample(I, xI, X, padding="border")
+        X = _backward_points(vel, xv, start_points)
+        AI = sample_planar(I, xI, X, padding="border")
         fAI = c0[:, None, None] + c1[:, None, None] * AI
         EM = (WM * (fAI - J) ** 2).sum() / (2.0 * sigmaM**2)
         vhat = torch.fft.fftn(vel, dim=(1, 2))
@@ -188,4 +193,9 @@ def run_lddmm(
         if stopped(should_stop):
             was_stopped = True
             break
+        first = it - patience  # compare energies of the same weights: not across the E-steps' start
+        if patience and first >= 0 and (it <= 50 or first >= 51) and (
+            history[first][0] - history[it][0] < tol * abs(history[first][0])
+        ):
+            break  # energy plateau (early stop, not a user stop)
     return LDDMMResult(v.detach(), xv, WM.detach(), history, (c0.tolist(), c1.tolist()), was_stopped)

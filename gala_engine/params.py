@@ -36,6 +36,8 @@ class AlignParams:
     seed_population: bool = _p(True, "Before the GA, refine moment-matched poses every 10° (with and without flip) by gradient ascent; the best seed the GA population and compete with its result.", "ga")
     scan_iterations: int = _p(40, "Gradient steps per level for the pose scan (seed_population).", "ga", min=1)
     stop_criteria: str | None = _p(None, "pygad stop criteria, e.g. 'saturate_50' (None = run all generations).", "ga")
+    ga_patience: int = _p(0, "Early stop: end a GA run once its best fitness has not improved for this many generations (0 = off: all generations run, as published). Off by default: at the interactive settings the GA is a small part of the run time; worth setting (e.g. 100) with the tutorial's 1000 generations.", "ga", min=0)
+    ga_operators: str = _p("vectorized", "GA crossover and mutation: 'vectorized' (pygad's single-point crossover and gene-space mutation on whole arrays: same distributions, another random stream, ~4× less GA overhead per generation) or 'pygad' (pygad's own per-offspring loops, as published).", "ga", choices=("vectorized", "pygad"))
     # LDDMM (local deformation)
     num_iterations: int = _p(200, "LDDMM gradient iterations (0 = affine only).", "lddmm", min=0)
     a: float | None = _p(None, "Smoothness scale of the deformation, in image pixels (None = 1/8 of the image extent).", "lddmm", min=0.0)
@@ -46,6 +48,8 @@ class AlignParams:
     muB: float | None = _p(None, "Background intensity of the target (None = estimated).", "lddmm")
     nt: int = _p(3, "Time steps integrating the velocity field.", "lddmm", min=1)
     contrast: bool = _p(True, "Fit a linear contrast between the rasters at each LDDMM step.", "lddmm")
+    lddmm_patience: int = _p(0, "Early stop: end LDDMM once the energy fell by less than lddmm_tol (relative) over this many iterations (0 = off: all iterations run, as published). Off by default so the energy curve and results stay comparable across runs.", "lddmm", min=0)
+    lddmm_tol: float = _p(1e-4, "Relative energy decrease over lddmm_patience iterations below which LDDMM stops (only with lddmm_patience > 0).", "lddmm", min=0.0)
     # general
     num_repeats: int = _p(1, "Repeats of GA → LDDMM (the published method's restarts).", "general", min=1)
     random_seed: int = _p(42, "Seed of the GA (runs with the same seed on CPU give the same result).", "general")
@@ -88,7 +92,7 @@ class AlignParams:
         base = dict(num_generations=1000, num_iterations=2000, num_repeats=2, epV=10.0, a=20.0,
                     sigmaR=5e4, ga_restarts=1, seed_population=False,
                     gene_space_mode="compatible", fitness="sse", refine_iterations=0, contrast=False,
-                    max_anisotropy=None, ga_blur=0.0)
+                    max_anisotropy=None, ga_blur=0.0, ga_operators="pygad", ga_patience=0, lddmm_patience=0)
         base.update(overrides)
         return cls(**base)
 

@@ -156,7 +156,8 @@ def gala(
                             sol_per_pop=p.sol_per_pop, num_parents_mating=p.num_parents_mating,
                             mutation_probability=p.mutation_probability,
                             crossover_probability=p.crossover_probability, random_seed=seed,
-                            stop_criteria=p.stop_criteria, progress=progress, should_stop=should_stop,
+                            stop_criteria=p.stop_criteria, patience=p.ga_patience, operators=p.ga_operators,
+                            progress=progress, should_stop=should_stop,
                             repeat=repeat)
             ga_history.append({"repeat": repeat, "restart": restart, "seed": seed,
                                "best": result.best_history, "mean": result.mean_history})
@@ -183,7 +184,8 @@ def gala(
         if p.num_iterations and not was_stopped:
             lddmm = run_lddmm(I_t, xI, J_t, xJ, A, num_iterations=p.num_iterations, a=p.a, nt=p.nt,
                               epV=p.epV, sigmaR=p.sigmaR, sigmaM=p.sigmaM, sigmaB=p.sigmaB, muB=p.muB,
-                              contrast=p.contrast, v0=v, progress=progress, should_stop=should_stop,
+                              contrast=p.contrast, v0=v, patience=p.lddmm_patience, tol=p.lddmm_tol,
+                              progress=progress, should_stop=should_stop,
                               repeat=repeat)
             v = lddmm.v
             energy_history.extend(lddmm.energy_history)

@@ -13,7 +13,7 @@ import pygad
 import torch
 import torch.nn.functional as F
 
-from .affine import genes_to_matrix, grid_centre, grid_points, resample_batch
+from .affine import genes_to_matrix, grid_centre, normalised_theta, resample_batch
 from .errors import GalaInputError
 from .events import ProgressCallback, ProgressEvent, StopPredicate, emit, stopped
 
@@ -125,18 +125,54 @@ def score_batch(AI: torch.Tensor, J: torch.Tensor, kind: str = "ncc") -> torch.T
     return num / den
 
 
+def _chunk_elements(device: torch.device) -> int:
+    """Resampled values per chunk: a CPU keeps each chunk's working set in cache; a GPU wants large batches."""
+    return 1 << 26 if device.type == "cuda" else 1 << 20
+
+
 class BatchedFitness:
-    """Fitness of a whole population in one ``grid_sample`` call, on the rasters' device."""
+    """Fitness of a whole population on the rasters' device: per chunk of solutions, one sampling-grid
+    build straight from the 2×3 normalised matrices (no coordinate tensors), one ``grid_sample`` and fused
+    score reductions.
+
+    ``chunk`` (solutions per chunk; default from the device: ~2²⁰ resampled values on a CPU so the
+    working set stays in cache, ~2²⁶ on CUDA) bounds memory; the score does not depend on it.
+    """
 
     def __init__(self, I: torch.Tensor, xI: list, J: torch.Tensor, xJ: list, *, kind: str, scale_floor: float,
-                 max_anisotropy: float | None = None):
-        self.I, self.xI, self.J, self.kind = I, xI, J, kind
-        self.target_points = grid_points(xJ, dtype=I.dtype, device=I.device)
+                 max_anisotropy: float | None = None, chunk: int | None = None):
+        if kind not in FITNESS_KINDS:
+            raise GalaInputError(f"Unknown fitness {kind!r}; use one of {FITNESS_KINDS}.")
+        self.I, self.xI, self.J, self.xJ, self.kind = I, xI, J, xJ, kind
         self.cI = torch.as_tensor(grid_centre(xI), dtype=I.dtype, device=I.device)
         self.cJ = torch.as_tensor(grid_centre(xJ), dtype=I.dtype, device=I.device)
         self.scale_floor = scale_floor
         self.max_log_aniso = None if not max_anisotropy else math.log(max_anisotropy)
         self.padding = "border" if kind == "sse" else "zeros"
+        per_solution = J.numel()
+        self.chunk = chunk or max(1, _chunk_elements(I.device) // per_solution)
+        j = J.flatten()
+        if kind == "sse":
+            self._j = j
+        else:  # NCC: weights and the centred, weighted target, computed once
+            if kind == "ncc_support":
+                w = (J.sum(0) > SUPPORT_LEVEL * J.sum(0).max()).to(J.dtype).expand_as(J).flatten()
+            else:
+                w = torch.ones_like(j)
+            n = w.sum()
+            jc = (j - (j * w).sum() / n) * w
+            self._w, self._n, self._jw = w, n, jc
+            self._jj = (jc * jc).sum()  # w is 0/1, so Σ w·jc² = Σ (w·jc)²
+
+    def _score(self, a: torch.Tensor) -> torch.Tensor:
+        """(n, D) resampled values of one chunk → (n,) scores (the same numbers as :func:`score_batch`)."""
+        if self.kind == "sse":
+            return 1.0 / (1.0 + ((a - self._j) ** 2).sum(1))
+        mean = (a @ self._w) / self._n
+        ac = a - mean[:, None]  # centred: no cancellation when a is (nearly) constant
+        num = ac @ self._jw
+        den = torch.sqrt(((ac * ac) @ self._w) * self._jj) + 1e-12
+        return num / den
 
     def __call__(self, genes: torch.Tensor) -> torch.Tensor:
         genes = genes.to(self.I.dtype)
@@ -144,12 +180,18 @@ class BatchedFitness:
         if self.max_log_aniso is not None:
             ratio = torch.log(genes[:, 1].abs().clamp_min(1e-12) / genes[:, 2].abs().clamp_min(1e-12))
             ok = ok & (ratio.abs() <= self.max_log_aniso)
-        safe = genes.clone()
-        safe[~ok, 1:3] = 1.0  # keep A invertible; these solutions get the worst score below
+        # invalid scales → 1 (A stays invertible; these solutions get the worst score below), without a
+        # boolean-mask assignment: no host sync on a GPU
+        scale_cols = torch.zeros(5, dtype=torch.bool, device=genes.device)
+        scale_cols[1:3] = True  # the genes sy, sx
+        safe = torch.where(~ok[:, None] & scale_cols, torch.ones_like(genes), genes)
         A = genes_to_matrix(safe, self.cI, self.cJ)
-        score = score_batch(resample_batch(self.I, self.xI, A, self.target_points, self.padding), self.J, self.kind)
-        worst = torch.tensor(-1.0 if self.kind == "ncc" else 0.0, dtype=score.dtype, device=score.device)
-        return torch.where(ok, score, worst)
+        shape = tuple(self.J.shape[1:])
+        theta = normalised_theta(A, self.xI, self.xJ)
+        scores = [self._score(resample_batch(self.I, self.xI, None, self.xJ, shape, self.padding, theta=part)
+                              .flatten(1)) for part in theta.split(self.chunk)]
+        score = torch.cat(scores)
+        return torch.where(ok, score, -1.0 if self.kind == "ncc" else 0.0)
 
 
 @contextmanager
@@ -161,6 +203,48 @@ def _isolated_global_rng():
     finally:
         np.random.set_state(np_state)
         random.setstate(py_state)
+
+
+GA_OPERATORS = ("vectorized", "pygad")
+
+
+def _vectorized_crossover(parents: np.ndarray, offspring_size: tuple, ga) -> np.ndarray:
+    """pygad's single-point crossover with ``crossover_probability``, for the whole offspring at once.
+
+    Per offspring: each parent is eligible with probability ``crossover_probability``; none eligible → a copy
+    of parent ``k mod n``; one → that parent crossed with itself; more → two distinct eligible parents at
+    random. Genes before a uniform split point come from the first parent. Same distribution as pygad's
+    per-offspring Python loop, drawn from the GA's own seeded generator.
+    """
+    rng = ga.numpy_random_generator
+    n_off, n_genes = offspring_size
+    n_par = parents.shape[0]
+    split = rng.randint(0, n_genes, size=n_off)
+    prob = ga.crossover_probability
+    if prob is None:
+        first = np.arange(n_off) % n_par
+        second = (first + 1) % n_par
+    else:
+        eligible = rng.random_sample((n_off, n_par)) < prob
+        keys = np.where(eligible, rng.random_sample((n_off, n_par)), 2.0)
+        pick = np.argsort(keys, axis=1)[:, :2]
+        eligible_count = eligible.sum(1)
+        first = np.where(eligible_count == 0, np.arange(n_off) % n_par, pick[:, 0])
+        second = np.where(eligible_count >= 2, pick[:, 1], first)
+    before = np.arange(n_genes)[None, :] < split[:, None]
+    return np.where(before, parents[first], parents[second]).astype(np.float64)
+
+
+def _vectorized_mutation(offspring: np.ndarray, ga) -> np.ndarray:
+    """pygad's mutation by gene space (dict ranges): each gene with probability ``mutation_probability``
+    is re-sampled uniformly in [low, high), for the whole offspring at once."""
+    rng = ga.numpy_random_generator
+    low = np.array([g["low"] for g in ga.gene_space], dtype=np.float64)
+    high = np.array([g["high"] for g in ga.gene_space], dtype=np.float64)
+    out = np.array(offspring, dtype=np.float64)
+    mutate = rng.random_sample(out.shape) < ga.mutation_probability
+    fresh = low + (high - low) * rng.random_sample(out.shape)
+    return np.where(mutate, fresh, out)
 
 
 @dataclass
@@ -184,17 +268,27 @@ def run_ga(
     random_seed: int = 42,
     initial_population: np.ndarray | None = None,
     stop_criteria: str | None = None,
+    patience: int | None = None,
+    operators: str = "pygad",
     progress: ProgressCallback | None = None,
     should_stop: StopPredicate | None = None,
     repeat: int = 0,
 ) -> GAResult:
-    """Run pygad over the free genes (a gene with low == high is fixed and not searched)."""
+    """Run pygad over the free genes (a gene with low == high is fixed and not searched).
+
+    ``patience``: stop once the best fitness has not improved for this many generations (``None``/0: run
+    all ``num_generations``, as published). ``operators``: ``"pygad"`` (pygad's own crossover and
+    mutation, per offspring in Python) or ``"vectorized"`` (the same operators on whole arrays: same
+    distributions, another random stream, ~4× less overhead per generation).
+    """
+    if operators not in GA_OPERATORS:
+        raise GalaInputError(f"Unknown GA operators {operators!r}; use one of {GA_OPERATORS}.")
     free = np.flatnonzero(space.high > space.low)
     fixed = space.low.copy()
     best = {"fitness": -np.inf, "genes": fixed.copy()}
     best_history: list[float] = []
     mean_history: list[float] = []
-    state = {"stopped": False}
+    state = {"stopped": False, "since": 0, "last": None}
 
     def full_genes(solutions: np.ndarray) -> np.ndarray:
         out = np.tile(fixed, (solutions.shape[0], 1))
@@ -222,6 +316,13 @@ def run_ga(
         if stopped(should_stop):
             state["stopped"] = True
             return "stop"
+        if patience:
+            last = state["last"]
+            improved = last is None or best["fitness"] > last + 1e-9 * max(abs(last), 1.0)
+            state["since"] = 0 if improved else state["since"] + 1
+            state["last"] = best["fitness"] if improved else last
+            if state["since"] >= patience:
+                return "stop"
         return None
 
     if free.size == 0:
@@ -243,6 +344,8 @@ def run_ga(
             initial_population=None if initial_population is None else initial_population[:, free],
             stop_criteria=stop_criteria,
             suppress_warnings=True,
+            **({"crossover_type": _vectorized_crossover, "mutation_type": _vectorized_mutation}
+               if operators == "vectorized" else {}),
         )
         ga.run()
     return GAResult(best["genes"], best["fitness"], best_history, mean_history, state["stopped"])

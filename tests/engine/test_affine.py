@@ -6,10 +6,21 @@ import numpy as np
 import pygad
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gala_engine import AlignParams, GalaInputError, image_feature, normalize, rasterize
-from gala_engine.affine import genes_to_matrix_np, matrix_to_genes
-from gala_engine.search import BatchedFitness, fill_gene_space, score_batch
+from gala_engine.affine import (
+    affine_sample_grid,
+    genes_to_matrix,
+    genes_to_matrix_np,
+    grid_centre,
+    grid_points,
+    matrix_to_genes,
+    normalised_theta,
+    resample_batch,
+    sample,
+)
+from gala_engine.search import BatchedFitness, fill_gene_space, run_ga, score_batch
 
 XI = [np.arange(50.0), np.arange(80.0)]
 XJ = [np.linspace(-300, 300, 40), np.linspace(0, 900, 60)]
@@ -87,3 +98,58 @@ def test_params_validate_and_round_trip():
         AlignParams(fitness="mse")
     with pytest.raises(GalaInputError, match="sol_per_pop"):
         AlignParams(sol_per_pop=1)
+
+
+def test_sampling_grid_from_normalised_matrices_matches_physical_coordinates():
+    """The GA's grid (2×3 normalised matrices, broadcast build) samples where A⁻¹ sends J's pixel centres."""
+    I = torch.rand(2, 50, 80, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    genes = torch.tensor([[37.5, 0.8, -0.6, 12.0, -40.0], [-135.0, 2.0, 1.5, -3.0, 7.0]], dtype=torch.float64)
+    A = genes_to_matrix(genes, torch.tensor(grid_centre(XI)), torch.tensor(grid_centre(XJ)))
+    theta = normalised_theta(A, XI, XJ)
+    H, W = len(XJ[0]), len(XJ[1])
+    assert torch.allclose(affine_sample_grid(theta, H, W), F.affine_grid(theta, [2, 1, H, W], align_corners=True))
+    fast = resample_batch(I, XI, A, XJ, (H, W), padding="zeros")
+    pts = grid_points(XJ, dtype=torch.float64)
+    for p in range(2):
+        Ainv = torch.linalg.inv(A[p])
+        slow = sample(I, XI, pts @ Ainv[:2, :2].T + Ainv[:2, 2], padding="zeros")
+        assert torch.allclose(fast[p], slow, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["ncc", "ncc_support", "sse"])
+def test_fitness_does_not_depend_on_the_chunk_size_and_matches_score_batch(dapi_small, kind):
+    I, xI, J, xJ = _rasters(dapi_small)
+    I = I.float()
+    space = fill_gene_space(None, xI, xJ, mode="compatible")
+    pop = torch.tensor(np.random.default_rng(4).uniform(space.low, space.high, (13, 5)))
+    scores = [BatchedFitness(I, xI, J, xJ, kind=kind, scale_floor=space.scale_floor, chunk=c)(pop) for c in (1, 4, 64)]
+    assert torch.allclose(scores[0], scores[1], atol=1e-6) and torch.allclose(scores[0], scores[2], atol=1e-6)
+    fit = BatchedFitness(I, xI, J, xJ, kind=kind, scale_floor=0.0)
+    A = genes_to_matrix(pop.float(), fit.cI, fit.cJ)
+    reference = score_batch(resample_batch(I, xI, A, xJ, tuple(J.shape[1:]), fit.padding), J, kind)
+    assert torch.allclose(fit(pop), reference, atol=1e-5)
+
+
+def test_vectorised_ga_operators_stay_in_range_are_seeded_and_patience_stops_early():
+    space = fill_gene_space(None, XI, XJ, mode="compatible")
+    target = torch.tensor([20.0, 1.0, 1.0, 10.0, -10.0], dtype=torch.float64)
+
+    class Quadratic:  # a smooth fitness with its optimum inside the space; records what it scored
+        I = torch.zeros(1)
+        seen: list = []
+
+        def __call__(self, genes):
+            self.seen.append(genes.clone())
+            return -(((genes - target) / torch.tensor(space.high - space.low)) ** 2).sum(1)
+
+    kw = dict(num_generations=60, sol_per_pop=20, num_parents_mating=10, random_seed=3, operators="vectorized")
+    a, b = run_ga(Quadratic(), space, **kw), run_ga(Quadratic(), space, **kw)
+    assert np.array_equal(a.genes, b.genes) and a.best_history == b.best_history
+    genes = torch.cat(Quadratic.seen).numpy()
+    assert (genes >= space.low - 1e-9).all() and (genes <= space.high + 1e-9).all()
+    assert a.fitness > run_ga(Quadratic(), space, **{**kw, "num_generations": 1}).fitness
+    short = run_ga(Quadratic(), space, **{**kw, "num_generations": 1000, "patience": 5})
+    assert len(short.best_history) < 1000
+    assert all(short.best_history[-1] == h for h in short.best_history[-5:])
+    with pytest.raises(GalaInputError, match="operators"):
+        run_ga(Quadratic(), space, **{**kw, "operators": "fast"})
