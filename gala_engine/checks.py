@@ -10,7 +10,6 @@ and :func:`check_image`.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,8 +21,6 @@ from .errors import GalaInputError
 from .io import LoadedImage, _spatial_xy, cell_signal
 
 __all__ = ["CellCheck", "MIN_CELLS", "SPACING_RANGE_UM", "check_cells", "check_image"]
-
-log = logging.getLogger(__name__)
 
 MIN_CELLS = 3  # distinct positions needed to estimate a pose at all
 # plausible median nearest-neighbour spacing of cells / spots in µm: sub-cellular bins (Visium HD 2 µm,
@@ -110,8 +107,6 @@ def check_cells(adata: Any, *, signal: str = constants.SIGNAL_TOTAL_COUNTS, name
             "run adata.obs_names_make_unique() so results can be joined back to your cells."
         )
     used = _check_signal(adata, signal, warnings)
-    for w in warnings:
-        log.warning("%s: %s", name, w)
     ext = np.ptp(xy, axis=0)
     return CellCheck(n, len(unique), spacing, (float(ext[0]), float(ext[1])), used, warnings)
 
