@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from gala_engine.io import LoadedImage, cell_signal, read_cells, read_image, spa
 from gala_engine.section import SectionRasters, prepare_section
 
 from . import state
+from .session_files import SessionFolder, sweep_stale
 
 DATA_DIR_ENV = "GALA_DATA_DIR"
 DEFAULT_DEMO = "merfish_mini"
@@ -53,12 +53,16 @@ def data_dir() -> Path:
 
 
 def session_tmpdir() -> Path:
-    """A per-session spool folder for uploads and downloads."""
-    path = state.get(state.TMPDIR)
-    if path is None or not Path(path).is_dir():
-        path = tempfile.mkdtemp(prefix="gala_studio_")
-        st.session_state[state.TMPDIR] = path
-    return Path(path)
+    """A per-session spool folder for uploads and downloads, removed when the session ends.
+
+    Making one first removes folders of sessions that are gone (see :mod:`ui.session_files`).
+    """
+    folder = state.get(state.TMPDIR)
+    if not isinstance(folder, SessionFolder) or not folder.path.is_dir():
+        sweep_stale()
+        folder = SessionFolder()
+        st.session_state[state.TMPDIR] = folder
+    return folder.path
 
 
 @st.cache_resource(show_spinner="Loading demo data…")
@@ -117,8 +121,11 @@ def resolve_server_path(text: str, *, root: Path | None = None) -> Path:
     root = (root or data_dir()).resolve()
     if not text.strip():
         raise DataError("Enter a path inside the data folder.")
-    raw = Path(text.strip()).expanduser()
-    path = (raw if raw.is_absolute() else root / raw).resolve()
+    try:
+        raw = Path(text.strip()).expanduser()
+        path = (raw if raw.is_absolute() else root / raw).resolve()  # follows symlinks: no escape through one
+    except (OSError, RuntimeError, ValueError):  # NUL bytes, symlink loops, unknown ~user
+        raise DataError(f"'{text}' is not a usable path; give a file inside the data folder {root}.") from None
     if not path.is_relative_to(root):
         raise DataError(f"'{text}' is outside the data folder {root}; only files inside it can be opened.")
     if not path.is_file():
