@@ -7,11 +7,11 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 from streamlit.testing.v1 import AppTest
 
 from gala_engine.errors import GalaInputError
