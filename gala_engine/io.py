@@ -411,8 +411,8 @@ def _tiff_layout(level: Any, kf: Any, channel: int | None, name: str) -> tuple[l
         if n == 2 and has_alpha:
             return index, _Layout("graya", unit, assoc_alpha=alpha[0] == 1, invert=invert)
         raise GalaInputError(
-            f"{name} has {n} channels; pass channel=<0..{n - 1}> to pick the one to align "
-            "against (e.g. DAPI), or save a grayscale or RGB image."
+            f"{name} has {n} channels; save the one to align against (e.g. DAPI) as a grayscale image, "
+            f"or an RGB image; from Python, read_image(..., channel=<0..{n - 1}>) picks one."
         )
     raise _TiffFallback(f"photometric {getattr(photometric, 'name', photometric)} is not handled")
 
@@ -455,7 +455,8 @@ def _pil_open(fh: Any, name: str) -> tuple[Any, int | None]:
             im = Image.open(fh)
         except UnidentifiedImageError:
             raise GalaInputError(
-                f"{name} is not a readable image (expected PNG, JPEG or TIFF); check the file."
+                f"{name} is not a readable image (expected PNG, JPEG or TIFF); it may be damaged or another "
+                "format: export the image again as PNG, JPEG or TIFF."
             ) from None
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise GalaInputError(f"cannot read the image {name}: {exc}; check the file.") from None
@@ -624,6 +625,8 @@ def _spatial_xy(adata: Any, name: str = "the AnnData") -> np.ndarray:
         )
         if pair:
             msg += f". obs has {pair}: adata.obsm['{key}'] = adata.obs[{pair}].to_numpy()"
+        elif not keys:
+            msg += f". Store them as adata.obsm['{key}'] = xy (an n_cells × 2 array of x, y in µm) and save again"
         raise GalaInputError(msg + ".")
     raw = adata.obsm[key]
     arr = np.asarray(raw.to_numpy() if hasattr(raw, "to_numpy") else raw)

@@ -354,7 +354,8 @@ CASES: list[Case] = [
     Case("cells_plain_hdf5", C, _raw("plain.h5ad", _plain_hdf5), r"HDF5 but not.*AnnData|no cells"),
     # --- cells: coordinates
     Case("cells_zero_cells", C, _cells("none", lambda a: a[:0].copy()), r"no cells"),
-    Case("cells_no_spatial", C, _cells("nospatial", _no_spatial), r"no obsm\['spatial'\].*obsm is empty"),
+    Case("cells_no_spatial", C, _cells("nospatial", _no_spatial),
+         r"no obsm\['spatial'\].*obsm is empty.*Store them as adata.obsm\['spatial'\] = xy"),
     Case("cells_spatial_in_obs", C, _cells("inobs", _spatial_in_obs),
          r"no obsm\['spatial'\].*obs has \['x_centroid', 'y_centroid'\]"),
     Case("cells_1d_coordinates", C, _raw("oned.h5ad", _one_d_spatial), r"shape \(400, 1\).*\(n_cells, 2\).*one column"),
@@ -387,7 +388,7 @@ CASES: list[Case] = [
     # --- images that cannot be used
     Case("image_empty_file", I, _raw("empty.png", lambda f: b""), r"empty \(0 bytes\)"),
     Case("image_text", I, _raw("notes.png", lambda f: b"hello, I am a text file\n" * 10),
-         r"not a readable image.*PNG, JPEG or TIFF"),
+         r"not a readable image.*export the image again as PNG, JPEG or TIFF"),
     Case("image_corrupt_png", I, _raw("corrupt.png", _corrupt_png), r"corrupt|truncated|cannot read"),
     Case("image_truncated_jpeg", I, _raw("cut.jpg", _truncated_jpeg), r"corrupt or truncated.*export it again"),
     Case("image_1x1", I, _raw("one.png", _png(np.zeros((1, 1, 3), np.uint8))), r"1×1 pixels.*at least 8"),
@@ -398,7 +399,8 @@ CASES: list[Case] = [
          r"32000×32000 pixels but holds data for only 1 of its 4000000 tiles.*again"),
     Case("image_h5ad_as_image", I, _raw("cells.tif", _h5ad_bytes), r"HDF5 file.*cells file"),
     Case("image_blank", I, _raw("white.png", _png(np.full((64, 64, 3), 255, np.uint8))), r"blank.*again"),
-    Case("image_5_channels", I, _raw("stack.tif", _tiff(_5CH, metadata={"axes": "CYX"})), r"channel="),
+    Case("image_5_channels", I, _raw("stack.tif", _tiff(_5CH, metadata={"axes": "CYX"})),
+         r"5 channels; save the one to align against.*channel=<0..4>"),
     # --- images that are legitimate
     Case("image_rgb_png", I, _raw("rgb.png", _png(base_rgb())), "ok", check=_is_rgb_like_base),
     Case("image_grayscale_png", I, _raw("gray.png", _png(base_rgb()[..., 0])), "ok", check=_gray((96, 128))),

@@ -69,3 +69,24 @@ def test_engine_exception_is_a_message_and_the_session_goes_on(app, monkeypatch:
     assert not app.exception and not app.error
     rows = app.session_state[state.HISTORY]
     assert [r["state"] for r in rows] == ["error", "done"] and 2 in app.session_state[state.RESULTS]
+
+
+@pytest.mark.timeout(120)
+def test_a_stopped_run_leaves_the_session_usable(app):
+    _align(app)
+    data = app.session_state[state.DATA]
+    before = np.array(data.adata.obsm["spatial"], copy=True)
+    _set_short(app, num_generations=5000, refine_iterations=0, num_iterations=0)
+    _submit(app)
+    job = app.session_state[state.JOB]
+    job.stop()
+    job.join(30)
+    assert job.state == "stopped"
+    app.run()
+    assert not app.exception and not app.error
+    _set_short(app)  # a normal run afterwards
+    _submit(app)
+    _wait(app)
+    assert not app.exception and not app.error
+    assert [r["state"] for r in app.session_state[state.HISTORY]] == ["stopped", "done"]
+    np.testing.assert_array_equal(app.session_state[state.DATA].adata.obsm["spatial"], before)
