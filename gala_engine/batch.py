@@ -62,13 +62,16 @@ def align_files(
     written atomically; ``out`` may not be an input. With ``report_dir``, a quality report (PNG +
     JSON, :func:`gala_engine.report.write_report`) is written there.
 
+    The inputs are checked first (:func:`gala_engine.checks.check_cells` / ``check_image``): blocking
+    problems raise :class:`GalaInputError` before any work; all-zero counts fall back to cell density.
+
     Returns
     -------
     dict
-        ``fitness``, ``score``, ``runtime_s`` (the engine's), ``device``, ``output`` and, with a
-        report, ``report`` (the metrics).
+        ``fitness``, ``score``, ``runtime_s`` (the engine's), ``device``, ``output``, ``warnings``
+        (list of str) and, with a report, ``report`` (the metrics).
     """
-    from . import io, section
+    from . import checks, io, section
 
     image, h5ad, out = Path(image), Path(h5ad), Path(out)
     _check_out(out, [image, h5ad])
@@ -79,7 +82,9 @@ def align_files(
     params = params or AlignParams()
     adata = io.read_cells(h5ad)
     img = io.read_image(image, max_side=max_side)
-    rasters = section.prepare_section(adata, img, signal=signal, dx=dx, feature=feature)  # type: ignore[arg-type]
+    found = checks.check_cells(adata, signal=signal, name=h5ad.name)
+    warnings = found.warnings + checks.check_image(img, name=image.name)
+    rasters = section.prepare_section(adata, img, signal=found.signal, dx=dx, feature=feature)  # type: ignore[arg-type]
     result = section.align_section(rasters, params, progress=progress)
     section.write_aligned(adata, result, out, protect=[image, h5ad])
     summary: dict[str, Any] = {
@@ -88,6 +93,7 @@ def align_files(
         "runtime_s": result.runtime_s,
         "device": result.device,
         "output": str(out),
+        "warnings": warnings,
     }
     if report_dir is not None:
         from .report import write_report

@@ -162,6 +162,8 @@ def _cmd_align(args: argparse.Namespace) -> int:
         )
     finally:
         bars.close()
+    for warning in res.get("warnings", []):
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
     line = f"wrote {res['output']}: fitness {res['fitness']:.4f}, {res['runtime_s']:.1f} s on {res['device']}"
     if "report" in res:
         rep = res["report"]

@@ -36,6 +36,7 @@ __all__ = [
 
 _MIN_SIDE = 8  # smallest image side (pixels) we accept
 _BAND_BYTES = 64 * 2**20  # float32 bytes converted per band while reading and reducing
+_MAX_DECLARED_PIXELS = 20 * 10**9  # a 40× whole-slide scan is ~150k × 100k = 15 gigapixels
 _PIL_HEADER_BOUND = 2**32  # pixels Pillow may declare while we only read the header
 _PIL_LOCK = threading.Lock()
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -294,6 +295,7 @@ def _read_tiff_open(tif: Any, fh: Any, name: str, max_side: int | None, channel:
     shapes = [_tiff_yx(lv.axes, lv.shape) for lv in levels]
     full_h, full_w = shapes[0]
     _check_side(full_h, full_w, name)
+    _check_declared_size(full_h, full_w, name)
     pick = 0
     if max_side is not None and max(full_h, full_w) > max_side:
         ok = [i for i, s in enumerate(shapes) if max(s) >= max_side]
@@ -307,6 +309,7 @@ def _read_tiff_open(tif: Any, fh: Any, name: str, max_side: int | None, channel:
         raise _TiffFallback(
             f"compression {kf.compression.name} needs the 'imagecodecs' package: pip install imagecodecs"
         ) from exc
+    _check_chunks(kf, h, w, name)
     index, layout = _tiff_layout(level, kf, channel, name)
     k = _factor(max(h, w), max_side)
     scale = _level_factor(full_h, full_w, h, w) * k
@@ -321,6 +324,28 @@ def _read_tiff_open(tif: Any, fh: Any, name: str, max_side: int | None, channel:
 
     pixels = _reduce_banded(read_rows, h, w, layout, k)
     return LoadedImage(pixels, float(scale), (int(full_h), int(full_w)), name)
+
+
+def _check_declared_size(h: int, w: int, name: str) -> None:
+    """Refuse sizes no slide reaches (a damaged header or a decompression bomb)."""
+    if h * w > _MAX_DECLARED_PIXELS:
+        raise GalaInputError(
+            f"{name} declares {w}×{h} = {h * w / 1e9:.1f} gigapixels, more than the "
+            f"{_MAX_DECLARED_PIXELS / 1e9:.0f} gigapixels of the largest whole-slide scans: the file is too large "
+            "or damaged (a decompression bomb?). Export the image again, or crop it to the tissue."
+        )
+
+
+def _check_chunks(kf: Any, h: int, w: int, name: str) -> None:
+    """The tiles / strips present must cover the declared size (else: damaged, or a bomb)."""
+    want = math.prod(getattr(kf, "chunked", ()) or (1,))
+    have = len(getattr(kf, "dataoffsets", ()) or ())
+    if have < want:
+        raise GalaInputError(
+            f"{name} declares {w}×{h} pixels but holds data for only {have} of its {want} tiles/strips: "
+            "the file is damaged or truncated (or too large for what it holds, a decompression bomb?). "
+            "Export it again."
+        )
 
 
 def _tiff_yx(axes: str, shape: tuple[int, ...]) -> tuple[int, int]:
@@ -386,8 +411,8 @@ def _tiff_layout(level: Any, kf: Any, channel: int | None, name: str) -> tuple[l
         if n == 2 and has_alpha:
             return index, _Layout("graya", unit, assoc_alpha=alpha[0] == 1, invert=invert)
         raise GalaInputError(
-            f"{name} has {n} channels; pass channel=<0..{n - 1}> to pick the one to align "
-            "against (e.g. DAPI), or save a grayscale or RGB image."
+            f"{name} has {n} channels; save the one to align against (e.g. DAPI) as a grayscale image, "
+            f"or an RGB image; from Python, read_image(..., channel=<0..{n - 1}>) picks one."
         )
     raise _TiffFallback(f"photometric {getattr(photometric, 'name', photometric)} is not handled")
 
@@ -430,7 +455,8 @@ def _pil_open(fh: Any, name: str) -> tuple[Any, int | None]:
             im = Image.open(fh)
         except UnidentifiedImageError:
             raise GalaInputError(
-                f"{name} is not a readable image (expected PNG, JPEG or TIFF); check the file."
+                f"{name} is not a readable image (expected PNG, JPEG or TIFF); it may be damaged or another "
+                "format: export the image again as PNG, JPEG or TIFF."
             ) from None
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise GalaInputError(f"cannot read the image {name}: {exc}; check the file.") from None
@@ -552,6 +578,11 @@ def _read_h5ad(path: Path, name: str, head: bytes) -> Any:
     try:
         return anndata.read_h5ad(path)
     except _READ_ERRORS as exc:
+        if "truncated" in str(exc).lower():
+            raise GalaInputError(
+                f"{name} is truncated or damaged (the HDF5 file ends early: {exc}); an interrupted copy, "
+                "download or upload? Copy or export it again."
+            ) from None
         raise GalaInputError(
             f"{name} is HDF5 but not a readable AnnData .h5ad ({type(exc).__name__}: {exc}); "
             "re-save it with adata.write_h5ad(...)."
@@ -594,12 +625,16 @@ def _spatial_xy(adata: Any, name: str = "the AnnData") -> np.ndarray:
         )
         if pair:
             msg += f". obs has {pair}: adata.obsm['{key}'] = adata.obs[{pair}].to_numpy()"
+        elif not keys:
+            msg += f". Store them as adata.obsm['{key}'] = xy (an n_cells × 2 array of x, y in µm) and save again"
         raise GalaInputError(msg + ".")
     raw = adata.obsm[key]
     arr = np.asarray(raw.to_numpy() if hasattr(raw, "to_numpy") else raw)
     if arr.ndim != 2 or arr.shape[1] != 2:
         msg = f"obsm['{key}'] in {name} has shape {arr.shape}; it must be (n_cells, 2): x, y in µm"
-        if arr.ndim == 2 and arr.shape[1] == 3:
+        if arr.ndim < 2 or arr.shape[1] == 1:
+            msg += ". It has one column (x only, or a cell index?): store both x and y, one row per cell"
+        elif arr.ndim == 2 and arr.shape[1] == 3:
             msg += f". It has 3 columns (x, y, z?): keep x and y with adata.obsm['{key}'] = adata.obsm['{key}'][:, :2]"
         raise GalaInputError(msg + ".")
     try:

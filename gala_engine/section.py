@@ -178,11 +178,25 @@ class AlignmentResult:
 
     @classmethod
     def load_npz(cls, path: str | Path) -> AlignmentResult:
-        """Read what :meth:`save_npz` wrote (no pickle)."""
-        with np.load(path, allow_pickle=False) as z:
-            header = json.loads(str(z["header"]))
-            return cls(A=z["A"], A_affine=z["A_affine"], v=z["v"], xv=[z["xv_rows"], z["xv_cols"]],
-                       genes=z["genes"], **header)
+        """Read what :meth:`save_npz` wrote (no pickle: object arrays are refused).
+
+        Raises
+        ------
+        GalaInputError
+            Not a GALA transform ``.npz``, or one holding pickled objects.
+        """
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                header = json.loads(str(z["header"]))
+                return cls(A=z["A"], A_affine=z["A_affine"], v=z["v"], xv=[z["xv_rows"], z["xv_cols"]],
+                           genes=z["genes"], **header)
+        except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:
+            pickled = "allow_pickle" in str(exc) or "Object arrays" in str(exc)
+            why = "it holds pickled Python objects, which are never loaded" if pickled else f"{type(exc).__name__}: {exc}"
+            raise GalaInputError(
+                f"{path} is not a GALA transform .npz ({why}); use a file written by save_npz / the app's "
+                "'Download transform .npz'."
+            ) from None
 
 
 def align_section(

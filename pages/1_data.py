@@ -12,6 +12,7 @@ from ui.data import (
     DataError,
     data_dir,
     demo_dataset,
+    raster_warnings,
     rasters,
     server_dataset,
     set_dataset,
@@ -91,10 +92,12 @@ cfg["reduce"] = None if auto_reduce else int(c4.number_input("downsampling facto
 
 try:
     r = rasters(data, cfg)
-    values = cell_signal(data.adata, cfg["signal"])
 except DataError as err:
     st.error(err)
     st.stop()
+for w in raster_warnings():
+    st.warning(w)
+values = cell_signal(data.adata, r.signal)
 if r.flat_target:
     st.warning("The cell raster is almost flat (e.g. a full grid of spots): the alignment has little to go on. "
                "Try one gene as the signal.")

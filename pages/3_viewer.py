@@ -7,8 +7,8 @@ import re
 import streamlit as st
 
 from gala_engine import constants
-from gala_engine.io import cell_signal
 from ui import figures, state
+from ui.data import colour_values
 from ui.runs import aligned_h5ad_bytes, grid_lines, layer_positions, transform_npz_bytes
 
 st.title("3 · Viewer")
@@ -45,7 +45,7 @@ if "ground truth" in layers:
     d = np.linalg.norm(layers["after LDDMM"] - layers["ground truth"], axis=1)
     m[3].metric("Median distance to truth", f"{np.median(d):.1f} px")
 
-fig = figures.overlay_figure(data.image, {k: layers[k] for k in show}, cell_signal(data.adata, colour),
+fig = figures.overlay_figure(data.image, {k: layers[k] for k in show}, colour_values(data, colour),
                              colour_label=colour, opacity=opacity,
                              grid=grid_lines(result, data) if grid else None)
 st.plotly_chart(fig, theme=None, key="fig_overlay")

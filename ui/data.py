@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,12 +13,14 @@ import numpy as np
 import streamlit as st
 
 from gala_engine import constants
+from gala_engine.checks import check_cells, check_image
 from gala_engine.demo import load_demo
 from gala_engine.errors import GalaInputError
-from gala_engine.io import LoadedImage, read_cells, read_image, spatial_yx
+from gala_engine.io import LoadedImage, cell_signal, read_cells, read_image, spatial_yx
 from gala_engine.section import SectionRasters, prepare_section
 
 from . import state
+from .session_files import SessionFolder, sweep_stale
 
 DATA_DIR_ENV = "GALA_DATA_DIR"
 DEFAULT_DEMO = "merfish_mini"
@@ -38,6 +40,7 @@ class Dataset:
     image: LoadedImage
     truth: np.ndarray | None = None
     uid: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    notes: list[str] = field(default_factory=list)  # warnings found while loading
 
 
 class DataError(Exception):
@@ -50,12 +53,16 @@ def data_dir() -> Path:
 
 
 def session_tmpdir() -> Path:
-    """A per-session spool folder for uploads and downloads."""
-    path = state.get(state.TMPDIR)
-    if path is None or not Path(path).is_dir():
-        path = tempfile.mkdtemp(prefix="gala_studio_")
-        st.session_state[state.TMPDIR] = path
-    return Path(path)
+    """A per-session spool folder for uploads and downloads, removed when the session ends.
+
+    Making one first removes folders of sessions that are gone (see :mod:`ui.session_files`).
+    """
+    folder = state.get(state.TMPDIR)
+    if not isinstance(folder, SessionFolder) or not folder.path.is_dir():
+        sweep_stale()
+        folder = SessionFolder()
+        st.session_state[state.TMPDIR] = folder
+    return folder.path
 
 
 @st.cache_resource(show_spinner="Loading demo data…")
@@ -71,9 +78,12 @@ def demo_dataset(name: str = DEFAULT_DEMO) -> Dataset:
     return Dataset(name=f"demo: {name}", origin="demo", adata=adata, image=image, truth=truth)
 
 
-def _read_pair(cells_path: Path, image_path: Path, *, cells_name: str, image_name: str) -> tuple[Any, LoadedImage]:
+def _read_pair(cells_path: Path, image_path: Path, *, cells_name: str,
+               image_name: str) -> tuple[Any, LoadedImage, list[str]]:
+    """Read and check both files; returns (cells, image, warnings) or raises :class:`DataError`."""
     try:
         adata = read_cells(cells_path)
+        notes = check_cells(adata, signal=constants.SIGNAL_DENSITY, name=f"'{cells_name}'").warnings
     except GalaInputError as err:
         raise DataError(f"Cells file '{cells_name}': {err}") from None
     except Exception as err:  # noqa: BLE001 — any decoder failure is a bad file, not an app crash
@@ -81,11 +91,12 @@ def _read_pair(cells_path: Path, image_path: Path, *, cells_name: str, image_nam
         raise DataError(msg) from None
     try:
         image = read_image(image_path, max_side=MAX_IMAGE_SIDE)
+        notes += check_image(image, name=f"'{image_name}'")
     except GalaInputError as err:
         raise DataError(f"Image '{image_name}': {err}") from None
     except Exception as err:  # noqa: BLE001
         raise DataError(f"Image '{image_name}' could not be read ({type(err).__name__}: {err}).") from None
-    return adata, image
+    return adata, image, notes
 
 
 def upload_dataset(cells_name: str, cells_bytes: bytes, image_name: str, image_bytes: bytes) -> Dataset:
@@ -96,8 +107,13 @@ def upload_dataset(cells_name: str, cells_bytes: bytes, image_name: str, image_b
     image_path = folder / ("image" + (Path(image_name).suffix or ".img"))
     cells_path.write_bytes(cells_bytes)
     image_path.write_bytes(image_bytes)
-    adata, image = _read_pair(cells_path, image_path, cells_name=cells_name, image_name=image_name)
-    return Dataset(name=f"upload: {cells_name} + {image_name}", origin="upload", adata=adata, image=image)
+    try:
+        adata, image, notes = _read_pair(cells_path, image_path, cells_name=cells_name, image_name=image_name)
+    except DataError:
+        shutil.rmtree(folder, ignore_errors=True)  # nothing of a refused upload is kept
+        raise
+    return Dataset(name=f"upload: {cells_name} + {image_name}", origin="upload", adata=adata, image=image,
+                   notes=notes)
 
 
 def resolve_server_path(text: str, *, root: Path | None = None) -> Path:
@@ -105,8 +121,11 @@ def resolve_server_path(text: str, *, root: Path | None = None) -> Path:
     root = (root or data_dir()).resolve()
     if not text.strip():
         raise DataError("Enter a path inside the data folder.")
-    raw = Path(text.strip()).expanduser()
-    path = (raw if raw.is_absolute() else root / raw).resolve()
+    try:
+        raw = Path(text.strip()).expanduser()
+        path = (raw if raw.is_absolute() else root / raw).resolve()  # follows symlinks: no escape through one
+    except (OSError, RuntimeError, ValueError):  # NUL bytes, symlink loops, unknown ~user
+        raise DataError(f"'{text}' is not a usable path; give a file inside the data folder {root}.") from None
     if not path.is_relative_to(root):
         raise DataError(f"'{text}' is outside the data folder {root}; only files inside it can be opened.")
     if not path.is_file():
@@ -118,8 +137,10 @@ def server_dataset(cells_text: str, image_text: str, *, root: Path | None = None
     """Read two files from the server's data folder."""
     cells_path = resolve_server_path(cells_text, root=root)
     image_path = resolve_server_path(image_text, root=root)
-    adata, image = _read_pair(cells_path, image_path, cells_name=cells_path.name, image_name=image_path.name)
-    return Dataset(name=f"server: {cells_path.name} + {image_path.name}", origin="server", adata=adata, image=image)
+    adata, image, notes = _read_pair(cells_path, image_path, cells_name=cells_path.name,
+                                     image_name=image_path.name)
+    return Dataset(name=f"server: {cells_path.name} + {image_path.name}", origin="server", adata=adata, image=image,
+                   notes=notes)
 
 
 def set_dataset(data: Dataset) -> None:
@@ -160,6 +181,7 @@ def warnings(data: Dataset) -> list[str]:
         out.append(f"The cells span {ex:.0f} × {ey:.0f} µm (> 10 cm). Are the coordinates in µm (not nm or pixels)?")
     if s["genes"] == 0:
         out.append("No genes in adata.X: only 'cell density' can be used as the signal.")
+    out += data.notes
     if data.image.scale > 1:
         out.append(f"The image was reduced {data.image.scale:g}× for loading; results stay in full-resolution pixels.")
     return out
@@ -182,9 +204,25 @@ def rasters(data: Dataset, settings: dict[str, Any]) -> SectionRasters:
     if cached is not None and cached[0] == key:
         return cached[1]
     try:
-        r = prepare_section(data.adata, data.image, signal=settings["signal"], dx=settings["dx"],
+        found = check_cells(data.adata, signal=settings["signal"])
+        r = prepare_section(data.adata, data.image, signal=found.signal, dx=settings["dx"],
                             feature=settings["feature"], image_reduce=settings["reduce"])
     except GalaInputError as err:
         raise DataError(str(err)) from None
-    st.session_state[state.RASTERS] = (key, r)
+    extra = [w for w in found.warnings if w not in data.notes]
+    st.session_state[state.RASTERS] = (key, r, extra)
     return r
+
+
+def raster_warnings() -> list[str]:
+    """Warnings about the current rasters' signal (e.g. all-zero counts → cell density)."""
+    cached = state.get(state.RASTERS)
+    return list(cached[2]) if cached is not None else []
+
+
+def colour_values(data: Dataset, colour: str) -> np.ndarray:
+    """Per-cell values to colour the cells by; all ones when ``colour`` cannot be computed (e.g. negative X)."""
+    try:
+        return cell_signal(data.adata, colour)
+    except GalaInputError:
+        return np.ones(data.adata.n_obs)

@@ -57,7 +57,7 @@ class Job:
     rasters: SectionRasters
     params: AlignParams
     gene_space: list[dict] | None = None
-    runner: Runner = align_section
+    runner: Runner | None = None  # None: gala_engine.section.align_section
     run_id: int = 0
     state: str = "waiting"
     error: str | None = None
@@ -126,15 +126,19 @@ class Job:
                 with self._lock:
                     self.state = "running"
                     self._t0 = time.monotonic()
-                result = self.runner(self.rasters, self.params, gene_space=self.gene_space,
-                                     progress=self._progress, should_stop=self._stop.is_set)
+                runner = self.runner or align_section
+                result = runner(self.rasters, self.params, gene_space=self.gene_space,
+                                progress=self._progress, should_stop=self._stop.is_set)
             finally:
                 _ENGINE_LOCK.release()
         except GalaInputError as err:
-            self._finish("error", error=str(err))
+            self._finish("error", error=f"{err} (run #{self.run_id} with {describe_params(self.params)})")
         except Exception as err:  # noqa: BLE001 — reported on the page, logged with traceback
             log.exception("alignment job %s failed", self.run_id)
-            self._finish("error", error=f"The alignment failed: {type(err).__name__}: {err}")
+            self._finish("error", error=(
+                f"The alignment failed: {type(err).__name__}: {err}. Run #{self.run_id} had "
+                f"{describe_params(self.params)}. Your data are unchanged: change the parameters (e.g. fewer "
+                "generations or another device) and start again."))
         else:
             self._finish("stopped" if (result.stopped or self._stop.is_set()) else "done", result=result)
 
@@ -156,9 +160,20 @@ class Job:
             )
 
 
+_MAIN_PARAMS = ("num_generations", "sol_per_pop", "ga_restarts", "refine_iterations", "num_iterations",
+                "random_seed", "fitness", "device")
+
+
+def describe_params(params: AlignParams) -> str:
+    """A run's parameters in one line: the main ones, then every other value changed from the defaults."""
+    values, defaults = params.to_dict(), AlignParams().to_dict()
+    names = [*_MAIN_PARAMS, *(k for k in values if k not in _MAIN_PARAMS and values[k] != defaults[k])]
+    return "parameters " + ", ".join(f"{k}={values[k]!r}" for k in names)
+
+
 def start_job(rasters: SectionRasters, params: AlignParams, *, gene_space: list[dict] | None = None,
-              run_id: int = 0, runner: Runner = align_section, context: Any = None) -> Job:
-    """Create and start a :class:`Job`."""
+              run_id: int = 0, runner: Runner | None = None, context: Any = None) -> Job:
+    """Create and start a :class:`Job` (``runner`` defaults to :func:`gala_engine.section.align_section`)."""
     return Job(rasters=rasters, params=params, gene_space=gene_space, runner=runner, run_id=run_id,
                context=context).start()
 

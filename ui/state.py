@@ -20,7 +20,7 @@ JOB = "gala_job"  # ui.jobs.Job of this session (running or finished)
 HISTORY = "gala_history"  # list of dicts, one per finished run
 RESULTS = "gala_results"  # dict run id → (dataset uid, AlignmentResult)
 SELECTED_RUN = "gala_selected_run"  # run id shown in the viewer
-TMPDIR = "gala_tmpdir"  # per-session spool folder for uploads and downloads
+TMPDIR = "gala_tmpdir"  # ui.session_files.SessionFolder: per-session spool folder, removed with the session
 RUN_COUNTER = "gala_run_counter"  # last run number given out
 AUTOLOADED = "gala_autoloaded"  # the default demo was loaded once on the first screen
 

@@ -51,10 +51,11 @@ def test_events_are_buffered_and_the_result_kept():
 def test_input_errors_and_crashes_become_messages():
     job = start_job(None, AlignParams(), runner=_fake_runner(fail=GalaInputError("target too flat")))
     job.join(5)
-    assert job.state == "error" and job.error == "target too flat"
+    assert job.state == "error" and job.error.startswith("target too flat (run #0 with parameters num_generations=")
     job = start_job(None, AlignParams(), runner=_fake_runner(fail=RuntimeError("boom")))
     job.join(5)
     assert job.state == "error" and "RuntimeError: boom" in job.error
+    assert "sol_per_pop=100" in job.error and "Your data are unchanged" in job.error
 
 
 def test_stop_ends_quickly():

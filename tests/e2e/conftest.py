@@ -48,6 +48,9 @@ def app_url(tmp_path_factory):
             [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
              "--server.port", str(port), "--server.address", "127.0.0.1"],
             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            # one torch thread unless told otherwise: with Chromium sharing a small CPU, torch's parallel
+            # regions stall (a 2 s run takes 25 s with 2 threads on the 2-core test box)
+            env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
         )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -1,0 +1,187 @@
+"""Plausibility checks of a loaded section before it is rasterised.
+
+:mod:`gala_engine.io` checks that files can be read and have the right *shape*; this module checks that
+what they hold makes sense for an alignment: enough distinct cells, coordinates that look like µm, a
+usable per-cell signal, an image that is not blank. Blocking problems raise
+:class:`~gala_engine.errors.GalaInputError` (the message says what is wrong and what to do); the rest
+come back as warnings in plain words. The CLI, batch runs and the app all call :func:`check_cells`
+and :func:`check_image`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import sparse
+
+from . import constants
+from .errors import GalaInputError
+from .io import LoadedImage, _spatial_xy, cell_signal
+
+__all__ = ["CellCheck", "MIN_CELLS", "SPACING_RANGE_UM", "check_cells", "check_image"]
+
+MIN_CELLS = 3  # distinct positions needed to estimate a pose at all
+# plausible median nearest-neighbour spacing of cells / spots in µm: sub-cellular bins (Visium HD 2 µm,
+# Stereo-seq 0.5 µm) up to sparse spot arrays (legacy ST 200 µm, a subsampled Visium slide ~300 µm)
+SPACING_RANGE_UM = (0.5, 2000.0)
+_SPACING_SAMPLE = 20_000  # cells whose nearest neighbour is measured (against all cells)
+
+
+@dataclass
+class CellCheck:
+    """What :func:`check_cells` found.
+
+    Attributes
+    ----------
+    n_cells, n_positions
+        Rows of the AnnData, and distinct ``(x, y)`` positions among them.
+    spacing_um
+        Median distance (µm) from a cell to its nearest distinct neighbour.
+    extent_um
+        Width and height (µm) of the cells' bounding box, as ``(x, y)``.
+    signal
+        The signal to rasterise: the one asked for, or ``"cell density"`` when the counts are all zero.
+    warnings
+        Non-blocking findings, one sentence each.
+    """
+
+    n_cells: int
+    n_positions: int
+    spacing_um: float
+    extent_um: tuple[float, float]
+    signal: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def check_cells(adata: Any, *, signal: str = constants.SIGNAL_TOTAL_COUNTS, name: str = "the cells") -> CellCheck:
+    """Check that ``adata`` can be aligned with ``signal`` as the cell raster's weights.
+
+    Parameters
+    ----------
+    adata
+        The cells; ``obsm['spatial']`` holds ``(x, y)`` in µm (checked by :func:`gala_engine.io.read_cells`).
+    signal
+        ``"total counts"``, ``"cell density"`` or a gene name (see :func:`gala_engine.io.cell_signal`).
+    name
+        How to call the input in messages (e.g. the file name).
+
+    Returns
+    -------
+    CellCheck
+        Counts, spacing, extent, the signal to use and warnings. All-zero counts fall back to
+        ``"cell density"`` with a warning; duplicated positions or names are a warning.
+
+    Raises
+    ------
+    GalaInputError
+        Fewer than :data:`MIN_CELLS` distinct positions, a nearest-neighbour spacing outside
+        :data:`SPACING_RANGE_UM` (coordinates not in µm), negative or non-finite values when the signal
+        is read from ``X``, or an unknown gene.
+    """
+    xy = _spatial_xy(adata, name)
+    n = len(xy)
+    unique = np.unique(xy, axis=0)
+    if len(unique) < MIN_CELLS:
+        what = "a single cell" if n == 1 else f"{n} cells at {len(unique)} distinct position(s)"
+        raise GalaInputError(
+            f"{name} has {what}; an alignment needs at least {MIN_CELLS} cells at distinct positions "
+            "(typically hundreds). Choose the whole section's cells."
+        )
+    spacing = _nn_spacing(unique)
+    lo, hi = SPACING_RANGE_UM
+    if not lo <= spacing <= hi:
+        raise GalaInputError(_scale_message(name, spacing))
+    warnings: list[str] = []
+    if len(unique) < n:
+        dup = n - len(unique)
+        warnings.append(
+            f"{dup} of {n} cells repeat another cell's position (duplicated rows?); they are aligned as given "
+            "and weigh double in the cell raster. Drop them with "
+            "adata = adata[~pd.DataFrame(adata.obsm['spatial']).duplicated().to_numpy()].copy() if unintended."
+        )
+    if not adata.obs_names.is_unique:
+        warnings.append(
+            f"{int(adata.obs_names.duplicated().sum())} cell names (obs_names) are repeated; "
+            "run adata.obs_names_make_unique() so results can be joined back to your cells."
+        )
+    used = _check_signal(adata, signal, warnings)
+    ext = np.ptp(xy, axis=0)
+    return CellCheck(n, len(unique), spacing, (float(ext[0]), float(ext[1])), used, warnings)
+
+
+def _nn_spacing(xy: np.ndarray) -> float:
+    """Median nearest-neighbour distance of distinct points; a sample is queried against all of them."""
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(xy)
+    sample = xy
+    if len(xy) > _SPACING_SAMPLE:
+        sample = xy[np.random.default_rng(0).choice(len(xy), _SPACING_SAMPLE, replace=False)]
+    dist, _ = tree.query(sample, k=2)
+    return float(np.median(dist[:, 1]))
+
+
+def _scale_message(name: str, spacing: float) -> str:
+    lo, hi = SPACING_RANGE_UM
+    if spacing > hi:
+        guess = (
+            "Coordinates in nm divide by 1000; coordinates in image pixels multiply by the µm per pixel "
+            "(e.g. adata.obsm['spatial'] = adata.obsm['spatial'] * 0.2125 for Xenium)"
+        )
+    else:
+        guess = "Coordinates in mm multiply by 1000 (adata.obsm['spatial'] = adata.obsm['spatial'] * 1000)"
+    return (
+        f"the cells in {name} are {spacing:.4g} units apart (median nearest-neighbour distance), but "
+        f"obsm['spatial'] must be in µm, where cells or spots are {lo:g}–{hi:g} µm apart: the coordinates "
+        f"look like another unit. {guess}, then load the file again."
+    )
+
+
+def _check_signal(adata: Any, signal: str, warnings: list[str]) -> str:
+    """Validate the signal (errors from :func:`cell_signal`); fall back to density when all counts are 0."""
+    if signal == constants.SIGNAL_DENSITY:
+        return signal
+    X = adata.X
+    if signal == constants.SIGNAL_TOTAL_COUNTS and (X is None or adata.n_vars == 0):
+        warnings.append(f"adata.X has no genes, so '{signal}' is not available; using '{constants.SIGNAL_DENSITY}'.")
+        return constants.SIGNAL_DENSITY
+    if signal == constants.SIGNAL_TOTAL_COUNTS:
+        values = X.data if sparse.issparse(X) else np.asarray(X)
+        if values.size and not np.isfinite(values).all():
+            raise GalaInputError(
+                f"adata.X has {int((~np.isfinite(values)).sum())} NaN or inf values, so '{signal}' cannot be "
+                f"computed; fix X, or use '{constants.SIGNAL_DENSITY}' or one gene as the signal."
+            )
+    weights = cell_signal(adata, signal)  # raises on negative counts or an unknown gene
+    if not np.any(weights != 0):
+        what = "every cell has zero counts" if signal == constants.SIGNAL_TOTAL_COUNTS else f"'{signal}' is 0 in every cell"
+        warnings.append(
+            f"{what} in adata.X, so '{signal}' carries no information; using '{constants.SIGNAL_DENSITY}' "
+            "(cell positions only). Put raw counts in X to use them."
+        )
+        return constants.SIGNAL_DENSITY
+    return signal
+
+
+def check_image(image: LoadedImage, *, name: str | None = None) -> list[str]:
+    """Check a loaded image has something to align against; returns warnings.
+
+    Raises
+    ------
+    GalaInputError
+        Every loaded pixel has the same value (a blank, black or fully transparent image).
+    """
+    label = name or image.source
+    px = image.pixels
+    lo, hi = float(px.min()), float(px.max())
+    if hi - lo < 1e-6:
+        raise GalaInputError(
+            f"the image {label} is blank: every pixel has the value {lo:.3g} (fully transparent, black or "
+            "empty?). Export the stained tissue image again."
+        )
+    warnings = []
+    if hi - lo < 2.0 / 255.0:
+        warnings.append(f"the image {label} has almost no contrast (values {lo:.4f}–{hi:.4f}).")
+    return warnings
