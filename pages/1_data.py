@@ -104,11 +104,12 @@ if r.flat_target:
 st.caption(f"Cell raster: {r.J.shape[2]} × {r.J.shape[1]} px at dx = {r.dx:g} µm · image raster: "
            f"{r.I.shape[2]} × {r.I.shape[1]} px (downsampling {r.image_reduce}×).")
 
-p = st.columns(4)
-p[0].plotly_chart(figures.cells_figure(spatial_yx(data.adata)[:, ::-1], values, title=f"Cells: {cfg['signal']}"),
-                  theme=None, key="fig_cells")
-p[1].plotly_chart(figures.image_figure(data.image, title="Image"), theme=None, key="fig_image")
-p[2].plotly_chart(figures.raster_figure(r.I, r.xI, title=f"Image raster ({r.feature})", unit="px"),
-                  theme=None, key="fig_I")
-p[3].plotly_chart(figures.raster_figure(r.J, r.xJ, title="Cell raster", unit="µm"), theme=None, key="fig_J")
+image_col, image_raster_col = st.columns(2)  # each modality: what was loaded | what the engine compares
+image_col.plotly_chart(figures.image_figure(data.image, title="Image"), theme=None, key="fig_image")
+image_raster_col.plotly_chart(figures.raster_figure(r.I, r.xI, title=f"Image raster ({r.feature})", unit="px"),
+                              theme=None, key="fig_I")
+cells_col, cell_raster_col = st.columns(2)
+cells_col.plotly_chart(figures.cells_figure(spatial_yx(data.adata)[:, ::-1], values, title=f"Cells: {cfg['signal']}"),
+                       theme=None, key="fig_cells")
+cell_raster_col.plotly_chart(figures.raster_figure(r.J, r.xJ, title="Cell raster", unit="µm"), theme=None, key="fig_J")
 st.page_link("pages/2_align.py", label="Next: align →", icon=":material/tune:")

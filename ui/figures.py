@@ -20,7 +20,7 @@ LAYER_COLOURS = {
     "before (µm as px)": "#d62728",
     "ground truth": "#00e5ff",
 }
-_MARGIN = dict(l=10, r=10, t=40, b=10)
+_MARGIN = dict(l=60, r=10, t=40, b=45)  # room for the tick labels
 _CHART_MARGIN = dict(l=60, r=10, t=40, b=40)
 
 
@@ -107,32 +107,57 @@ def raster_figure(R: np.ndarray, x: Sequence[np.ndarray], *, title: str, unit: s
     return fig
 
 
-def fitness_figure(best: Sequence[float], mean: Sequence[float], refine: Sequence[float] = (), *,
+def fitness_figure(best: Sequence[float], mean: Sequence[float], refine: Sequence[Sequence[float]] = (), *,
                    height: int = 300) -> go.Figure:
-    """GA best and mean fitness per generation (all restarts in sequence); the gradient refinement that
-    follows is scored on the full-resolution rasters, so it gets its own axis on the right."""
+    """GA best and mean fitness per generation (all restarts in sequence), then the gradient refinement's
+    score per level (coarse → full resolution; each level scores its own rasters) on a right-hand axis."""
     gens = list(range(1, len(best) + 1))
     fig = go.Figure([
-        go.Scatter(x=gens, y=list(best), mode="lines+markers", name="best", marker=dict(size=4)),
-        go.Scatter(x=gens, y=list(mean), mode="lines", name="mean", line=dict(dash="dot")),
+        go.Scatter(x=gens, y=list(best), mode="lines+markers", name="GA best", marker=dict(size=4)),
+        go.Scatter(x=gens, y=list(mean), mode="lines", name="GA mean", line=dict(dash="dot")),
     ])
+    start = len(best)
+    for k, level in enumerate(refine):
+        last = k == len(refine) - 1 and len(refine) > 1
+        name = "refine, full res." if last else (f"refine, level {k + 1}" if len(refine) > 1 else "refine")
+        fig.add_trace(go.Scatter(x=list(range(start + 1, start + len(level) + 1)), y=list(level), mode="lines",
+                                 name=name, yaxis="y2", line=dict(color="#2ca02c", dash=None if last else "dash")))
+        fig.add_vline(x=start + 0.5, line=dict(color="#bbb", dash="dot", width=1))
+        start += len(level)
+    margin = dict(_CHART_MARGIN, b=90)  # the legend sits under the axis title
     if refine:
-        steps = list(range(len(best) + 1, len(best) + len(refine) + 1))
-        fig.add_trace(go.Scatter(x=steps, y=list(refine), mode="lines", name="refinement (full-res score, right)",
-                                 yaxis="y2", line=dict(color="#2ca02c")))
-        fig.add_vline(x=len(best) + 0.5, line=dict(color="#999", dash="dash", width=1))
-        fig.update_layout(yaxis2=dict(title="score", overlaying="y", side="right", showgrid=False))
-    fig.update_layout(title="GA fitness", xaxis_title="generation, then refinement step", yaxis_title="fitness",
-                      height=height, margin=_CHART_MARGIN, legend=dict(orientation="h", y=-0.35))
+        margin["r"] = 60
+        fig.update_layout(yaxis2=dict(title="refine score", overlaying="y", side="right", showgrid=False))
+    fig.update_layout(title="GA fitness", xaxis_title="generation, then refinement step", yaxis_title="GA fitness",
+                      height=height, margin=margin, legend=dict(orientation="h", y=-0.45))
     return fig
 
 
+def _log_ticks(values: Sequence[float]) -> tuple[list[float], list[str]]:
+    """1-2-5 ticks spanning ``values`` (all > 0), labelled like 2k, 50k, 1M."""
+    lo, hi = min(values), max(values)
+    ticks = [m * 10.0**k for k in range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
+             for m in (1, 2, 5)]
+    ticks = [t for t in ticks if lo / 1.5 <= t <= hi * 1.5] or [lo, hi]
+    return ticks, [_si(t) for t in ticks]
+
+
+def _si(value: float) -> str:
+    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:g}{suffix}"
+    return f"{value:g}"
+
+
 def energy_figure(energy: Sequence[float], *, height: int = 300) -> go.Figure:
-    """LDDMM total energy per iteration, on a log axis (the first contrast fit drops it by orders)."""
-    positive = bool(energy) and min(energy) > 0
+    """LDDMM total energy per iteration, on a log axis when positive (the first contrast fit alone can
+    drop it by an order of magnitude, which would flatten the rest of a linear curve)."""
     fig = go.Figure(go.Scatter(x=list(range(1, len(energy) + 1)), y=list(energy), mode="lines", name="energy"))
     fig.update_layout(title="LDDMM energy", xaxis_title="iteration", yaxis_title="energy", height=height,
-                      margin=_CHART_MARGIN, yaxis_type="log" if positive else "linear")
+                      margin=_CHART_MARGIN)
+    if energy and min(energy) > 0:
+        tickvals, ticktext = _log_ticks(energy)
+        fig.update_yaxes(type="log", tickvals=tickvals, ticktext=ticktext)
     return fig
 
 

@@ -37,7 +37,7 @@ class Snapshot:
     stage: str
     ga_best: list[float]
     ga_mean: list[float]
-    refine: list[float]
+    refine: list[list[float]]  # one score curve per refinement level (coarse … full resolution)
     energy: list[float]
     genes: np.ndarray | None
     step: int
@@ -71,7 +71,7 @@ class Job:
     _t1: float | None = None
     _ga_best: list[float] = field(default_factory=list)
     _ga_mean: list[float] = field(default_factory=list)
-    _refine: list[float] = field(default_factory=list)
+    _refine: list[list[float]] = field(default_factory=list)
     _energy: list[float] = field(default_factory=list)
     _genes: np.ndarray | None = None
     _stage: str = ""
@@ -110,7 +110,9 @@ class Job:
                 if event.genes is not None:
                     self._genes = np.asarray(event.genes, dtype=np.float64).copy()
             elif event.stage == "refine":
-                self._refine.append(float(event.value))
+                if event.step == 1 or not self._refine:  # a new level: its scores are on their own scale
+                    self._refine.append([])
+                self._refine[-1].append(float(event.value))
                 if event.genes is not None:
                     self._genes = np.asarray(event.genes, dtype=np.float64).copy()
             elif event.stage == "lddmm":
@@ -154,7 +156,7 @@ class Job:
             end = self._t1 if self._t1 is not None else time.monotonic()
             return Snapshot(
                 state=self.state, elapsed_s=end - self._t0 if self._t0 else 0.0, stage=self._stage,
-                ga_best=list(self._ga_best), ga_mean=list(self._ga_mean), refine=list(self._refine),
+                ga_best=list(self._ga_best), ga_mean=list(self._ga_mean), refine=[list(level) for level in self._refine],
                 energy=list(self._energy), genes=None if self._genes is None else self._genes.copy(),
                 step=self._step, total=self._total, error=self.error, result=self.result,
             )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from gala_engine.device import device_name
+from gala_engine.device import device_name, share_cpu_with_server
 
 from . import state
 from .runs import record_finished
@@ -12,8 +12,13 @@ from .runs import record_finished
 
 @st.cache_resource(show_spinner=False)
 def engine_device() -> str:
-    """Name of the device the engine runs on ('CPU' or 'CUDA: <card>'), resolved once per process."""
-    return device_name()
+    """Name of the device the engine runs on ('CPU · n threads' or 'CUDA: <card>'), resolved once per
+    process; on CPU, one core is left to the web server."""
+    name = device_name()
+    if name == "CPU":
+        threads = share_cpu_with_server()
+        name = f"CPU · {threads} thread{'s' if threads > 1 else ''}"
+    return name
 
 
 def sidebar() -> None:
