@@ -96,6 +96,7 @@ def run_lddmm(
     muB: float | None = None,
     contrast: bool = True,
     v0: torch.Tensor | None = None,
+    xv: list[np.ndarray] | None = None,
     patience: int = 0,
     tol: float = 1e-4,
     progress: ProgressCallback | None = None,
@@ -108,7 +109,8 @@ def run_lddmm(
     gradient step; ``sigmaR`` the regularisation (larger = weaker); ``sigmaM``/``sigmaB`` the noise of
     matched/background pixels (default: the target's std); ``muB`` the background level (estimated
     every 10 iterations when None). A step that raises the energy is undone and ``epV`` halved.
-    ``patience`` > 0 stops early once the energy fell by less than ``tol`` (relative) over the last
+    ``xv`` fixes the velocity grid (default: :func:`velocity_grid` of ``xI``), so a run on pooled rasters can
+    hand its ``v`` to a full-resolution run as ``v0``. ``patience`` > 0 stops early once the energy fell by less than ``tol`` (relative) over the last
     ``patience`` iterations (0: run all ``num_iterations``).
     """
     dtype, device = I.dtype, I.device
@@ -116,7 +118,7 @@ def run_lddmm(
         a = default_a(xI)
     if not (a > 0 and epV > 0 and sigmaR > 0):
         raise GalaInputError("LDDMM parameters a, epV and sigmaR must be positive.")
-    xv = velocity_grid(xI, a, expand)
+    xv = velocity_grid(xI, a, expand) if xv is None else [np.asarray(axis, dtype=np.float64) for axis in xv]
     LL = torch.as_tensor(smoothing_operator(xv, a, p), dtype=dtype, device=device)
     K = 1.0 / LL
     dv = [float(axis[1] - axis[0]) for axis in xv]

@@ -128,6 +128,7 @@ def gala(
 
     ga_history: list[dict] = []
     energy_history: list[list[float]] = []
+    xv_full = velocity_grid(xI, p.a if p.a is not None else default_a(xI))  # shared by every LDDMM level
     v = None
     lddmm = None
     was_stopped = False
@@ -182,19 +183,21 @@ def gala(
             was_stopped = stopped(should_stop)
         A = genes_to_matrix(torch.as_tensor(best_genes, dtype=dtype, device=device), full.cI, full.cJ)
         if p.num_iterations and not was_stopped:
-            lddmm = run_lddmm(I_t, xI, J_t, xJ, A, num_iterations=p.num_iterations, a=p.a, nt=p.nt,
-                              epV=p.epV, sigmaR=p.sigmaR, sigmaM=p.sigmaM, sigmaB=p.sigmaB, muB=p.muB,
-                              contrast=p.contrast, v0=v, patience=p.lddmm_patience, tol=p.lddmm_tol,
-                              progress=progress, should_stop=should_stop,
-                              repeat=repeat)
-            v = lddmm.v
-            energy_history.extend(lddmm.energy_history)
-            was_stopped = lddmm.stopped
+            for I_l, xI_l, J_l, xJ_l, iterations, noise in _lddmm_levels(I_t, xI, J_t, xJ, p):
+                lddmm = run_lddmm(I_l, xI_l, J_l, xJ_l, A, num_iterations=iterations, a=p.a, nt=p.nt,
+                                  epV=p.epV, sigmaR=p.sigmaR, sigmaM=noise[0], sigmaB=noise[1], muB=p.muB,
+                                  contrast=p.contrast, v0=v, xv=xv_full, patience=p.lddmm_patience,
+                                  tol=p.lddmm_tol, progress=progress, should_stop=should_stop, repeat=repeat)
+                v = lddmm.v
+                energy_history.extend(lddmm.energy_history)
+                was_stopped = lddmm.stopped
+                if was_stopped:
+                    break
         if was_stopped:
             break
 
     if lddmm is None:  # affine only: an identity flow on the velocity grid LDDMM would use
-        xv = velocity_grid(xI, p.a if p.a is not None else default_a(xI))
+        xv = xv_full
         v = torch.zeros((p.nt, xv[0].size, xv[1].size, 2), dtype=dtype, device=device)
         WM = torch.ones(J_t.shape[1:], dtype=dtype, device=device)
     else:
@@ -216,6 +219,23 @@ def gala(
         "runtime_s": time.perf_counter() - t_start,
         "stopped": was_stopped,
     }
+
+
+def _lddmm_levels(I: torch.Tensor, xI: list, J: torch.Tensor, xJ: list, p: AlignParams):
+    """(I, xI, J, xJ, iterations, (sigmaM, sigmaB)) per LDDMM level: with ``lddmm_coarse`` = f > 1, first
+    both rasters pooled f× for ``lddmm_coarse_fraction`` of the iterations, with the noise levels divided
+    by f (the matching energy sums f² fewer pixels: its weight against the regulariser is kept), then the
+    full rasters for the rest."""
+    sigmas = (p.sigmaM if p.sigmaM is not None else float(J.std()),
+              p.sigmaB if p.sigmaB is not None else float(J.std()))
+    f = int(p.lddmm_coarse)
+    coarse_iterations = int(round(p.num_iterations * p.lddmm_coarse_fraction)) if f > 1 else 0
+    if coarse_iterations:
+        I_c, xI_c = pool_raster(I, xI, f)
+        J_c, xJ_c = pool_raster(J, xJ, f)
+        yield I_c, xI_c, J_c, xJ_c, coarse_iterations, (sigmas[0] / f, sigmas[1] / f)
+    if p.num_iterations - coarse_iterations:
+        yield I, xI, J, xJ, p.num_iterations - coarse_iterations, sigmas
 
 
 def to_cpu(result: dict[str, Any]) -> dict[str, Any]:

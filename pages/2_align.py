@@ -30,9 +30,9 @@ job = state.get(state.JOB)
 running = job is not None and job.running
 
 
-@st.fragment(run_every=0.5 if running else None)
+@st.fragment(run_every=1.0 if running else None)
 def live() -> None:
-    """The live view of the session's job; redraws itself twice a second while the job runs."""
+    """The live view of the session's job; redraws itself every second while the job runs."""
     job = state.get(state.JOB)
     if job is None:
         st.caption("No run yet: set the parameters and press **Start alignment**. "
@@ -53,16 +53,24 @@ def live() -> None:
         if st.button("Stop", key="stop_job", help="Ends the run within a second; the best so far is kept."):
             job.stop()
     c1, c2, c3 = st.columns([2, 2, 1.3])
-    c1.plotly_chart(figures.fitness_figure(snap.ga_best, snap.ga_mean, snap.refine), theme=None, key="fig_fitness")
-    c2.plotly_chart(figures.energy_figure(snap.energy), theme=None, key="fig_energy")
+    run = (job.run_id, id(job))
+    c1.plotly_chart(state.memo("fitness", (run, len(snap.ga_best), tuple(map(len, snap.refine))),
+                               lambda: figures.fitness_figure(snap.ga_best, snap.ga_mean, snap.refine)),
+                    theme=None, key="fig_fitness")
+    c2.plotly_chart(state.memo("energy", (run, len(snap.energy)), lambda: figures.energy_figure(snap.energy)),
+                    theme=None, key="fig_energy")
     if snap.genes is not None:
-        xy = figures.genes_to_image_xy(snap.genes, job.rasters.xI, job.rasters.xJ, spatial_yx(job_data.adata)[:, ::-1])
-        c3.plotly_chart(figures.preview_figure(job_data.image, xy), theme=None, key="fig_preview")
+        c3.plotly_chart(state.memo("preview", (run, tuple(snap.genes)), lambda: figures.preview_figure(
+            job_data.image, figures.genes_to_image_xy(snap.genes, job.rasters.xI, job.rasters.xJ,
+                                                      spatial_yx(job_data.adata)[:, ::-1]))),
+                        theme=None, key="fig_preview")
     if snap.state == "error":
         st.error(snap.error)
-    if not job.running and not job.reported:
-        record_finished(job, job_data)
-        st.rerun()
+    if not job.running:
+        if not job.reported:
+            record_finished(job, job_data)
+        if running:  # the page around this fragment was drawn for a running job: redraw it whole (again,
+            st.rerun()  # should a redraw have been cut short, e.g. by one of this fragment's own ticks)
 
 
 live()

@@ -6,7 +6,8 @@ prefixed ``w_`` and re-seeded from these stores.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import streamlit as st
 
@@ -23,6 +24,9 @@ SELECTED_RUN = "gala_selected_run"  # run id shown in the viewer
 TMPDIR = "gala_tmpdir"  # ui.session_files.SessionFolder: per-session spool folder, removed with the session
 RUN_COUNTER = "gala_run_counter"  # last run number given out
 AUTOLOADED = "gala_autoloaded"  # the default demo was loaded once on the first screen
+MEMO = "gala_memo"  # name → (signature, value): live figures rebuilt only when their data changed
+
+T = TypeVar("T")
 
 DEFAULT_SETTINGS: dict[str, Any] = {"signal": "total counts", "dx": None, "feature": "auto", "reduce": None}
 
@@ -47,3 +51,13 @@ def history() -> list[dict[str, Any]]:
 def results() -> dict[int, Any]:
     """Finished results by run id (created empty)."""
     return st.session_state.setdefault(RESULTS, {})
+
+
+def memo(name: str, signature: tuple, build: Callable[[], T]) -> T:
+    """This session's ``build()``, rebuilt only when ``signature`` changes: the live view redraws every
+    second while a run goes, and rebuilding unchanged figures costs every session's server time."""
+    store = st.session_state.setdefault(MEMO, {})
+    hit = store.get(name)
+    if hit is None or hit[0] != signature:
+        hit = store[name] = (signature, build())
+    return hit[1]

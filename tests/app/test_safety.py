@@ -162,3 +162,5 @@ def test_streamlit_config_limits_uploads_and_keeps_xsrf() -> None:
     assert server["maxMessageSize"] >= 200
     assert server.get("enableCORS", True) is True  # never weakened
     assert server.get("headless") is True
+    assert server.get("fileWatcherType") == "none"  # no watchdog walking the checkout under load
+    assert cfg["runner"]["postScriptGC"] is False  # no full GC after each live redraw

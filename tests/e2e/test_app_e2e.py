@@ -14,7 +14,7 @@ from .conftest import SCREENSHOTS
 pytestmark = pytest.mark.e2e
 expect.set_options(timeout=60_000)
 
-SHORT = {"num generations": "150",  # a GA phase of a few seconds: long enough to watch the curve grow
+SHORT = {"num generations": "1500",  # a GA phase of several seconds (~3 ms a generation): the 1 s redraw sees it grow
          "sol per pop": "60", "ga restarts": "1", "refine iterations": "30",
          "num iterations": "20"}
 

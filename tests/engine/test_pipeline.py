@@ -30,11 +30,12 @@ def test_known_transform_is_recovered_within_one_target_pixel(dapi_small, angle,
     assert _error(pair, result) < 1.0
 
 
-def test_lddmm_recovers_a_smooth_warp_within_one_target_pixel(dapi_small):
+@pytest.mark.parametrize("coarse", [1, 2], ids=["full-resolution", "coarse-to-fine"])
+def test_lddmm_recovers_a_smooth_warp_within_one_target_pixel(dapi_small, coarse):
     # Cells are drawn where the DAPI is bright, so the intensity feature is the image their density
     # follows; with a Sobel source the truth is not the energy minimum and LDDMM stops near 1.6-1.9 px.
     pair = make_pair(dapi_small, 30, 0.8, 0.8, warp=12.0, kind="intensity")  # ~5 target px of smooth warp
-    result = gala(pair.xI, pair.I, pair.xJ, pair.J, num_iterations=200)
+    result = gala(pair.xI, pair.I, pair.xJ, pair.J, num_iterations=200, lddmm_coarse=coarse)
     affine, deformed = _error(pair, result, deformed=False), _error(pair, result)
     assert affine > 1.5  # the warp is real: no affine map removes it
     assert deformed < 1.0 and deformed < 0.5 * affine
