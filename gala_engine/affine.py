@@ -68,12 +68,19 @@ def grid_points(x: list, *, dtype=torch.float32, device=None) -> torch.Tensor:
     return torch.stack(torch.meshgrid(rows, cols, indexing="ij"), -1)
 
 
+def _normalisation(x: list) -> tuple[list[float], list[float]]:
+    """Per-axis ``scale``, ``offset`` in grid_sample's (x=col, y=row) order: ``u = p·scale + offset`` maps a
+    physical coordinate ``p`` on grid ``x = [rows, cols]`` to [-1, 1] (±1 at the first/last pixel centre)."""
+    scale = [2.0 / (float(x[d][-1]) - float(x[d][0])) for d in (1, 0)]
+    offset = [-1.0 - float(x[d][0]) * scale[i] for i, d in enumerate((1, 0))]
+    return scale, offset
+
+
 def to_sample_grid(points: torch.Tensor, x: list) -> torch.Tensor:
     """Physical (row, col) points → grid_sample's normalised (x=col, y=row) in [-1, 1]."""
     # one fused multiply-add after the flip (col, row): a chain of broadcast ops over a last axis of size 2
     # is memory-bound and ran several times slower (LDDMM calls this 4× per iteration on ~180k points)
-    scale = [2.0 / (float(x[d][-1]) - float(x[d][0])) for d in (1, 0)]
-    offset = [-1.0 - float(x[d][0]) * scale[i] for i, d in enumerate((1, 0))]
+    scale, offset = _normalisation(x)
     return torch.addcmul(torch.tensor(offset, dtype=points.dtype, device=points.device), points.flip(-1),
                          torch.tensor(scale, dtype=points.dtype, device=points.device))
 
@@ -137,8 +144,7 @@ def sample_planar(image: torch.Tensor, x: list, points: torch.Tensor, padding: s
     grid as a strided view: no interleaved (…, 2) temporaries, no flips (LDDMM's inner loop).
     """
     shape = points.shape[1:]
-    scale = [2.0 / (float(x[d][-1]) - float(x[d][0])) for d in (1, 0)]
-    offset = [-1.0 - float(x[d][0]) * scale[i] for i, d in enumerate((1, 0))]
+    scale, offset = _normalisation(x)
     flat = points.reshape(2, -1)
     grid = torch.stack([flat[1] * scale[0] + offset[0], flat[0] * scale[1] + offset[1]])  # (2, N): x=col, y=row
     out = F.grid_sample(image[None], grid.T.reshape(1, -1, 1, 2), mode="bilinear", padding_mode=padding,

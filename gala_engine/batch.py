@@ -203,17 +203,15 @@ def read_manifest(path: str | os.PathLike[str], *, base: AlignParams | None = No
 # ------------------------------------------------------------------------------------- batch
 
 
+def _failed(section: str, error: str) -> dict[str, Any]:
+    """A summary row for a section that did not align (the summary CSV's columns, all present)."""
+    return {"section": section, "status": "failed", "fitness": "", "runtime_s": "", "error": error, "output": ""}
+
+
 def _align_row(row: ManifestRow, out_dir: str, report: bool, torch_threads: int | None) -> dict[str, Any]:
     """Worker task: align one row; never raises (a failure is a summary row)."""
     start = time.perf_counter()
-    rec: dict[str, Any] = {
-        "section": row.section,
-        "status": "failed",
-        "fitness": "",
-        "runtime_s": "",
-        "error": row.error,
-        "output": "",
-    }
+    rec = _failed(row.section, row.error)
     if row.error:
         return rec
     try:
@@ -332,14 +330,7 @@ def run_batch(
             try:
                 rec = fut.result()
             except Exception as exc:  # noqa: BLE001 - a worker died; the section fails alone
-                rec = {
-                    "section": rows[i].section,
-                    "status": "failed",
-                    "fitness": "",
-                    "runtime_s": "",
-                    "error": " ".join(f"{type(exc).__name__}: {exc}".split()),
-                    "output": "",
-                }
+                rec = _failed(rows[i].section, " ".join(f"{type(exc).__name__}: {exc}".split()))
             records[i] = rec
             if on_done is not None:
                 on_done(rec)

@@ -13,6 +13,8 @@ from .affine import grid_points, sample_planar
 from .errors import GalaInputError
 from .events import ProgressCallback, ProgressEvent, StopPredicate, emit, stopped
 
+ESTEP_START = 50  # iterations with fixed 0.5/0.5 match/background weights before the EM weights update
+
 
 def default_a(xI: list) -> float:
     """Default smoothness scale: 1/8 of the source's longer extent (source units)."""
@@ -182,7 +184,7 @@ def run_lddmm(
             AI = AI.detach()
             if contrast:
                 c0, c1 = _fit_contrast(AI, J, WM)
-            if it >= 50:  # E-step, in log space
+            if it >= ESTEP_START:  # E-step, in log space
                 fAI = c0[:, None, None] + c1[:, None, None] * AI
                 n = WM.numel()
                 log_pm = math.log(max(float(WM.sum()) / n, 1e-12))
@@ -196,7 +198,7 @@ def run_lddmm(
             was_stopped = True
             break
         first = it - patience  # compare energies of the same weights: not across the E-steps' start
-        if patience and first >= 0 and (it <= 50 or first >= 51) and (
+        if patience and first >= 0 and (it <= ESTEP_START or first > ESTEP_START) and (
             history[first][0] - history[it][0] < tol * abs(history[first][0])
         ):
             break  # energy plateau (early stop, not a user stop)

@@ -112,17 +112,37 @@ def score_batch(AI: torch.Tensor, J: torch.Tensor, kind: str = "ncc") -> torch.T
         return 1.0 / (1.0 + ((AI - J) ** 2).flatten(1).sum(1))
     if kind not in FITNESS_KINDS:
         raise GalaInputError(f"Unknown fitness {kind!r}; use one of {FITNESS_KINDS}.")
-    a, j = AI.flatten(1), J.flatten()
-    if kind == "ncc_support":
-        w = (J.sum(0) > SUPPORT_LEVEL * J.sum(0).max()).to(AI.dtype).expand_as(J).flatten()
-    else:
-        w = torch.ones_like(j)
-    n = w.sum()
-    a = a - (a * w).sum(1, keepdim=True) / n
-    j = j - (j * w).sum() / n
-    num = (a * w) @ j
-    den = torch.sqrt((a * a * w).sum(1) * (j * j * w).sum()) + 1e-12
-    return num / den
+    return _ncc(AI.flatten(1), _NCCTarget.of(J.to(AI.dtype), kind))
+
+
+@dataclass
+class _NCCTarget:
+    """The target side of the (weighted) NCC, computed once: 0/1 weights, their count, the centred and
+    weighted target and its squared norm."""
+
+    w: torch.Tensor
+    n: torch.Tensor
+    jw: torch.Tensor
+    jj: torch.Tensor
+
+    @classmethod
+    def of(cls, J: torch.Tensor, kind: str) -> _NCCTarget:
+        j = J.flatten()
+        if kind == "ncc_support":
+            w = (J.sum(0) > SUPPORT_LEVEL * J.sum(0).max()).to(J.dtype).expand_as(J).flatten()
+        else:
+            w = torch.ones_like(j)
+        n = w.sum()
+        jw = (j - (j * w).sum() / n) * w
+        return cls(w, n, jw, (jw * jw).sum())  # w is 0/1, so Σ w·jc² = Σ (w·jc)²
+
+
+def _ncc(a: torch.Tensor, t: _NCCTarget) -> torch.Tensor:
+    """(P, D) resampled sources → (P,) weighted NCC with the target ``t``."""
+    mean = (a @ t.w) / t.n
+    ac = a - mean[:, None]  # centred: no cancellation when a is (nearly) constant
+    den = torch.sqrt(((ac * ac) @ t.w) * t.jj) + 1e-12
+    return (ac @ t.jw) / den
 
 
 def _chunk_elements(device: torch.device) -> int:
@@ -151,28 +171,14 @@ class BatchedFitness:
         self.padding = "border" if kind == "sse" else "zeros"
         per_solution = J.numel()
         self.chunk = chunk or max(1, _chunk_elements(I.device) // per_solution)
-        j = J.flatten()
-        if kind == "sse":
-            self._j = j
-        else:  # NCC: weights and the centred, weighted target, computed once
-            if kind == "ncc_support":
-                w = (J.sum(0) > SUPPORT_LEVEL * J.sum(0).max()).to(J.dtype).expand_as(J).flatten()
-            else:
-                w = torch.ones_like(j)
-            n = w.sum()
-            jc = (j - (j * w).sum() / n) * w
-            self._w, self._n, self._jw = w, n, jc
-            self._jj = (jc * jc).sum()  # w is 0/1, so Σ w·jc² = Σ (w·jc)²
+        self._j = J.flatten()
+        self._ncc_target = None if kind == "sse" else _NCCTarget.of(J, kind)  # computed once
 
     def _score(self, a: torch.Tensor) -> torch.Tensor:
         """(n, D) resampled values of one chunk → (n,) scores (the same numbers as :func:`score_batch`)."""
-        if self.kind == "sse":
+        if self._ncc_target is None:
             return 1.0 / (1.0 + ((a - self._j) ** 2).sum(1))
-        mean = (a @ self._w) / self._n
-        ac = a - mean[:, None]  # centred: no cancellation when a is (nearly) constant
-        num = ac @ self._jw
-        den = torch.sqrt(((ac * ac) @ self._w) * self._jj) + 1e-12
-        return num / den
+        return _ncc(a, self._ncc_target)
 
     def __call__(self, genes: torch.Tensor) -> torch.Tensor:
         genes = genes.to(self.I.dtype)

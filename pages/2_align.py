@@ -93,8 +93,6 @@ if start:
                                                      context=data)
         st.rerun()
 
-
-
 rows = state.history()
 if rows:
     st.subheader("Run history")
