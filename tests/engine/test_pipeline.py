@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from gala_engine import GalaInputError, gala, to_cpu, transform_points_target_to_source
 from gala_engine.section import AlignmentResult
@@ -130,3 +131,17 @@ def test_bad_inputs_raise_clear_value_errors(change, message):
     with pytest.raises(ValueError, match=message):
         gala(**args)
     assert issubclass(GalaInputError, ValueError)
+
+
+def test_coarse_to_fine_lddmm_runs_its_first_share_on_pooled_rasters():
+    from gala_engine.params import AlignParams
+    from gala_engine.pipeline import _lddmm_levels
+
+    rng = np.random.default_rng(0)
+    I, J = torch.as_tensor(rng.random((1, 40, 60))), torch.as_tensor(rng.random((1, 30, 50)))
+    xI, xJ = [np.arange(40.0), np.arange(60.0)], [np.arange(30.0) * 2, np.arange(50.0) * 2]
+    p = AlignParams(num_iterations=200, lddmm_coarse=2, lddmm_coarse_fraction=0.75, sigmaM=0.4, sigmaB=0.6)
+    (Ic, _, Jc, _, n_coarse, noise_c), (If, _, Jf, _, n_fine, noise_f) = list(_lddmm_levels(I, xI, J, xJ, p))
+    assert (tuple(Ic.shape), tuple(Jc.shape), n_coarse, noise_c) == ((1, 20, 30), (1, 15, 25), 150, (0.2, 0.3))
+    assert If is I and Jf is J and n_fine == 50 and noise_f == (0.4, 0.6)
+    assert len(list(_lddmm_levels(I, xI, J, xJ, AlignParams(num_iterations=200)))) == 1  # off by default
