@@ -13,6 +13,7 @@ from PIL import Image
 
 from gala_engine.affine import genes_to_matrix_np
 from gala_engine.io import LoadedImage
+from gala_engine.lddmm import ESTEP_START
 
 LAYER_COLOURS = {
     "after LDDMM": "Viridis",
@@ -155,6 +156,9 @@ def energy_figure(energy: Sequence[float], *, height: int = 300) -> go.Figure:
     fig = go.Figure(go.Scatter(x=list(range(1, len(energy) + 1)), y=list(energy), mode="lines", name="energy"))
     fig.update_layout(title="LDDMM energy", xaxis_title="iteration", yaxis_title="energy", height=height,
                       margin=_CHART_MARGIN)
+    if len(energy) > ESTEP_START:  # the energy's weights change from here on: a step up is not a divergence
+        fig.add_vline(x=ESTEP_START + 0.5, line=dict(color="#bbb", dash="dot", width=1),
+                      annotation_text="EM weights update", annotation_position="top right")
     if energy and min(energy) > 0:
         tickvals, ticktext = _log_ticks(energy)
         fig.update_yaxes(type="log", tickvals=tickvals, ticktext=ticktext)
