@@ -40,7 +40,16 @@ from gala_engine.device import device_name, resolve_device  # noqa: E402
 from gala_engine.features import tissue_extent  # noqa: E402
 from gala_engine.io import LoadedImage  # noqa: E402
 from gala_engine.lddmm import run_lddmm  # noqa: E402
-from gala_engine.search import BatchedFitness, blur_raster, fill_gene_space, pool_raster, run_ga, score_batch  # noqa: E402
+from gala_engine.params import AlignParams  # noqa: E402
+from gala_engine.search import (  # noqa: E402
+    SUPPORT_LEVEL,
+    BatchedFitness,
+    blur_raster,
+    fill_gene_space,
+    pool_raster,
+    run_ga,
+    score_batch,
+)
 from gala_engine.section import default_image_reduce  # noqa: E402
 
 HE_IMAGE = Path(__file__).resolve().parents[1] / "gala_engine" / "demo_data" / "visium_tiny" / "tissue_lowres_image.png"
@@ -173,9 +182,11 @@ def make_rasters(section: Section) -> Rasters:
 # ------------------------------------------------------------------------------------------ 1. GA
 
 
-def per_solution_fitness_factory(I: torch.Tensor, xI: list, J: torch.Tensor, xJ: list, scale_floor: float):
-    """The straightforward baseline: pygad calls this once per solution; one affine, one grid_sample,
-    one NCC, one Python float back. Same score as ``BatchedFitness(kind='ncc', max_anisotropy=None)``."""
+def per_solution_fitness_factory(I: torch.Tensor, xI: list, J: torch.Tensor, xJ: list, scale_floor: float,
+                                 kind: str):
+    """The straightforward baseline: pygad calls this once per solution; one affine in numpy, one grid_sample
+    of the whole target grid, one NCC (over the cells' support for ``"ncc_support"``), one Python float back.
+    Same score as ``BatchedFitness(kind=kind, max_anisotropy=None)``."""
     dtype, device = I.dtype, I.device
     rows = torch.as_tensor(np.asarray(xJ[0]), dtype=dtype, device=device)
     cols = torch.as_tensor(np.asarray(xJ[1]), dtype=dtype, device=device)
@@ -183,7 +194,10 @@ def per_solution_fitness_factory(I: torch.Tensor, xI: list, J: torch.Tensor, xJ:
     lo = torch.tensor([xI[0][0], xI[1][0]], dtype=dtype, device=device)
     hi = torch.tensor([xI[0][-1], xI[1][-1]], dtype=dtype, device=device)
     cI, cJ = grid_centre(xI), grid_centre(xJ)
-    j = J.flatten() - J.mean()
+    total = J.sum(0)
+    mask = total > SUPPORT_LEVEL * total.max() if kind == "ncc_support" else torch.ones_like(total, dtype=torch.bool)
+    j = J[:, mask].flatten()
+    j = j - j.mean()
     jj = (j * j).sum()
 
     def fitness_func(_ga, solution, _idx):
@@ -199,7 +213,8 @@ def per_solution_fitness_factory(I: torch.Tensor, xI: list, J: torch.Tensor, xJ:
         grid = ((pts - lo) / (hi - lo) * 2.0 - 1.0).flip(-1)
         with torch.no_grad():
             AI = F.grid_sample(I[None], grid[None], mode="bilinear", padding_mode="zeros", align_corners=True)
-            a = AI.flatten() - AI.mean()
+            a = AI[0][:, mask].flatten()
+            a = a - a.mean()
             return float((a @ j) / (torch.sqrt((a * a).sum() * jj) + 1e-12))
 
     return fitness_func
@@ -221,7 +236,7 @@ class LegacyBatchedFitness(BatchedFitness):
         P, H, W = pts.shape[:3]
         out = sample(self.I, self.xI, pts.reshape(P * H, W, 2), self.padding)
         score = score_batch(out.reshape(self.I.shape[0], P, H, W).transpose(0, 1), self.J, self.kind)
-        worst = torch.tensor(-1.0 if self.kind == "ncc" else 0.0, dtype=score.dtype, device=score.device)
+        worst = torch.tensor(0.0 if self.kind == "sse" else -1.0, dtype=score.dtype, device=score.device)
         return torch.where(ok, score, worst)
 
 
@@ -238,11 +253,14 @@ def _best_rate(fn, reps: int, device: torch.device) -> float:
     return 1.0 / best
 
 
+GA_KIND = AlignParams().fitness  # gala()'s default fitness
+
+
 def ga_level(label: str, I: torch.Tensor, xI: list, J: torch.Tensor, xJ: list, space, *, generations: int,
              pop: int, device: torch.device) -> dict:
-    batched = BatchedFitness(I, xI, J, xJ, kind="ncc", scale_floor=space.scale_floor)
-    legacy = LegacyBatchedFitness(I, xI, J, xJ, kind="ncc", scale_floor=space.scale_floor)
-    plain = per_solution_fitness_factory(I, xI, J, xJ, space.scale_floor)
+    batched = BatchedFitness(I, xI, J, xJ, kind=GA_KIND, scale_floor=space.scale_floor)
+    legacy = LegacyBatchedFitness(I, xI, J, xJ, kind=GA_KIND, scale_floor=space.scale_floor)
+    plain = per_solution_fitness_factory(I, xI, J, xJ, space.scale_floor, GA_KIND)
 
     def batch_of_one(_ga, solution, _idx):
         with torch.no_grad():
@@ -317,7 +335,7 @@ GA_VARIANTS = [
 
 def bench_ga(r: Rasters, *, generations_full: int, generations_level: int, pop: int, device: torch.device,
              dtype: torch.dtype) -> None:
-    header(f"1. GA generations/s: batched population vs per-solution pygad loops (population {pop}, NCC)")
+    header(f"1. GA generations/s: batched population vs per-solution pygad loops (population {pop}, fitness {GA_KIND!r})")
     I = torch.as_tensor(r.I, dtype=dtype, device=device)
     J = torch.as_tensor(r.J, dtype=dtype, device=device)
     space = fill_gene_space(None, r.xI, r.xJ, mode="extent", source_extent=tissue_extent(r.I, r.xI))
@@ -507,26 +525,34 @@ def bench_seed(params: dict, mode: str, device: torch.device) -> None:
           f"sigmaR={TUTORIAL['sigmaR']:g}, sigmaM=I.std(), sigmaB=J.std(), random_seed={TUTORIAL['random_seed']})"
           + ("   [--quick: REDUCED generations/iterations/repeats; the tutorial is 1000/2000/2]"
              if mode == "quick" else "   [the tutorial's settings]"))
-    print("other parameters: the engine defaults (3 GA restarts, NCC fitness, refinement, contrast fit)")
+    print(f"other parameters: the engine defaults (3 GA restarts, {GA_KIND!r} fitness, refinement, contrast fit)")
     early = dict(ga_patience=max(params["num_generations"] // 10, 10),
                  lddmm_patience=max(params["num_iterations"] // 20, 10), lddmm_tol=1e-4)
+    coarse = dict(lddmm_coarse=2)
+    variants = [("as called", {}), ("+ early stops", early), ("+ coarse-to-fine", coarse),
+                ("+ both", {**early, **coarse})]
     run_workload(20_000, 500, um_per_px=SEED_UM_PER_PX, params=dict(params, num_generations=5, num_iterations=5,
                  num_repeats=1), device=device)  # warm-up: first calls of every kernel
-    w = run_workload(SEED_CELLS, SEED_WIDTH, um_per_px=SEED_UM_PER_PX, params=params, device=device)
-    e = run_workload(SEED_CELLS, SEED_WIDTH, um_per_px=SEED_UM_PER_PX, params=params, device=device, extra=early)
+    runs = [run_workload(SEED_CELLS, SEED_WIDTH, um_per_px=SEED_UM_PER_PX, params=params, device=device, extra=extra)
+            for _, extra in variants]
+    w = runs[0]
     print(f"target J {w['shape_J'][0]}×{w['shape_J'][1]} px; source I {w['shape_I'][0]}×{w['shape_I'][1]} px "
           f"(image reduce {w['reduce']}, default_image_reduce); input synthesis {w['synth']:.2f} s (not counted)")
-    print(f"  {'stage':32s} {'as called':>10s}   {'+ early stops':>13s}  ({', '.join(f'{k}={v:g}' for k, v in early.items())})")
+    print("variants: early stops = " + ", ".join(f"{k}={v:g}" for k, v in early.items())
+          + "; coarse-to-fine = " + ", ".join(f"{k}={v:g}" for k, v in coarse.items())
+          + " (75 % of the LDDMM iterations on 2×-pooled rasters, then full resolution)")
+    print(f"  {'stage':32s}" + "".join(f" {name:>17s}" for name, _ in variants))
     for name in ("rasterize", "feature", "scan", "ga", "refine", "lddmm", "other", "total"):
         label = {"rasterize": "rasterise (cells → J)", "feature": "feature (image → I)",
                  "scan": "pose scan (seeds the GA)", "ga": "GA", "refine": "affine refine", "lddmm": "LDDMM",
                  "other": "gala() setup / between stages", "total": "TOTAL"}[name]
-        print(f"  {label:32s} {fmt_s(w[name])}   {fmt_s(e[name])}")
-    print(f"  (gala() alone {w['gala']:.3f} s / {e['gala']:.3f} s; early stops: {w['total'] / e['total']:.1f}× faster)")
-    print(f"peak RSS during the workload: {w['rss']:.0f} MiB"
+        print(f"  {label:32s}" + "".join(f" {fmt_s(r[name]):>17s}" for r in runs))
+    print(f"  {'faster than as called':32s}" + "".join(f" {w['total'] / r['total']:16.1f}×" for r in runs))
+    print(f"  {'median error of cells, px':32s}" + "".join(f" {r['err_px']:17.2f}" for r in runs))
+    print(f"peak RSS during the workload as called: {w['rss']:.0f} MiB"
           + (f"; torch.cuda.max_memory_allocated: {w['cuda']:.0f} MiB" if w["cuda"] is not None else ""))
-    print(f"sanity: median error of cells mapped back into the image {w['err_px']:.2f} px "
-          f"({w['err_um']:.1f} µm; target pixel = {DX:g} µm); with the early stops {e['err_px']:.2f} px")
+    print(f"error: median distance of the cells mapped back into the image from where they came from, in image px "
+          f"({SEED_UM_PER_PX:g} µm; target pixel = {DX:g} µm)")
 
 
 # ------------------------------------------------------------------------------------- 4. scaling
@@ -540,7 +566,7 @@ def bench_scaling(params: dict, device: torch.device) -> None:
           "a scaled with the width (a = 20 px at 2000 px)")
     cols = (f"{'case':>20s} {'J':>9s} {'I':>9s} {'raster s':>9s} {'feature s':>9s} {'scan s':>7s} {'GA s':>7s} {'refine s':>8s} "
             f"{'LDDMM s':>8s} {'total s':>8s} {'RSS MiB':>8s}" + (f" {'CUDA MiB':>8s}" if device.type == "cuda" else "")
-            + f" {'err µm':>7s}")
+            + f" {'err µm':>7s} {'c2f total s':>11s} {'c2f err µm':>10s}")
     cases = [("cells", n, SEED_WIDTH) for n in (50_000, 170_000, 300_000, 1_000_000)]
     cases += [("width", SEED_CELLS, w) for w in (1000, 2000, 4000, 8000)]
     print(cols)
@@ -554,10 +580,12 @@ def bench_scaling(params: dict, device: torch.device) -> None:
             a = TUTORIAL["a"] * width / SEED_WIDTH
             label = f"width {width} px"
         w = run_workload(n, width, um_per_px=um_per_px, params=params, device=device, a=a)
+        c = run_workload(n, width, um_per_px=um_per_px, params=params, device=device, a=a, extra={"lddmm_coarse": 2})
         print(f"{label:>20s} {'×'.join(map(str, w['shape_J'])):>9s} {'×'.join(map(str, w['shape_I'])):>9s} "
               f"{w['rasterize']:9.3f} {w['feature']:9.3f} {w['scan']:7.2f} {w['ga']:7.2f} {w['refine']:8.2f} {w['lddmm']:8.2f} "
               f"{w['total']:8.2f} {w['rss']:8.0f}" + (f" {w['cuda']:8.0f}" if w["cuda"] is not None else "")
-              + f" {w['err_um']:7.1f}", flush=True)
+              + f" {w['err_um']:7.1f} {c['total']:11.2f} {c['err_um']:10.1f}", flush=True)
+    print("c2f: the same call with lddmm_coarse=2 (coarse-to-fine LDDMM: 75 % of the iterations on 2×-pooled rasters)")
 
 
 # ----------------------------------------------------------------------------------------------- main

@@ -123,6 +123,38 @@ def normalised_theta(A: torch.Tensor, xI: list, xJ: list) -> torch.Tensor:
     return torch.cat([M.flip(-1).flip(-2), t.flip(-1).unsqueeze(-1)], -1)
 
 
+def genes_to_theta(genes: torch.Tensor, xI: list, xJ: list) -> torch.Tensor:
+    """(P, 5) genes → (P, 2, 3) normalised target → source matrices in ``grid_sample``'s (x=col, y=row) order:
+    the same numbers as ``normalised_theta(genes_to_matrix(genes, cI, cJ), xI, xJ)``, in closed form.
+
+    With ``L = R·diag(sy, sx)``, ``L⁻¹ = diag(1/sy, 1/sx)·Rᵀ``, and a uniform grid's centre is its midpoint, so
+    a target normalised ``u`` maps to the source normalised ``L⁻¹·(half_J·u − t) / half_I``: a handful of
+    element-wise ops per population (the GA's fitness calls this every generation). Differentiable.
+    """
+    ends = tuple((float(x[0]), float(x[-1])) for x in (*xI, *xJ))
+    half_i, _, half_j, _ = _half_and_mid(ends, genes.dtype, genes.device)
+    theta = torch.deg2rad(genes[:, 0])
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    # rows of L⁻¹ (row, col order): [cos, sin] / sy and [-sin, cos] / sx; then the axis scalings
+    inv = torch.stack([torch.stack([cos, sin], -1) / genes[:, 1, None],
+                       torch.stack([-sin, cos], -1) / genes[:, 2, None]], -2)  # (P, 2, 2)
+    M = inv * (half_j / half_i[:, None])
+    t = -(inv @ genes[:, 3:5, None]).squeeze(-1) / half_i
+    # grid_sample works in (x, y) = (col, row): reverse both axes
+    return torch.cat([M.flip(-1).flip(-2), t.flip(-1).unsqueeze(-1)], -1)
+
+
+def normalised_target_points(x: list, index: torch.Tensor | None = None, *, dtype=torch.float32,
+                             device=None) -> torch.Tensor:
+    """(2, N) normalised (x=col, y=row) coordinates in [-1, 1] of the pixels of grid ``x`` (all, row-major, or
+    those at the flat ``index``)."""
+    H, W = len(x[0]), len(x[1])
+    ys = torch.linspace(-1.0, 1.0, H, dtype=dtype, device=device)
+    xs = torch.linspace(-1.0, 1.0, W, dtype=dtype, device=device)
+    uv = torch.stack([xs.expand(H, W), ys[:, None].expand(H, W)]).reshape(2, -1)
+    return uv if index is None else uv[:, index]
+
+
 def affine_sample_grid(theta: torch.Tensor, H: int, W: int) -> torch.Tensor:
     """``F.affine_grid(theta, (P, ·, H, W), align_corners=True)`` (same numbers) → (P, H, W, 2).
 

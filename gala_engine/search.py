@@ -13,7 +13,7 @@ import pygad
 import torch
 import torch.nn.functional as F
 
-from .affine import genes_to_matrix, grid_centre, normalised_theta, resample_batch
+from .affine import genes_to_theta, grid_centre, normalised_target_points
 from .errors import GalaInputError
 from .events import ProgressCallback, ProgressEvent, StopPredicate, emit, stopped
 
@@ -112,37 +112,44 @@ def score_batch(AI: torch.Tensor, J: torch.Tensor, kind: str = "ncc") -> torch.T
         return 1.0 / (1.0 + ((AI - J) ** 2).flatten(1).sum(1))
     if kind not in FITNESS_KINDS:
         raise GalaInputError(f"Unknown fitness {kind!r}; use one of {FITNESS_KINDS}.")
-    return _ncc(AI.flatten(1), _NCCTarget.of(J.to(AI.dtype), kind))
+    target = _NCCTarget.of(J.to(AI.dtype), kind)
+    return _ncc(AI.flatten(1)[:, target.index], target)
+
+
+def scored_pixels(J: torch.Tensor, kind: str) -> torch.Tensor:
+    """Flat (row-major) indices of the target pixels a fitness of ``kind`` looks at: all of them, or for
+    ``"ncc_support"`` the cells' support (all pixels if the target is blank)."""
+    total = J.sum(0).flatten()
+    if kind == "ncc_support":
+        index = torch.nonzero(total > SUPPORT_LEVEL * total.max()).flatten()
+        if index.numel() >= 2:
+            return index
+    return torch.arange(total.numel(), device=J.device)
 
 
 @dataclass
 class _NCCTarget:
-    """The target side of the (weighted) NCC, computed once: 0/1 weights, their count, the centred and
-    weighted target and its squared norm."""
+    """The target side of the NCC, computed once: the scored pixels (flat indices into (C, H, W), channel
+    by channel), the centred target values there and their squared norm."""
 
-    w: torch.Tensor
-    n: torch.Tensor
-    jw: torch.Tensor
+    index: torch.Tensor
+    jc: torch.Tensor
     jj: torch.Tensor
 
     @classmethod
     def of(cls, J: torch.Tensor, kind: str) -> _NCCTarget:
-        j = J.flatten()
-        if kind == "ncc_support":
-            w = (J.sum(0) > SUPPORT_LEVEL * J.sum(0).max()).to(J.dtype).expand_as(J).flatten()
-        else:
-            w = torch.ones_like(j)
-        n = w.sum()
-        jw = (j - (j * w).sum() / n) * w
-        return cls(w, n, jw, (jw * jw).sum())  # w is 0/1, so Σ w·jc² = Σ (w·jc)²
+        pixels = scored_pixels(J, kind)
+        plane = J.shape[1] * J.shape[2]
+        index = (torch.arange(J.shape[0], device=J.device)[:, None] * plane + pixels).flatten()
+        j = J.flatten()[index]
+        jc = j - j.mean()
+        return cls(index, jc, jc @ jc)
 
 
 def _ncc(a: torch.Tensor, t: _NCCTarget) -> torch.Tensor:
-    """(P, D) resampled sources → (P,) weighted NCC with the target ``t``."""
-    mean = (a @ t.w) / t.n
-    ac = a - mean[:, None]  # centred: no cancellation when a is (nearly) constant
-    den = torch.sqrt(((ac * ac) @ t.w) * t.jj) + 1e-12
-    return (ac @ t.jw) / den
+    """(P, D) resampled sources at the scored pixels → (P,) NCC with the target ``t``."""
+    ac = a - a.mean(1, keepdim=True)  # centred: no cancellation when a is (nearly) constant
+    return (ac @ t.jc) / (torch.sqrt((ac * ac).sum(1) * t.jj) + 1e-12)
 
 
 def _chunk_elements(device: torch.device) -> int:
@@ -151,9 +158,11 @@ def _chunk_elements(device: torch.device) -> int:
 
 
 class BatchedFitness:
-    """Fitness of a whole population on the rasters' device: per chunk of solutions, one sampling-grid
-    build straight from the 2×3 normalised matrices (no coordinate tensors), one ``grid_sample`` and fused
-    score reductions.
+    """Fitness of a whole population on the rasters' device. Only the target pixels the score looks at are
+    resampled (for ``"ncc_support"``, the cells' support: about half the raster): per chunk of solutions, the
+    normalised 2×3 matrices straight from the genes (:func:`affine.genes_to_theta`), their sampling points
+    (one fused pass), one ``grid_sample`` with the population as its batch (so torch's threads split the
+    population), and the score's reductions.
 
     ``chunk`` (solutions per chunk; default from the device: ~2²⁰ resampled values on a CPU so the
     working set stays in cache, ~2²⁶ on CUDA) bounds memory; the score does not depend on it.
@@ -169,16 +178,27 @@ class BatchedFitness:
         self.scale_floor = scale_floor
         self.max_log_aniso = None if not max_anisotropy else math.log(max_anisotropy)
         self.padding = "border" if kind == "sse" else "zeros"
-        per_solution = J.numel()
-        self.chunk = chunk or max(1, _chunk_elements(I.device) // per_solution)
-        self._j = J.flatten()
         self._ncc_target = None if kind == "sse" else _NCCTarget.of(J, kind)  # computed once
+        pixels = scored_pixels(J, kind)
+        self._j = J.flatten(1)[:, pixels].flatten()
+        self._points = normalised_target_points(xJ, pixels, dtype=I.dtype, device=I.device)  # (2, N)
+        per_solution = J.shape[0] * pixels.numel()
+        self.chunk = chunk or max(1, _chunk_elements(I.device) // per_solution)
 
     def _score(self, a: torch.Tensor) -> torch.Tensor:
         """(n, D) resampled values of one chunk → (n,) scores (the same numbers as :func:`score_batch`)."""
         if self._ncc_target is None:
             return 1.0 / (1.0 + ((a - self._j) ** 2).sum(1))
         return _ncc(a, self._ncc_target)
+
+    def _resample(self, theta: torch.Tensor) -> torch.Tensor:
+        """(n, 2, 3) normalised matrices → (n, C·N) source values at the scored target pixels."""
+        n, C = theta.shape[0], self.I.shape[0]
+        # one GEMM (K = 2) for all sampling points: (2n, 2) @ (2, N) + offsets → (n, 2, N)
+        grid = torch.addmm(theta[:, :, 2].reshape(-1, 1), theta[:, :, :2].reshape(-1, 2), self._points).view(n, 2, -1)
+        out = F.grid_sample(self.I[None].expand(n, -1, -1, -1), grid.transpose(1, 2)[:, :, None],
+                            mode="bilinear", padding_mode=self.padding, align_corners=True)
+        return out.reshape(n, C * self._points.shape[1])
 
     def __call__(self, genes: torch.Tensor) -> torch.Tensor:
         genes = genes.to(self.I.dtype)
@@ -191,13 +211,9 @@ class BatchedFitness:
         scale_cols = torch.zeros(5, dtype=torch.bool, device=genes.device)
         scale_cols[1:3] = True  # the genes sy, sx
         safe = torch.where(~ok[:, None] & scale_cols, torch.ones_like(genes), genes)
-        A = genes_to_matrix(safe, self.cI, self.cJ)
-        shape = tuple(self.J.shape[1:])
-        theta = normalised_theta(A, self.xI, self.xJ)
-        scores = [self._score(resample_batch(self.I, self.xI, None, self.xJ, shape, self.padding, theta=part)
-                              .flatten(1)) for part in theta.split(self.chunk)]
-        score = torch.cat(scores)
-        return torch.where(ok, score, -1.0 if self.kind == "ncc" else 0.0)
+        theta = genes_to_theta(safe, self.xI, self.xJ)
+        score = torch.cat([self._score(self._resample(part)) for part in theta.split(self.chunk)])
+        return torch.where(ok, score, 0.0 if self.kind == "sse" else -1.0)  # the worst score of each kind
 
 
 @contextmanager
@@ -253,6 +269,30 @@ def _vectorized_mutation(offspring: np.ndarray, ga) -> np.ndarray:
     return np.where(mutate, fresh, out)
 
 
+class _PopulationGA(pygad.GA):
+    """pygad's GA with the whole population's fitness as one call of the batched fitness per generation.
+
+    pygad's own ``cal_pop_fitness`` looks every solution up in its caches and type-checks every value in
+    Python (about as long as the batched fitness itself on a GA-level raster); here the elites are simply
+    scored again, which gives the same values (the fitness is deterministic), and the batch is checked
+    once.
+    """
+
+    def cal_pop_fitness(self) -> np.ndarray:
+        values = np.asarray(self.fitness_func(self, self.population, None), dtype=np.float64)
+        if values.shape != (len(self.population),) or np.isnan(values).any():
+            raise ValueError(f"the batched fitness returned {values.shape} values (NaN: {np.isnan(values).any()}) "
+                             f"for {len(self.population)} solutions")
+        self.num_fitness_evaluations += len(values)
+        return values
+
+    def _validate_population_fitness(self, fitness, source, check_shape=True):
+        """Our own batch (finite floats, checked above) needs no per-value check; anything else gets pygad's."""
+        if isinstance(fitness, np.ndarray) and fitness.ndim == 1 and fitness.dtype == np.float64:
+            return fitness
+        return super()._validate_population_fitness(fitness, source, check_shape=check_shape)
+
+
 @dataclass
 class GAResult:
     genes: np.ndarray
@@ -283,9 +323,10 @@ def run_ga(
     """Run pygad over the free genes (a gene with low == high is fixed and not searched).
 
     ``patience``: stop once the best fitness has not improved for this many generations (``None``/0: run
-    all ``num_generations``, as published). ``operators``: ``"pygad"`` (pygad's own crossover and
-    mutation, per offspring in Python) or ``"vectorized"`` (the same operators on whole arrays: same
-    distributions, another random stream, ~4× less overhead per generation).
+    all ``num_generations``, as published). ``operators``: ``"pygad"`` (pygad as published: its own crossover
+    and mutation per offspring in Python, its fitness caches) or ``"vectorized"`` (the same operators on whole
+    arrays: same distributions, another random stream; the population scored in one call per generation:
+    several times less overhead per generation).
     """
     if operators not in GA_OPERATORS:
         raise GalaInputError(f"Unknown GA operators {operators!r}; use one of {GA_OPERATORS}.")
@@ -308,7 +349,7 @@ def run_ga(
         k = int(np.argmax(values))
         if values[k] > best["fitness"]:
             best["fitness"], best["genes"] = float(values[k]), genes[k].copy()
-        return values.tolist()
+        return values
 
     def on_generation(ga):
         values = np.asarray(ga.last_generation_fitness, dtype=np.float64)
@@ -335,7 +376,7 @@ def run_ga(
         fitness_func(None, np.empty((1, 0)), None)
         return GAResult(best["genes"], best["fitness"], [best["fitness"]], [best["fitness"]])
     with _isolated_global_rng():
-        ga = pygad.GA(
+        ga = (_PopulationGA if operators == "vectorized" else pygad.GA)(
             num_generations=int(num_generations),
             num_parents_mating=int(num_parents_mating),
             sol_per_pop=None if initial_population is not None else int(sol_per_pop),
@@ -454,6 +495,10 @@ def refine_genes(
     with torch.no_grad():
         best_score = fitness(g0)
     best_genes = g0.clone()
+    # progress rows (best score, its genes) stay on the device and are fetched together: on a GPU one sync
+    # per 10 steps instead of one per step
+    flush_every = 1 if g0.device.type == "cpu" else 10
+    pending: list[torch.Tensor] = []
     for it in range(int(iterations)):
         opt.zero_grad()
         g = g0 + delta * unit
@@ -465,10 +510,17 @@ def refine_genes(
             better = score > best_score
             best_score = torch.where(better, score, best_score)
             best_genes = torch.where(better[:, None], g, best_genes)
-        top = int(torch.argmax(best_score))
-        emit(progress, ProgressEvent(stage, it + 1, int(iterations), best_score[top].item(),
-                                     best_genes[top].cpu().numpy(), repeat))
-        if stopped(should_stop):
+            if progress is not None:
+                top = torch.argmax(best_score)
+                pending.append(torch.cat([best_score[top, None], best_genes[top]]))
+        halt = stopped(should_stop)
+        if pending and (len(pending) == flush_every or halt or it + 1 == int(iterations)):
+            rows = torch.stack(pending).double().cpu().numpy()
+            for k, row in enumerate(rows):
+                emit(progress, ProgressEvent(stage, it + 2 - len(rows) + k, int(iterations), float(row[0]),
+                                             row[1:], repeat))
+            pending.clear()
+        if halt:
             break
     genes_out, scores_out = best_genes.detach().double().cpu().numpy(), best_score.detach().double().cpu().numpy()
     return (genes_out[0], float(scores_out[0])) if single else (genes_out, scores_out)

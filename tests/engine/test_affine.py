@@ -12,6 +12,7 @@ from gala_engine import AlignParams, GalaInputError, image_feature, normalize, r
 from gala_engine.affine import (
     affine_sample_grid,
     genes_to_matrix,
+    genes_to_theta,
     genes_to_matrix_np,
     grid_centre,
     grid_points,
@@ -20,7 +21,7 @@ from gala_engine.affine import (
     resample_batch,
     sample,
 )
-from gala_engine.search import BatchedFitness, fill_gene_space, run_ga, score_batch
+from gala_engine.search import BatchedFitness, _PopulationGA, fill_gene_space, refine_genes, run_ga, score_batch
 
 XI = [np.arange(50.0), np.arange(80.0)]
 XJ = [np.linspace(-300, 300, 40), np.linspace(0, 900, 60)]
@@ -116,6 +117,21 @@ def test_sampling_grid_from_normalised_matrices_matches_physical_coordinates():
         assert torch.allclose(fast[p], slow, atol=1e-10)
 
 
+def test_closed_form_theta_from_genes_equals_the_inverted_matrix():
+    genes = torch.tensor([[37.5, 0.8, -0.6, 12.0, -40.0], [-135.0, 2.0, 1.5, -3.0, 7.0], [0.0, 1.0, 1.0, 0.0, 0.0]],
+                         dtype=torch.float64)
+    A = genes_to_matrix(genes, torch.tensor(grid_centre(XI)), torch.tensor(grid_centre(XJ)))
+    assert torch.allclose(genes_to_theta(genes, XI, XJ), normalised_theta(A, XI, XJ), atol=1e-12)
+
+
+def test_support_fitness_resamples_only_the_cells_support(dapi_small):
+    I, xI, J, xJ = _rasters(dapi_small)
+    support = BatchedFitness(I, xI, J, xJ, kind="ncc_support", scale_floor=0.0)
+    whole = BatchedFitness(I, xI, J, xJ, kind="ncc", scale_floor=0.0)
+    n_support = int((J.sum(0) > 0.02 * J.sum(0).max()).sum())
+    assert support._points.shape[1] == n_support < whole._points.shape[1] == J[0].numel()
+
+
 @pytest.mark.parametrize("kind", ["ncc", "ncc_support", "sse"])
 def test_fitness_does_not_depend_on_the_chunk_size_and_matches_score_batch(dapi_small, kind):
     I, xI, J, xJ = _rasters(dapi_small)
@@ -153,3 +169,37 @@ def test_vectorised_ga_operators_stay_in_range_are_seeded_and_patience_stops_ear
     assert all(short.best_history[-1] == h for h in short.best_history[-5:])
     with pytest.raises(GalaInputError, match="operators"):
         run_ga(Quadratic(), space, **{**kw, "operators": "fast"})
+
+
+def test_population_ga_runs_exactly_as_pygad_with_the_same_operators():
+    """One fitness call per generation for the whole population (elites re-scored, no per-value checks) must not
+    change the GA: with pygad's own operators every generation is identical."""
+    space = fill_gene_space(None, XI, XJ, mode="compatible")
+    target = np.array([20.0, 1.0, 1.0, 10.0, -10.0])
+
+    def fitness(_ga, solutions, _idx):
+        return -((np.atleast_2d(solutions) - target) ** 2 / (space.high - space.low) ** 2).sum(1)
+
+    kw = dict(num_generations=40, num_parents_mating=10, sol_per_pop=20, num_genes=5, gene_space=space.as_dicts(),
+              fitness_func=fitness, fitness_batch_size=20, mutation_probability=0.2, crossover_probability=0.8,
+              random_seed=7, suppress_warnings=True)
+    runs = []
+    for cls in (pygad.GA, _PopulationGA):
+        ga = cls(**kw)
+        ga.run()
+        runs.append(ga)
+    assert np.array_equal(runs[0].population, runs[1].population)
+    assert np.array_equal(runs[0].best_solutions_fitness, runs[1].best_solutions_fitness)
+    assert runs[1].num_fitness_evaluations == 20 * 41  # every solution of every generation, in one call each
+
+
+def test_refinement_reports_every_step_in_order_and_ends_on_its_result(dapi_small):
+    I, xI, J, xJ = _rasters(dapi_small)
+    space = fill_gene_space(None, xI, xJ, mode="compatible")
+    fit = BatchedFitness(I.float(), xI, J.float(), xJ, kind="ncc", scale_floor=space.scale_floor)
+    events = []
+    genes, score = refine_genes(fit, np.array([5.0, 1.0, 1.0, 2.0, -2.0]), space, iterations=12,
+                                progress=events.append)
+    assert [e.step for e in events] == list(range(1, 13))
+    assert events[-1].value == pytest.approx(score) and np.allclose(events[-1].genes, genes)
+    assert all(b.value >= a.value for a, b in zip(events, events[1:]))  # the best so far never drops
