@@ -404,7 +404,7 @@ def common_energy(I: torch.Tensor, xI: list, J: torch.Tensor, xJ: list, A: torch
     return EM, ER
 
 
-def bench_lddmm(r: Rasters, um_per_px: float, *, iterations: int, device: torch.device, dtype: torch.dtype) -> None:
+def bench_lddmm(r: Rasters, section: Section, um_per_px: float, *, iterations: int, device: torch.device, dtype: torch.dtype) -> None:
     header(f"2. LDDMM iterations/s: run_lddmm vs STalign (stalign-modern) LDDMM, {str(dtype).replace('torch.', '')}, "
            "affine fixed at the true pose")
     I = torch.as_tensor(r.I, dtype=dtype, device=device)
@@ -426,7 +426,8 @@ def bench_lddmm(r: Rasters, um_per_px: float, *, iterations: int, device: torch.
     EM_0, ER_0 = common_energy(I, r.xI, J, r.xJ, A, torch.zeros_like(ours.v), ours.xv, a=a, sigmaM=sigmaM,
                                sigmaR=params["sigmaR"])
     print(f"common energy at the start (v = 0): {EM_0 + ER_0:.6g}")
-    rows = [("GALA Studio run_lddmm", iterations / t_ours, t_ours, ours.energy_history[-1][1], EM_o, ER_o)]
+    rows = [("GALA Studio run_lddmm", iterations / t_ours, t_ours, ours.energy_history[-1][1], EM_o, ER_o,
+             cell_error_px(section, ours.xv, ours.v, A))]
     try:
         from STalign import STalign as reference
         from STalign import __version__ as reference_version
@@ -447,11 +448,12 @@ def bench_lddmm(r: Rasters, um_per_px: float, *, iterations: int, device: torch.
         EM_r, ER_r = common_energy(I, r.xI, J, r.xJ, ref["A"], ref["v"], ref["xv"], a=a, sigmaM=sigmaM,
                                    sigmaR=params["sigmaR"])
         rows.append((f"STalign.LDDMM (stalign-modern {reference_version})", iterations / t_ref, t_ref, float("nan"),
-                     EM_r, ER_r))
+                     EM_r, ER_r, cell_error_px(section, ref["xv"], ref["v"], ref["A"])))
     print(f"{'implementation':42s} {'it/s':>7s} {'ms/it':>7s} {'time s':>7s} | {'own final E_M':>13s} | "
-          f"{'common E_M':>11s} {'E_R':>9s} {'E_M+E_R':>11s}")
-    for name, rate, t, own, EM, ER in rows:
-        print(f"{name:42s} {rate:7.2f} {1000 / rate:7.1f} {t:7.2f} | {own:13.6g} | {EM:11.6g} {ER:9.3g} {EM + ER:11.6g}")
+          f"{'common E_M':>11s} {'E_R':>9s} {'E_M+E_R':>11s} | {'cell err px':>11s}")
+    for name, rate, t, own, EM, ER, err in rows:
+        print(f"{name:42s} {rate:7.2f} {1000 / rate:7.1f} {t:7.2f} | {own:13.6g} | {EM:11.6g} {ER:9.3g} {EM + ER:11.6g} | "
+              f"{err:11.2f}")
     if len(rows) == 2:
         drop = [(EM_0 + ER_0) - (row[4] + row[5]) for row in rows]
         print(f"ratio (ours / STalign): {rows[0][1] / rows[1][1]:.2f}× iterations/s; final common energy "
@@ -462,7 +464,18 @@ def bench_lddmm(r: Rasters, um_per_px: float, *, iterations: int, device: torch.
           "  formula (uniform weights 0.5, least-squares contrast); 'own final E_M' is run_lddmm's last reported\n"
           "  matching energy (its EM weights). Model differences the reference's API cannot switch off: STalign\n"
           "  has a third (artifact) EM class (sigmaA=5), E-steps every 5 iterations, a ridge-regularised contrast\n"
-          "  fit and no step-size control; run_lddmm E-steps every iteration and halves epV when a step raises E.")
+          "  fit and no step-size control; run_lddmm E-steps every iteration and halves epV when a step raises E.\n"
+          "  'cell err px': median distance of all cells mapped back through (A, v) from their true image pixel;\n"
+          f"  {cell_error_px(section, ours.xv, torch.zeros_like(ours.v), A):.2f} px with v = 0 (A is the true pose): "
+          "any growth is the warp moving away from the truth.")
+
+
+def cell_error_px(section: Section, xv: list, v: torch.Tensor, A: torch.Tensor) -> float:
+    """Median distance (image px) of the section's cells mapped back through (A, v) from their true pixels."""
+    pts = torch.as_tensor(section.cells_um, dtype=A.dtype, device=A.device)
+    px = transform_points_target_to_source(xv, v, A, pts)
+    px = px.detach().cpu().numpy() if isinstance(px, torch.Tensor) else np.asarray(px)
+    return float(np.median(np.linalg.norm(px - section.cells_px, axis=1)))
 
 
 # ---------------------------------------------------------------------------------- 3. seed workload
@@ -498,12 +511,7 @@ def run_workload(n_cells: int, width: int, *, um_per_px: float, params: dict, de
                 **(extra or {}))
     sync(device)
     t_gala = time.perf_counter() - t_start
-    # sanity: cells mapped back into the image vs where they came from
-    px = transform_points_target_to_source(resu["xv"], resu["v"], resu["A"],
-                                           torch.as_tensor(section.cells_um, dtype=resu["A"].dtype,
-                                                           device=resu["A"].device))
-    px = px.detach().cpu().numpy() if isinstance(px, torch.Tensor) else np.asarray(px)
-    err_px = float(np.median(np.linalg.norm(px - section.cells_px, axis=1)))
+    err_px = cell_error_px(section, resu["xv"], resu["v"], resu["A"])  # sanity: cells mapped back vs their source
     out = dict(cells=n_cells, width=width, height=section.image.pixels.shape[0], reduce=r.reduce,
                shape_I=tuple(I.shape[1:]), shape_J=tuple(J.shape[1:]), synth=t_synth, rasterize=r.t_rasterize,
                feature=r.t_feature, scan=stage_t.get("scan", 0.0), ga=stage_t.get("ga", 0.0), refine=stage_t.get("refine", 0.0),
@@ -651,7 +659,7 @@ def main(argv: list[str] | None = None) -> None:
             bench_ga(r, generations_full=ga_gens_full, generations_level=ga_gens_level, pop=100, device=device,
                      dtype=dtype)
         if "lddmm" not in skip:
-            bench_lddmm(r, SEED_UM_PER_PX, iterations=lddmm_its, device=device, dtype=dtype)
+            bench_lddmm(r, section, SEED_UM_PER_PX, iterations=lddmm_its, device=device, dtype=dtype)
         del section, r
     if "seed" not in skip:
         bench_seed(seed_params, mode, device)

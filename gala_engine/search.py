@@ -247,9 +247,12 @@ def _vectorized_crossover(parents: np.ndarray, offspring_size: tuple, ga) -> np.
         first = np.arange(n_off) % n_par
         second = (first + 1) % n_par
     else:
-        eligible = rng.random_sample((n_off, n_par)) < prob
-        keys = np.where(eligible, rng.random_sample((n_off, n_par)), 2.0)
-        pick = np.argsort(keys, axis=1)[:, :2]
+        draw = rng.random_sample((n_off, n_par))
+        eligible = draw < prob
+        # an eligible parent's draw is uniform below prob: the two smallest are two distinct eligible parents
+        # in random order (argpartition puts the smallest first, the second smallest next)
+        keys = np.where(eligible, draw, 2.0)
+        pick = np.argpartition(keys, 1, axis=1)[:, :2] if n_par >= 2 else np.zeros((n_off, 2), dtype=int)
         eligible_count = eligible.sum(1)
         first = np.where(eligible_count == 0, np.arange(n_off) % n_par, pick[:, 0])
         second = np.where(eligible_count >= 2, pick[:, 1], first)
@@ -285,6 +288,13 @@ class _PopulationGA(pygad.GA):
                              f"for {len(self.population)} solutions")
         self.num_fitness_evaluations += len(values)
         return values
+
+    def sort_solutions_nsga2(self, fitness, find_best_solution=False):
+        """Best first, as pygad orders one objective (a stable ascending sort, reversed), by one numpy sort."""
+        values = np.asarray(fitness)
+        if values.ndim == 1 and values.dtype == np.float64:
+            return np.argsort(values, kind="stable")[::-1].tolist()
+        return super().sort_solutions_nsga2(fitness, find_best_solution=find_best_solution)
 
     def _validate_population_fitness(self, fitness, source, check_shape=True):
         """Our own batch (finite floats, checked above) needs no per-value check; anything else gets pygad's."""
