@@ -14,7 +14,7 @@ from .conftest import SCREENSHOTS
 pytestmark = pytest.mark.e2e
 expect.set_options(timeout=60_000)
 
-SHORT = {"num generations": "1500",  # a GA phase of several seconds (~3 ms a generation): the 1 s redraw sees it grow
+SHORT = {"num generations": "4000",  # a GA phase of several seconds (~1.3 ms a generation): the 1 s redraw sees it grow
          "sol per pop": "60", "ga restarts": "1", "refine iterations": "30",
          "num iterations": "20"}
 
@@ -53,6 +53,11 @@ def test_demo_run_viewer_download(page: Page, app_url: str, tmp_path):
         box = page.get_by_label(label, exact=True)
         box.fill(value)
         box.press("Tab")
+    page.get_by_role("button", name="Advanced GA settings").click()  # every generation: no early stop
+    box = page.get_by_label("ga patience", exact=True)
+    box.fill("0")
+    box.press("Tab")
+    page.keyboard.press("Escape")
     page.get_by_role("button", name="Start alignment").click()
 
     # the fitness curve gains points while the run is going

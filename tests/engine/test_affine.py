@@ -12,8 +12,8 @@ from gala_engine import AlignParams, GalaInputError, image_feature, normalize, r
 from gala_engine.affine import (
     affine_sample_grid,
     genes_to_matrix,
-    genes_to_theta,
     genes_to_matrix_np,
+    genes_to_theta,
     grid_centre,
     grid_points,
     matrix_to_genes,
