@@ -177,8 +177,8 @@ def sample_planar(image: torch.Tensor, x: list, points: torch.Tensor, padding: s
     """
     shape = points.shape[1:]
     scale, offset = _normalisation(x)
-    flat = points.reshape(2, -1)
-    grid = torch.stack([flat[1] * scale[0] + offset[0], flat[0] * scale[1] + offset[1]])  # (2, N): x=col, y=row
+    rows, cols = points.reshape(2, -1).unbind(0)  # one unbind: its gradient is one stack, not two zero-filled copies
+    grid = torch.stack([cols * scale[0] + offset[0], rows * scale[1] + offset[1]])  # (2, N): x=col, y=row
     out = F.grid_sample(image[None], grid.T.reshape(1, -1, 1, 2), mode="bilinear", padding_mode=padding,
                         align_corners=True)
     return out[0, :, :, 0].reshape(image.shape[0], *shape)

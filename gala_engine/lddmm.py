@@ -62,9 +62,9 @@ class LDDMMResult:
 def _backward_points(v: torch.Tensor, xv: list, X: torch.Tensor) -> torch.Tensor:
     """Points ``X = A⁻¹ y`` (target grid pulled back through the fixed affine), channel-first (2, H, W)
     → ``φ⁻¹(A⁻¹ y)``, channel-first (planar: every step is a whole-plane, vectorised operation)."""
-    nt = v.shape[0]
-    for t in reversed(range(nt)):  # 1/nt scales the small field, not the sampled one
-        X = X - sample_planar((v[t] / nt).permute(2, 0, 1), xv, X)
+    steps = (v / v.shape[0]).permute(0, 3, 1, 2).unbind(0)  # 1/nt scales the small field, not the sampled one
+    for vt in reversed(steps):
+        X = X - sample_planar(vt, xv, X)
     return X
 
 
@@ -149,13 +149,19 @@ def run_lddmm(
     was_stopped = False
 
     def energies(vel: torch.Tensor):
+        """Total, matching (differentiable in ``vel``) and regularisation energies, and the deformed source."""
         X = _backward_points(vel, xv, start_points)
         AI = sample_planar(I, xI, X, padding="border")
         fAI = c0[:, None, None] + c1[:, None, None] * AI
         EM = (WM * (fAI - J) ** 2).sum() / (2.0 * sigmaM**2)
-        vhat = torch.fft.fftn(vel, dim=(1, 2))
-        ER = (vhat.abs() ** 2 * LL[None, :, :, None]).sum() * reg_scale
+        with torch.no_grad():  # its gradient is in closed form (below): no autograd through the FFT
+            vhat = torch.fft.fftn(vel, dim=(1, 2))
+            ER = ((vhat.real.square() + vhat.imag.square()) * LL[None, :, :, None]).sum() * reg_scale
         return EM + ER, EM, ER, AI
+
+    # ER = reg_scale·Σ LL·|v̂|², so ∂ER/∂v = 2·N·reg_scale·ifft(LL·v̂) and, preconditioned by K = 1/LL, simply
+    # 2·N·reg_scale·v (N = velocity grid points; torch's unnormalised forward FFT)
+    reg_grad_scale = 2.0 * shape[1] * shape[2] * reg_scale
 
     for it in range(int(num_iterations)):
         with torch.no_grad():
@@ -171,16 +177,16 @@ def run_lddmm(
                 v.copy_(prev_v)
             step *= 0.5
             E, EM, ER, AI = energies(v)
-        prev_energy = E.item()
         v.grad = None
-        E.backward()
-        history.append([E.item(), EM.item(), ER.item()])
-        emit(progress, ProgressEvent("lddmm", it + 1, int(num_iterations), E.item(), None, repeat,
-                                     {"matching": EM.item(), "regularisation": ER.item(), "step": step}))
+        EM.backward()
+        history.append(torch.stack([E, EM, ER]).tolist())  # one device → host copy per iteration
+        prev_energy = history[-1][0]
+        emit(progress, ProgressEvent("lddmm", it + 1, int(num_iterations), history[-1][0], None, repeat,
+                                     {"matching": history[-1][1], "regularisation": history[-1][2], "step": step}))
         with torch.no_grad():
             prev_v = v.detach().clone()
             grad = torch.fft.ifftn(torch.fft.fftn(v.grad, dim=(1, 2)) * K[None, :, :, None], dim=(1, 2)).real
-            v -= step * grad
+            v -= step * (grad + reg_grad_scale * v)
             AI = AI.detach()
             if contrast:
                 c0, c1 = _fit_contrast(AI, J, WM)
