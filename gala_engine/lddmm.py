@@ -59,13 +59,21 @@ class LDDMMResult:
     stopped: bool = False
 
 
-def _backward_points(v: torch.Tensor, xv: list, X: torch.Tensor) -> torch.Tensor:
-    """Points ``X = A⁻¹ y`` (target grid pulled back through the fixed affine), channel-first (2, H, W)
-    → ``φ⁻¹(A⁻¹ y)``, channel-first (planar: every step is a whole-plane, vectorised operation)."""
-    steps = (v / v.shape[0]).permute(0, 3, 1, 2).unbind(0)  # 1/nt scales the small field, not the sampled one
-    for vt in reversed(steps):
-        X = X - sample_planar(vt, xv, X)
-    return X
+def backward_shift(v: torch.Tensor, xv: list, XV: torch.Tensor | None = None) -> torch.Tensor:
+    """``φ⁻¹ − id`` on the velocity grid ``xv``, channel-first (2, n_r, n_c), for velocities ``v`` (nt, n_r, n_c, 2).
+
+    Semi-Lagrangian steps ``φ⁻¹ ← φ⁻¹ ∘ (id − v_t/nt)`` for t = 0 … nt−1, each one interpolation of the
+    displacement at the grid's own points (a point meets the last time step first). The velocity grid is
+    several times coarser than a target raster and ``v`` is smooth on its scale, so LDDMM and the point /
+    image transforms integrate here once and interpolate the displacement where they need it.
+    ``XV``: the grid's points (2, n_r, n_c), if already built.
+    """
+    if XV is None:
+        XV = grid_points(xv, dtype=v.dtype, device=v.device).permute(2, 0, 1)
+    shift = torch.zeros_like(XV)
+    for vt in (v / v.shape[0]).permute(0, 3, 1, 2).unbind(0):
+        shift = sample_planar(shift, xv, XV - vt) - vt
+    return shift
 
 
 def _fit_contrast(AI: torch.Tensor, J: torch.Tensor, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,6 +140,7 @@ def run_lddmm(
     Ainv = torch.linalg.inv(A)  # A is fixed here: pull J's grid back through it once
     start_points = (grid_points(xJ, dtype=dtype, device=device) @ Ainv[:2, :2].T + Ainv[:2, 2]).permute(2, 0, 1)
     start_points = start_points.contiguous()
+    velocity_points = grid_points(xv, dtype=dtype, device=device).permute(2, 0, 1).contiguous()
     sigmaM = float(J.std()) if sigmaM is None else float(sigmaM)
     sigmaB = float(J.std()) if sigmaB is None else float(sigmaB)
     sigmaM, sigmaB = max(sigmaM, 1e-6), max(sigmaB, 1e-6)
@@ -150,7 +159,7 @@ def run_lddmm(
 
     def energies(vel: torch.Tensor):
         """Total, matching (differentiable in ``vel``) and regularisation energies, and the deformed source."""
-        X = _backward_points(vel, xv, start_points)
+        X = start_points + sample_planar(backward_shift(vel, xv, velocity_points), xv, start_points)
         AI = sample_planar(I, xI, X, padding="border")
         fAI = c0[:, None, None] + c1[:, None, None] * AI
         EM = (WM * (fAI - J) ** 2).sum() / (2.0 * sigmaM**2)

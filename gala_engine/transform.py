@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .affine import grid_points, sample
+from .lddmm import backward_shift
 
 
 def _as_tensors(xv, v, A, points):
@@ -24,45 +25,39 @@ def _as_tensors(xv, v, A, points):
     return xv, v_t, A_t, P, is_numpy
 
 
-def _velocity_at(v_t: torch.Tensor, xv: list, P: torch.Tensor) -> torch.Tensor:
-    return sample(v_t.permute(2, 0, 1), xv, P).permute(*range(1, P.ndim), 0)
+def _shift_at(shift: torch.Tensor, xv: list, P: torch.Tensor) -> torch.Tensor:
+    """The backward displacement (2, n_r, n_c) on the velocity grid, interpolated at (…, 2) points → (…, 2)."""
+    return sample(shift, xv, P).permute(*range(1, P.ndim), 0)
 
 
 def _return(P: torch.Tensor, is_numpy: bool):
     return P.detach().cpu().numpy() if is_numpy else P
 
 
-def transform_points_source_to_target(xv, v, A, points, *, fixed_point_iterations: int = 5):
-    """Source points (image pixels, row/col) → target (µm, row/col): flow forward, then ``A``.
+def transform_points_source_to_target(xv, v, A, points, *, fixed_point_iterations: int = 10):
+    """Source points (image pixels, row/col) → target (µm, row/col): the flow forward, then ``A``.
 
-    Each time step solves ``Q = P + v_t(Q)/nt`` by fixed-point iteration (started from the plain Euler
-    step ``P + v_t(P)/nt``), so this map is the exact inverse of the backward steps that LDDMM fits
-    and that :func:`transform_points_target_to_source` applies; ``fixed_point_iterations=0`` gives the
-    plain Euler step of the published code.
+    The forward flow is the inverse of the backward map that LDDMM fits and that
+    :func:`transform_points_target_to_source` applies, ``φ⁻¹(Q) = Q + s(Q)`` (``s`` from
+    :func:`lddmm.backward_shift`): ``Q`` solves ``Q = P − s(Q)`` by fixed-point iteration from
+    ``Q = P − s(P)`` (``fixed_point_iterations=0``: that first-order step only).
     """
     xv, v, A, P, is_numpy = _as_tensors(xv, v, A, points)
-    nt = v.shape[0]
-    for t in range(nt):
-        Q = P + _velocity_at(v[t], xv, P) / nt
-        for _ in range(fixed_point_iterations):
-            Q = P + _velocity_at(v[t], xv, Q) / nt
-        P = Q
-    P = P @ A[:2, :2].T + A[:2, 2]
-    return _return(P, is_numpy)
+    shift = backward_shift(v, xv)
+    Q = P - _shift_at(shift, xv, P)
+    for _ in range(fixed_point_iterations):
+        Q = P - _shift_at(shift, xv, Q)
+    Q = Q @ A[:2, :2].T + A[:2, 2]
+    return _return(Q, is_numpy)
 
 
 def transform_points_target_to_source(xv, v, A, points):
-    """Target points (µm, row/col) → source (image pixels, row/col): ``A⁻¹``, then the flow backward.
-
-    The backward steps run from the last time step to the first, the exact inverse order of the
-    forward map (the published code steps in the forward order; the two differ at second order in v).
-    """
+    """Target points (µm, row/col) → source (image pixels, row/col): ``A⁻¹``, then the backward map
+    ``φ⁻¹`` exactly as LDDMM evaluates it (integrated on the velocity grid, :func:`lddmm.backward_shift`)."""
     xv, v, A, P, is_numpy = _as_tensors(xv, v, A, points)
     Ainv = torch.linalg.inv(A)
     P = P @ Ainv[:2, :2].T + Ainv[:2, 2]
-    nt = v.shape[0]
-    for t in reversed(range(nt)):
-        P = P - _velocity_at(v[t], xv, P) / nt
+    P = P + _shift_at(backward_shift(v, xv), xv, P)
     return _return(P, is_numpy)
 
 
