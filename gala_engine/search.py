@@ -176,7 +176,7 @@ class BatchedFitness:
         self.cI = torch.as_tensor(grid_centre(xI), dtype=I.dtype, device=I.device)
         self.cJ = torch.as_tensor(grid_centre(xJ), dtype=I.dtype, device=I.device)
         self.scale_floor = scale_floor
-        self.max_log_aniso = None if not max_anisotropy else math.log(max_anisotropy)
+        self.max_anisotropy = max_anisotropy or None
         self.padding = "border" if kind == "sse" else "zeros"
         self._ncc_target = None if kind == "sse" else _NCCTarget.of(J, kind)  # computed once
         pixels = scored_pixels(J, kind)
@@ -202,15 +202,15 @@ class BatchedFitness:
 
     def __call__(self, genes: torch.Tensor) -> torch.Tensor:
         genes = genes.to(self.I.dtype)
-        ok = (genes[:, 1].abs() >= self.scale_floor) & (genes[:, 2].abs() >= self.scale_floor)
-        if self.max_log_aniso is not None:
-            ratio = torch.log(genes[:, 1].abs().clamp_min(1e-12) / genes[:, 2].abs().clamp_min(1e-12))
-            ok = ok & (ratio.abs() <= self.max_log_aniso)
+        scales = genes[:, 1:3]
+        size = scales.abs()
+        ok = (size >= self.scale_floor).all(1)
+        if self.max_anisotropy is not None:
+            ratio = size[:, 0] / size[:, 1]  # inf / nan where a scale is 0: not ok either way
+            ok = ok & (ratio <= self.max_anisotropy) & (ratio >= 1.0 / self.max_anisotropy)
         # invalid scales → 1 (A stays invertible; these solutions get the worst score below), without a
         # boolean-mask assignment: no host sync on a GPU
-        scale_cols = torch.zeros(5, dtype=torch.bool, device=genes.device)
-        scale_cols[1:3] = True  # the genes sy, sx
-        safe = torch.where(~ok[:, None] & scale_cols, torch.ones_like(genes), genes)
+        safe = torch.cat([genes[:, :1], torch.where(ok[:, None], scales, 1.0), genes[:, 3:]], 1)
         theta = genes_to_theta(safe, self.xI, self.xJ)
         score = torch.cat([self._score(self._resample(part)) for part in theta.split(self.chunk)])
         return torch.where(ok, score, 0.0 if self.kind == "sse" else -1.0)  # the worst score of each kind
