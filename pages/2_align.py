@@ -36,7 +36,7 @@ def live() -> None:
     job = state.get(state.JOB)
     if job is None:
         st.caption("No run yet: set the parameters and press **Start alignment**. "
-                   "A default run on the MERFISH demo takes about 4 s on an idle 2-core CPU.")
+                   "A default run on the MERFISH demo takes about 3 s on an idle 2-core CPU.")
         return
     snap, job_data = job.snapshot(), job.context
     head = st.columns(3)
