@@ -96,77 +96,43 @@ def sample(image: torch.Tensor, x: list, points: torch.Tensor, padding: str = "z
 @lru_cache(maxsize=64)
 def _half_and_mid(ends: tuple, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
     """Half-extents and midpoints of the source and target axes, made once per grid pair and device
-    (the GA calls :func:`normalised_theta` every generation: no host→device copy each time)."""
+    (the GA calls :func:`genes_to_theta` every generation: no host→device copy each time)."""
     half = torch.tensor([(hi - lo) / 2.0 for lo, hi in ends], dtype=dtype, device=device)
     mid = torch.tensor([(hi + lo) / 2.0 for lo, hi in ends], dtype=dtype, device=device)
     return half[:2], mid[:2], half[2:], mid[2:]
 
 
-def normalised_theta(A: torch.Tensor, xI: list, xJ: list) -> torch.Tensor:
-    """(P, 3, 3) source → target matrices → (P, 2, 3) ``F.affine_grid`` matrices.
+def genes_to_theta(genes: torch.Tensor, xI: list, xJ: list, cI: torch.Tensor, cJ: torch.Tensor) -> torch.Tensor:
+    """(P, 5) genes → (P, 2, 3) ``F.affine_grid`` matrices: each maps the target grid's normalised (x=col, y=row)
+    in [-1, 1] (``align_corners=True``: ±1 are the first/last pixel centres) to the source's, so sampling there is
+    sampling at ``A⁻¹·y`` (``A = genes_to_matrix(genes, cI, cJ)``) without any physical coordinate tensor.
+    Axes must be uniformly spaced.
 
-    Each maps the target grid's normalised (x=col, y=row) in [-1, 1] (``align_corners=True``: ±1 are the
-    first/last pixel centres) to the source's normalised coordinates: the axis scalings are folded into
-    the inverse affine, so no physical coordinate tensor is ever built. Axes must be uniformly spaced.
+    ``cI``, ``cJ``: the centres the genes are defined against (the full grids' centres, also when ``xI``/``xJ``
+    are a pooled level's grids). With ``L = R·diag(sy, sx)``, ``L⁻¹ = diag(1/sy, 1/sx)·Rᵀ``: a target normalised
+    ``u`` maps to the source normalised ``(L⁻¹·(mid_J + half_J·u − cJ − t) + cI − mid_I) / half_I`` — a handful
+    of element-wise ops per population (the GA's fitness calls this every generation). Differentiable.
     """
     ends = tuple((float(x[0]), float(x[-1])) for x in (*xI, *xJ))
-    half_i, mid_i, half_j, mid_j = _half_and_mid(ends, A.dtype, A.device)
-    # inverse of [[L, T], [0, 1]] in closed form (2×2): cheaper and differentiable for a batch
-    L, T = A[..., :2, :2], A[..., :2, 2]
-    det = L[..., 0, 0] * L[..., 1, 1] - L[..., 0, 1] * L[..., 1, 0]
-    Linv = torch.stack([torch.stack([L[..., 1, 1], -L[..., 0, 1]], -1),
-                        torch.stack([-L[..., 1, 0], L[..., 0, 0]], -1)], -2) / det[..., None, None]
-    # source normalised (row, col) = M · target normalised (row, col) + t
-    M = Linv * half_j / half_i[:, None]
-    t = ((Linv @ (mid_j - T).unsqueeze(-1)).squeeze(-1) - mid_i) / half_i
-    # affine_grid works in (x, y) = (col, row): reverse both axes
-    return torch.cat([M.flip(-1).flip(-2), t.flip(-1).unsqueeze(-1)], -1)
-
-
-def genes_to_theta(genes: torch.Tensor, xI: list, xJ: list) -> torch.Tensor:
-    """(P, 5) genes → (P, 2, 3) normalised target → source matrices in ``grid_sample``'s (x=col, y=row) order:
-    the same numbers as ``normalised_theta(genes_to_matrix(genes, cI, cJ), xI, xJ)``, in closed form.
-
-    With ``L = R·diag(sy, sx)``, ``L⁻¹ = diag(1/sy, 1/sx)·Rᵀ``, and a uniform grid's centre is its midpoint, so
-    a target normalised ``u`` maps to the source normalised ``L⁻¹·(half_J·u − t) / half_I``: a handful of
-    element-wise ops per population (the GA's fitness calls this every generation). Differentiable.
-    """
-    ends = tuple((float(x[0]), float(x[-1])) for x in (*xI, *xJ))
-    half_i, _, half_j, _ = _half_and_mid(ends, genes.dtype, genes.device)
+    half_i, mid_i, half_j, mid_j = _half_and_mid(ends, genes.dtype, genes.device)
     theta = torch.deg2rad(genes[:, 0])
     cos, sin = torch.cos(theta), torch.sin(theta)
     # rows of L⁻¹ (row, col order): [cos, sin] / sy and [-sin, cos] / sx; then the axis scalings
     inv = torch.stack([torch.stack([cos, sin], -1) / genes[:, 1, None],
                        torch.stack([-sin, cos], -1) / genes[:, 2, None]], -2)  # (P, 2, 2)
     M = inv * (half_j / half_i[:, None])
-    t = -(inv @ genes[:, 3:5, None]).squeeze(-1) / half_i
+    t = ((inv @ (mid_j - cJ - genes[:, 3:5])[:, :, None]).squeeze(-1) + cI - mid_i) / half_i
     # grid_sample works in (x, y) = (col, row): reverse both axes
     return torch.cat([M.flip(-1).flip(-2), t.flip(-1).unsqueeze(-1)], -1)
 
 
-def normalised_target_points(x: list, index: torch.Tensor | None = None, *, dtype=torch.float32,
-                             device=None) -> torch.Tensor:
-    """(2, N) normalised (x=col, y=row) coordinates in [-1, 1] of the pixels of grid ``x`` (all, row-major, or
-    those at the flat ``index``)."""
+def normalised_target_points(x: list, index: torch.Tensor, *, dtype=torch.float32, device=None) -> torch.Tensor:
+    """(2, N) normalised (x=col, y=row) coordinates in [-1, 1] of the pixels of grid ``x`` at the flat (row-major)
+    ``index``."""
     H, W = len(x[0]), len(x[1])
     ys = torch.linspace(-1.0, 1.0, H, dtype=dtype, device=device)
     xs = torch.linspace(-1.0, 1.0, W, dtype=dtype, device=device)
-    uv = torch.stack([xs.expand(H, W), ys[:, None].expand(H, W)]).reshape(2, -1)
-    return uv if index is None else uv[:, index]
-
-
-def affine_sample_grid(theta: torch.Tensor, H: int, W: int) -> torch.Tensor:
-    """``F.affine_grid(theta, (P, ·, H, W), align_corners=True)`` (same numbers) → (P, H, W, 2).
-
-    Built as one broadcast add of a per-column and a per-row term in a (P, H, 2, W) layout and returned as
-    a transposed view, which ``grid_sample`` reads as is: on a CPU ~40× cheaper than ``affine_grid``'s
-    K=3 batched matmul, which dominated the GA's fitness.
-    """
-    xs = torch.linspace(-1.0, 1.0, W, dtype=theta.dtype, device=theta.device)
-    ys = torch.linspace(-1.0, 1.0, H, dtype=theta.dtype, device=theta.device)
-    by_col = theta[:, None, :, 0, None] * xs + theta[:, None, :, 2, None]  # (P, 1, 2, W)
-    by_row = theta[:, None, :, 1, None] * ys[None, :, None, None]  # (P, H, 2, 1)
-    return (by_col + by_row).transpose(2, 3)
+    return torch.stack([xs.expand(H, W), ys[:, None].expand(H, W)]).reshape(2, -1)[:, index]
 
 
 def sample_planar(image: torch.Tensor, x: list, points: torch.Tensor, padding: str = "zeros") -> torch.Tensor:
@@ -182,23 +148,3 @@ def sample_planar(image: torch.Tensor, x: list, points: torch.Tensor, padding: s
     out = F.grid_sample(image[None], grid.T.reshape(1, -1, 1, 2), mode="bilinear", padding_mode=padding,
                         align_corners=True)
     return out[0, :, :, 0].reshape(image.shape[0], *shape)
-
-
-def resample_batch(
-    I: torch.Tensor, xI: list, A: torch.Tensor, xJ: list, shape: tuple[int, int], padding: str = "zeros",
-    *, theta: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Resample source ``I`` (C, H, W) through each of ``A`` (P, 3, 3) onto the target grid ``xJ`` of
-    ``shape`` (H', W') → (P, C, H', W').
-
-    One sampling-grid build + one ``grid_sample`` call for the whole batch (the grid comes straight from
-    the 2×3 normalised matrices; pass ``theta`` = :func:`normalised_theta` to skip recomputing them).
-    Callers with large populations chunk P to bound the working set.
-    """
-    if theta is None:
-        theta = normalised_theta(A, xI, xJ)
-    P, (H, W), C = theta.shape[0], shape, I.shape[0]
-    grid = affine_sample_grid(theta.to(I.dtype), H, W)
-    out = F.grid_sample(I[None], grid.reshape(1, P * H, W, 2), mode="bilinear", padding_mode=padding,
-                        align_corners=True)
-    return out.reshape(C, P, H, W).transpose(0, 1)

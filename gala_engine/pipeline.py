@@ -44,11 +44,8 @@ def _check_raster(name: str, R, x) -> np.ndarray:
 
 def _fitness(I, xI_level, J, xJ_level, p: AlignParams, space, xI, xJ) -> BatchedFitness:
     """Fitness on one resolution level; genes stay defined relative to the full grids' centres."""
-    fit = BatchedFitness(I, xI_level, J, xJ_level, kind=p.fitness, scale_floor=space.scale_floor,
-                         max_anisotropy=p.max_anisotropy)
-    fit.cI = torch.as_tensor(grid_centre(xI), dtype=I.dtype, device=I.device)
-    fit.cJ = torch.as_tensor(grid_centre(xJ), dtype=I.dtype, device=I.device)
-    return fit
+    return BatchedFitness(I, xI_level, J, xJ_level, kind=p.fitness, scale_floor=space.scale_floor,
+                          max_anisotropy=p.max_anisotropy, centres=(grid_centre(xI), grid_centre(xJ)))
 
 
 def _axes(x) -> list[np.ndarray]:

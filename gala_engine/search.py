@@ -112,7 +112,7 @@ def score_batch(AI: torch.Tensor, J: torch.Tensor, kind: str = "ncc") -> torch.T
         return 1.0 / (1.0 + ((AI - J) ** 2).flatten(1).sum(1))
     if kind not in FITNESS_KINDS:
         raise GalaInputError(f"Unknown fitness {kind!r}; use one of {FITNESS_KINDS}.")
-    target = _NCCTarget.of(J.to(AI.dtype), kind)
+    target = _NCCTarget.of(J.to(AI.dtype), scored_pixels(J, kind))
     return _ncc(AI.flatten(1)[:, target.index], target)
 
 
@@ -137,8 +137,8 @@ class _NCCTarget:
     jj: torch.Tensor
 
     @classmethod
-    def of(cls, J: torch.Tensor, kind: str) -> _NCCTarget:
-        pixels = scored_pixels(J, kind)
+    def of(cls, J: torch.Tensor, pixels: torch.Tensor) -> _NCCTarget:
+        """The target side for the flat pixel indices ``pixels`` (:func:`scored_pixels`) of every channel."""
         plane = J.shape[1] * J.shape[2]
         index = (torch.arange(J.shape[0], device=J.device)[:, None] * plane + pixels).flatten()
         j = J.flatten()[index]
@@ -169,17 +169,20 @@ class BatchedFitness:
     """
 
     def __init__(self, I: torch.Tensor, xI: list, J: torch.Tensor, xJ: list, *, kind: str, scale_floor: float,
-                 max_anisotropy: float | None = None, chunk: int | None = None):
+                 max_anisotropy: float | None = None, chunk: int | None = None,
+                 centres: tuple[np.ndarray, np.ndarray] | None = None):
         if kind not in FITNESS_KINDS:
             raise GalaInputError(f"Unknown fitness {kind!r}; use one of {FITNESS_KINDS}.")
         self.I, self.xI, self.J, self.xJ, self.kind = I, xI, J, xJ, kind
-        self.cI = torch.as_tensor(grid_centre(xI), dtype=I.dtype, device=I.device)
-        self.cJ = torch.as_tensor(grid_centre(xJ), dtype=I.dtype, device=I.device)
+        # the (source, target) centres the genes are defined against: the full grids' on a pooled level
+        cI, cJ = centres if centres is not None else (grid_centre(xI), grid_centre(xJ))
+        self.cI = torch.as_tensor(cI, dtype=I.dtype, device=I.device)
+        self.cJ = torch.as_tensor(cJ, dtype=I.dtype, device=I.device)
         self.scale_floor = scale_floor
         self.max_anisotropy = max_anisotropy or None
         self.padding = "border" if kind == "sse" else "zeros"
-        self._ncc_target = None if kind == "sse" else _NCCTarget.of(J, kind)  # computed once
         pixels = scored_pixels(J, kind)
+        self._ncc_target = None if kind == "sse" else _NCCTarget.of(J, pixels)  # computed once
         self._j = J.flatten(1)[:, pixels].flatten()
         self._points = normalised_target_points(xJ, pixels, dtype=I.dtype, device=I.device)  # (2, N)
         per_solution = J.shape[0] * pixels.numel()
@@ -211,7 +214,7 @@ class BatchedFitness:
         # invalid scales → 1 (A stays invertible; these solutions get the worst score below), without a
         # boolean-mask assignment: no host sync on a GPU
         safe = torch.cat([genes[:, :1], torch.where(ok[:, None], scales, 1.0), genes[:, 3:]], 1)
-        theta = genes_to_theta(safe, self.xI, self.xJ)
+        theta = genes_to_theta(safe, self.xI, self.xJ, self.cI, self.cJ)
         score = torch.cat([self._score(self._resample(part)) for part in theta.split(self.chunk)])
         return torch.where(ok, score, 0.0 if self.kind == "sse" else -1.0)  # the worst score of each kind
 

@@ -10,15 +10,12 @@ import torch.nn.functional as F
 
 from gala_engine import AlignParams, GalaInputError, image_feature, normalize, rasterize
 from gala_engine.affine import (
-    affine_sample_grid,
     genes_to_matrix,
     genes_to_matrix_np,
     genes_to_theta,
     grid_centre,
     grid_points,
     matrix_to_genes,
-    normalised_theta,
-    resample_batch,
     sample,
 )
 from gala_engine.search import BatchedFitness, _PopulationGA, fill_gene_space, refine_genes, run_ga, score_batch
@@ -101,27 +98,30 @@ def test_params_validate_and_round_trip():
         AlignParams(sol_per_pop=1)
 
 
-def test_sampling_grid_from_normalised_matrices_matches_physical_coordinates():
-    """The GA's grid (2×3 normalised matrices, broadcast build) samples where A⁻¹ sends J's pixel centres."""
+def _resampled(I: torch.Tensor, xI: list, A: torch.Tensor, xJ: list, padding: str) -> torch.Tensor:
+    """The slow, physical reference: each source sampled where A⁻¹ sends J's pixel centres → (P, C, H, W)."""
+    pts = grid_points(xJ, dtype=A.dtype)
+    out = []
+    for Ap in A:
+        Ainv = torch.linalg.inv(Ap)
+        out.append(sample(I.to(A.dtype), xI, pts @ Ainv[:2, :2].T + Ainv[:2, 2], padding=padding))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("shift", [(0.0, 0.0, 0.0, 0.0), (-2.5, -3.0, -75.0, 40.0)])
+def test_theta_from_genes_samples_where_the_inverse_matrix_sends_the_target_pixels(shift):
+    """The GA's closed-form 2×3 matrices sample at A⁻¹·y — also when the genes' centres are not the grids'
+    midpoints (a pooled GA level keeps the full grids' centres)."""
     I = torch.rand(2, 50, 80, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
-    genes = torch.tensor([[37.5, 0.8, -0.6, 12.0, -40.0], [-135.0, 2.0, 1.5, -3.0, 7.0]], dtype=torch.float64)
-    A = genes_to_matrix(genes, torch.tensor(grid_centre(XI)), torch.tensor(grid_centre(XJ)))
-    theta = normalised_theta(A, XI, XJ)
-    H, W = len(XJ[0]), len(XJ[1])
-    assert torch.allclose(affine_sample_grid(theta, H, W), F.affine_grid(theta, [2, 1, H, W], align_corners=True))
-    fast = resample_batch(I, XI, A, XJ, (H, W), padding="zeros")
-    pts = grid_points(XJ, dtype=torch.float64)
-    for p in range(2):
-        Ainv = torch.linalg.inv(A[p])
-        slow = sample(I, XI, pts @ Ainv[:2, :2].T + Ainv[:2, 2], padding="zeros")
-        assert torch.allclose(fast[p], slow, atol=1e-10)
-
-
-def test_closed_form_theta_from_genes_equals_the_inverted_matrix():
     genes = torch.tensor([[37.5, 0.8, -0.6, 12.0, -40.0], [-135.0, 2.0, 1.5, -3.0, 7.0], [0.0, 1.0, 1.0, 0.0, 0.0]],
                          dtype=torch.float64)
-    A = genes_to_matrix(genes, torch.tensor(grid_centre(XI)), torch.tensor(grid_centre(XJ)))
-    assert torch.allclose(genes_to_theta(genes, XI, XJ), normalised_theta(A, XI, XJ), atol=1e-12)
+    cI = torch.tensor(grid_centre(XI) + shift[:2])
+    cJ = torch.tensor(grid_centre(XJ) + shift[2:])
+    theta = genes_to_theta(genes, XI, XJ, cI, cJ)
+    H, W = len(XJ[0]), len(XJ[1])
+    grid = F.affine_grid(theta, [3, 2, H, W], align_corners=True)
+    fast = F.grid_sample(I.expand(3, -1, -1, -1), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    assert torch.allclose(fast, _resampled(I, XI, genes_to_matrix(genes, cI, cJ), XJ, "zeros"), atol=1e-10)
 
 
 def test_support_fitness_resamples_only_the_cells_support(dapi_small):
@@ -141,9 +141,9 @@ def test_fitness_does_not_depend_on_the_chunk_size_and_matches_score_batch(dapi_
     scores = [BatchedFitness(I, xI, J, xJ, kind=kind, scale_floor=space.scale_floor, chunk=c)(pop) for c in (1, 4, 64)]
     assert torch.allclose(scores[0], scores[1], atol=1e-6) and torch.allclose(scores[0], scores[2], atol=1e-6)
     fit = BatchedFitness(I, xI, J, xJ, kind=kind, scale_floor=0.0)
-    A = genes_to_matrix(pop.float(), fit.cI, fit.cJ)
-    reference = score_batch(resample_batch(I, xI, A, xJ, tuple(J.shape[1:]), fit.padding), J, kind)
-    assert torch.allclose(fit(pop), reference, atol=1e-5)
+    A = genes_to_matrix(pop, fit.cI.double(), fit.cJ.double())
+    reference = score_batch(_resampled(I, xI, A, xJ, fit.padding), J.double(), kind)
+    assert torch.allclose(fit(pop).double(), reference, atol=1e-5)
 
 
 def test_vectorised_ga_operators_stay_in_range_are_seeded_and_patience_stops_early():
