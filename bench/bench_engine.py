@@ -380,20 +380,14 @@ def common_energy(I: torch.Tensor, xI: list, J: torch.Tensor, xJ: list, A: torch
                   *, a: float, sigmaM: float, sigmaR: float, p: float = 2.0) -> tuple[float, float]:
     """One yardstick for both LDDMM results: the matching energy with the initial (uniform 0.5) weights and
     the least-squares linear contrast, Σ 0.5 (c0 + c1·AI − J)² / (2σM²), and the regularisation energy
-    (the same formula in both codes). AI samples I at the backward map of (A, v) on J's grid, in float64."""
-    from gala_engine.affine import grid_points, sample
+    (the same formula in both codes). AI samples I, in float64, where the engine's exported backward map of
+    (A, v) (``transform_points_target_to_source``) sends J's grid."""
     from gala_engine.lddmm import smoothing_operator
 
     dd = torch.float64
     I, J, A, v = I.to(dd).cpu(), J.to(dd).cpu(), A.to(dd).cpu(), v.to(dd).cpu()
     xv = [np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64) for x in xv]
-    X = grid_points(xJ, dtype=dd)
-    Ainv = torch.linalg.inv(A)
-    X = X @ Ainv[:2, :2].T + Ainv[:2, 2]
-    nt = v.shape[0]
-    for t in reversed(range(nt)):  # both codes pull back from the last time step to the first
-        X = X - sample(v[t].permute(2, 0, 1), xv, X).permute(1, 2, 0) / nt
-    AI = sample(I, xI, X, padding="border")
+    AI = sample(I, xI, transform_points_target_to_source(xv, v, A, grid_points(xJ, dtype=dd)), padding="border")
     design = torch.stack([torch.ones_like(AI[0]).flatten(), AI[0].flatten()], 1)
     coef = torch.linalg.lstsq(design, J[0].flatten()[:, None]).solution
     EM = float((0.5 * (design @ coef - J[0].flatten()[:, None]) ** 2).sum() / (2 * sigmaM**2))
