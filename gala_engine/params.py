@@ -48,7 +48,7 @@ class AlignParams:
     muB: float | None = _p(None, "Background intensity of the target (None = estimated).", "lddmm")
     nt: int = _p(3, "Time steps integrating the velocity field.", "lddmm", min=1)
     contrast: bool = _p(True, "Fit a linear contrast between the rasters at each LDDMM step.", "lddmm")
-    lddmm_patience: int = _p(100, "Early stop: end LDDMM once the energy fell by less than lddmm_tol (relative) over this many iterations (0 = off: all iterations run, as published). On the seed-sized benchmark with the tutorial's 2000 iterations, stopping at the plateau was 10× faster and closer to the true warp (1.3 vs 2.4 px): the last iterations only fit noise.", "lddmm", min=0)
+    lddmm_patience: int = _p(100, "Early stop: end LDDMM once the energy fell by less than lddmm_tol (relative) over this many iterations (0 = off: all iterations run, as published). On the seed-sized benchmark with the tutorial's 2000 iterations, stopping at the plateau was 10× faster and closer to the true warp (1.3 vs 2.3 px): the last iterations only fit noise.", "lddmm", min=0)
     lddmm_coarse: int = _p(1, "Coarse-to-fine LDDMM: run the first lddmm_coarse_fraction of the iterations on rasters pooled by this factor (matching noise scaled so the data term keeps its weight), then the rest at full resolution on the same velocity grid (1 = off, as published).", "lddmm", min=1)
     lddmm_coarse_fraction: float = _p(0.75, "Share of the LDDMM iterations run at the coarse level (only with lddmm_coarse > 1).", "lddmm", min=0.0, max=1.0)
     lddmm_tol: float = _p(1e-4, "Relative energy decrease over lddmm_patience iterations below which LDDMM stops (only with lddmm_patience > 0).", "lddmm", min=0.0)
