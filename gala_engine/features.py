@@ -167,17 +167,23 @@ def _channel(kind: str, pixels: np.ndarray, gray: np.ndarray, cache: dict) -> np
     return optical_density(rgb, stains.background).sum(-1)  # "tissue": all stain
 
 
-def tissue_extent(I: np.ndarray, xI: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Bounding box of the tissue in a feature raster, by Otsu's threshold on a smoothed copy.
-
-    Returns ``(lo, hi)`` as (row, col) coordinates in the units of ``xI``; the whole grid when no
-    clear foreground is found.
-    """
+def tissue_mask(I: np.ndarray) -> np.ndarray:
+    """(h, w) float32 tissue mask of a feature raster (C, h, w): Otsu's threshold on a smoothed sum of the
+    channels, softened by a 1-pixel Gaussian (so a fitness reading it has sub-pixel gradients)."""
     img = np.asarray(I, dtype=np.float32).sum(0)
     smooth = cv2.GaussianBlur(img, (0, 0), sigmaX=max(min(img.shape) / 50.0, 1.0))
     u8 = (normalize(smooth) * 255).astype(np.uint8)
     _, mask = cv2.threshold(u8, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    rows, cols = np.nonzero(mask)
+    return cv2.GaussianBlur(mask.astype(np.float32), (0, 0), sigmaX=1.0)
+
+
+def tissue_extent(I: np.ndarray, xI: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Bounding box of the tissue in a feature raster (:func:`tissue_mask`).
+
+    Returns ``(lo, hi)`` as (row, col) coordinates in the units of ``xI``; the whole grid when no
+    clear foreground is found.
+    """
+    rows, cols = np.nonzero(tissue_mask(I) > 0.5)
     full = (np.array([xI[0][0], xI[1][0]]), np.array([xI[0][-1], xI[1][-1]]))
     if rows.size < 4:
         return full

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from .affine import genes_to_theta, grid_centre, normalised_target_points
 from .errors import GalaInputError
 from .events import ProgressCallback, ProgressEvent, StopPredicate, emit, stopped
+from .features import tissue_mask
 
 GENE_NAMES = ("angle", "sy", "sx", "ty", "tx")
 
@@ -117,7 +118,7 @@ def space_around(space: GeneSpace, genes: np.ndarray, *, angle: float = 15.0, sc
 
 FITNESS_KINDS = ("tissue", "ncc", "ncc_support", "sse")
 SUPPORT_LEVEL = 0.02  # target pixels above this fraction of the maximum count as the cells' support
-OUTSIDE_WEIGHT = 0.25  # "tissue": weight of the target pixels outside the cells' support (the outline term)
+OVERLAP_WEIGHT = 0.5  # "tissue": weight of the cells-on-tissue overlap next to the texture correlation
 
 
 def score_batch(AI: torch.Tensor, J: torch.Tensor, kind: str = "ncc") -> torch.Tensor:
@@ -126,16 +127,18 @@ def score_batch(AI: torch.Tensor, J: torch.Tensor, kind: str = "ncc") -> torch.T
     All kinds but ``"sse"`` fit the target as a non-negative linear combination of the source channels plus an
     offset (weighted least squares, so any contrast/brightness is allowed) and score the multiple correlation
     ``R = √(explained fraction)``; with one channel that is the normalised cross-correlation. They differ in
-    the target pixels they weigh (:func:`pixel_weights`): ``"tissue"`` the cells' support fully and the rest
-    of the raster at ``OUTSIDE_WEIGHT`` (texture where there are cells, the tissue outline everywhere: a
-    section of evenly packed cells still has one optimum); ``"ncc"`` every pixel equally; ``"ncc_support"``
-    the cells' support only (image tissue the cells don't cover costs nothing, but flat density inside it
-    leaves the shift free). ``"sse"``: the published ``1 / (1 + Σ (AI − J)²)`` (needs as many channels as J).
+    the target pixels they weigh (:func:`pixel_weights`): ``"ncc"`` every pixel equally; ``"ncc_support"``
+    the cells' support only (image tissue the cells don't cover costs nothing, but a flat density inside it
+    leaves the shift free). ``"tissue"`` (:class:`BatchedFitness` only) adds to the support's correlation
+    ``OVERLAP_WEIGHT`` × the density-weighted mean of the image's tissue mask under the cells: the cells'
+    footprint must lie on tissue, which pins an evenly packed section (its footprint is the tissue's shape)
+    and costs nothing where the image shows more tissue than the cells cover.
+    ``"sse"``: the published ``1 / (1 + Σ (AI − J)²)`` (needs as many channels as J).
     """
     if kind == "sse":
         return 1.0 / (1.0 + ((AI - J) ** 2).flatten(1).sum(1))
-    if kind not in FITNESS_KINDS:
-        raise GalaInputError(f"Unknown fitness {kind!r}; use one of {FITNESS_KINDS}.")
+    if kind not in FITNESS_KINDS or kind == "tissue":
+        raise GalaInputError(f"score_batch takes 'ncc', 'ncc_support' or 'sse', got {kind!r}.")
     target = _FitTarget.of(J.to(AI.dtype), pixel_weights(J, kind))
     return _fit_score(AI.flatten(2)[:, :, target.index], target)
 
@@ -147,7 +150,7 @@ def pixel_weights(J: torch.Tensor, kind: str) -> torch.Tensor:
     support = total > SUPPORT_LEVEL * total.max()
     if kind == "ncc" or int(support.sum()) < 2:
         return torch.ones_like(total)
-    return torch.where(support, 1.0, 0.0 if kind == "ncc_support" else OUTSIDE_WEIGHT).to(total.dtype)
+    return support.to(total.dtype)
 
 
 @dataclass
@@ -159,6 +162,7 @@ class _FitTarget:
     w: torch.Tensor
     jc: torch.Tensor
     jj: torch.Tensor
+    density: torch.Tensor  # the target's values there, summing to 1 (the overlap's weights)
 
     @classmethod
     def of(cls, J: torch.Tensor, weights: torch.Tensor) -> _FitTarget:
@@ -168,7 +172,7 @@ class _FitTarget:
         w = weights[index] / weights[index].sum()
         j = J[0].flatten()[index]
         jc = j - (w * j).sum()
-        return cls(index, w, jc, (w * jc * jc).sum())
+        return cls(index, w, jc, (w * jc * jc).sum(), j / j.sum().clamp_min(1e-12))
 
 
 @lru_cache(maxsize=8)
@@ -249,16 +253,21 @@ class BatchedFitness:
             self._target = None
             self._j = J.flatten(1)[:, pixels][None]
         else:
-            self._target = _FitTarget.of(J, pixel_weights(J, kind))  # computed once
+            self._target = _FitTarget.of(J, pixel_weights(J, "ncc_support" if kind == "tissue" else kind))
             pixels = self._target.index
+        if kind == "tissue":  # the image's tissue mask as an extra channel, read at the same points
+            mask = torch.as_tensor(tissue_mask(I.detach().cpu().numpy()), dtype=I.dtype, device=I.device)
+            self.I = torch.cat([I, mask[None]])
         self._points = normalised_target_points(xJ, pixels, dtype=I.dtype, device=I.device)  # (2, N)
-        per_solution = I.shape[0] * pixels.numel()
+        per_solution = self.I.shape[0] * pixels.numel()
         self.chunk = chunk or max(1, _chunk_elements(I.device) // per_solution)
 
     def _score(self, a: torch.Tensor) -> torch.Tensor:
         """(n, C, N) resampled values of one chunk → (n,) scores (the same numbers as :func:`score_batch`)."""
         if self._target is None:
             return 1.0 / (1.0 + ((a - self._j) ** 2).flatten(1).sum(1))
+        if self.kind == "tissue":
+            return _fit_score(a[:, :-1], self._target) + OVERLAP_WEIGHT * (a[:, -1] @ self._target.density)
         return _fit_score(a, self._target)
 
     def _resample(self, theta: torch.Tensor) -> torch.Tensor:
