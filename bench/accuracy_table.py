@@ -97,7 +97,8 @@ def validation_rows(*, fast: bool, heldout: bool, family: str | None, paths: lis
     print(f"\n{len(chosen)} validation cases × paths {paths}\n", flush=True)
     print(HEADER, flush=True)
     outcomes = []
-    runners = {"cli": run_cli_defaults, "tutorial": run_tutorial}
+    runners = {"cli": run_cli_defaults, "tutorial": run_tutorial,
+               "tutorial-derived": lambda case: run_tutorial(case, gene_space=[{}, {}, {}, {}, {}])}
     for spec in chosen:
         case = build_case(spec)
         for path in paths:
@@ -116,7 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--heldout", action="store_true", help="only the held-out family (no engine rows)")
     ap.add_argument("--family", choices=("nuclei", "uniform", "spots", "merfish"), default=None)
     ap.add_argument("--case", action="append", default=None, help="only this case (repeatable)")
-    ap.add_argument("--paths", default="cli,tutorial", help="comma-separated: cli, tutorial")
+    ap.add_argument("--paths", default="cli,tutorial",
+                    help="comma-separated: cli, tutorial, tutorial-derived (the recipe with empty gene_space dicts: "
+                         "the engine's derived ranges)")
     ap.add_argument("--legacy-only", action="store_true", help="only the engine rows")
     ap.add_argument("--no-legacy", action="store_true", help="skip the engine rows")
     ap.add_argument("--jsonl", default=None, help="append each validation row as JSON to this file")

@@ -529,8 +529,11 @@ SPECS: list[CaseSpec] = [
     _S("nuclei", "os1_he", 4.0, 190.0, True),
     _S("nuclei", "merfish_dapi", 1.0, 75.0, True),
     # flat density inside a tissue mask
-    _S("uniform", "visium_tiny_he", 1.5, 200.0, True, options=(("spacing_um", 15.0),), fast=True),
-    _S("uniform", "os2_ki67", 0.8, 45.0, False, options=(("spacing_um", 15.0),), fast=True),
+    # (sections of a few mm: the CLI then rasterises at 10-20 µm, about a cell spacing, like real sections)
+    _S("uniform", "visium_tiny_he", 4.0, 200.0, True, options=(("spacing_um", 12.0),), fast=True),
+    _S("uniform", "os2_ki67", 2.5, 45.0, False, options=(("spacing_um", 15.0),), fast=True),
+    _S("uniform", "visium_tiny_he", 1.5, 200.0, True, options=(("spacing_um", 15.0),)),
+    _S("uniform", "os2_ki67", 0.8, 45.0, False, options=(("spacing_um", 15.0),)),
     _S("uniform", "os2_ki67", 1.2, 300.0, True, warp_um=20.0, options=(("spacing_um", 12.0),)),
     _S("uniform", "visium_dg_he", 4.0, 100.0, False, options=(("spacing_um", 15.0),)),
     # Visium-like spots
@@ -543,6 +546,7 @@ SPECS: list[CaseSpec] = [
     _S("merfish", "merfish_dapi", 0.0, -35.0, False, warp_um=15.0, fast=True),
     _S("merfish", "merfish_dapi", 0.0, 0.0, False, shift=(0.0, 0.0)),
     _S("merfish", "merfish_dapi", 0.0, 90.0, False, options=(("reduce", 8.0),)),
+    _S("merfish", "merfish_dapi", 0.0, 150.0, True, options=(("reduce", 1.0),)),  # the full-res DAPI (4603×4143)
     # held-out: the scikit-image IHC (the lead looks at it once, at the end) and local-only images
     _S("nuclei", "skimage_ihc", 2.75, 40.0, True),
     _S("nuclei", "skimage_ihc", 3.6, 215.0, False, warp_um=22.0),
