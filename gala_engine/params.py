@@ -51,6 +51,7 @@ class AlignParams:
     lddmm_patience: int = _p(100, "Early stop: end LDDMM once the energy fell by less than lddmm_tol (relative) over this many iterations (0 = off: all iterations run, as published). On the seed-sized benchmark with the tutorial's 2000 iterations, stopping at the plateau was 10× faster and closer to the true warp (1.3 vs 2.3 px): the last iterations only fit noise.", "lddmm", min=0)
     lddmm_coarse: int = _p(1, "Coarse-to-fine LDDMM: run the first lddmm_coarse_fraction of the iterations on rasters pooled by this factor (matching noise scaled so the data term keeps its weight), then the rest at full resolution on the same velocity grid (1 = off, as published).", "lddmm", min=1)
     lddmm_coarse_fraction: float = _p(0.75, "Share of the LDDMM iterations run at the coarse level (only with lddmm_coarse > 1).", "lddmm", min=0.0, max=1.0)
+    lddmm_validate: bool = _p(True, "Keep the warp only if the data support it: LDDMM runs twice, each time on one half of the cells' raster (a checkerboard of 8-pixel squares), and each warp must improve the image–cells correlation on the half it never saw; then the two are averaged, otherwise the result stays affine (a warp that only fits noise makes cells land worse). Off: one LDDMM run on all pixels, as published.", "lddmm")
     lddmm_tol: float = _p(1e-4, "Relative energy decrease over lddmm_patience iterations below which LDDMM stops (only with lddmm_patience > 0).", "lddmm", min=0.0)
     # general
     num_repeats: int = _p(1, "Repeats of GA → LDDMM (the published method's restarts).", "general", min=1)
@@ -94,7 +95,8 @@ class AlignParams:
         base = dict(num_generations=1000, num_iterations=2000, num_repeats=2, epV=10.0, a=20.0,
                     sigmaR=5e4, ga_restarts=1, seed_population=False,
                     gene_space_mode="compatible", fitness="sse", refine_iterations=0, contrast=False,
-                    max_anisotropy=None, ga_blur=0.0, ga_operators="pygad", ga_patience=0, lddmm_patience=0)
+                    max_anisotropy=None, ga_blur=0.0, ga_operators="pygad", ga_patience=0, lddmm_patience=0,
+                    lddmm_validate=False)
         base.update(overrides)
         return cls(**base)
 

@@ -121,7 +121,7 @@ SUPPORT_LEVEL = 0.02  # target pixels above this fraction of the maximum count a
 OVERLAP_WEIGHT = 0.5  # "tissue": weight of the cells-on-tissue overlap next to the texture correlation
 
 
-def score_batch(AI: torch.Tensor, J: torch.Tensor, kind: str = "ncc") -> torch.Tensor:
+def score_batch(AI: torch.Tensor, J: torch.Tensor, kind: str = "ncc", weights: torch.Tensor | None = None) -> torch.Tensor:
     """Similarity of each resampled source (P, C, H, W) with the target (1, H, W) → (P,).
 
     All kinds but ``"sse"`` fit the target as a non-negative linear combination of the source channels plus an
@@ -133,13 +133,14 @@ def score_batch(AI: torch.Tensor, J: torch.Tensor, kind: str = "ncc") -> torch.T
     ``OVERLAP_WEIGHT`` × the density-weighted mean of the image's tissue mask under the cells: the cells'
     footprint must lie on tissue, which pins an evenly packed section (its footprint is the tissue's shape)
     and costs nothing where the image shows more tissue than the cells cover.
-    ``"sse"``: the published ``1 / (1 + Σ (AI − J)²)`` (needs as many channels as J).
+    ``"sse"``: the published ``1 / (1 + Σ (AI − J)²)`` (needs as many channels as J). ``weights`` (H·W,):
+    explicit pixel weights instead of the kind's.
     """
     if kind == "sse":
         return 1.0 / (1.0 + ((AI - J) ** 2).flatten(1).sum(1))
     if kind not in FITNESS_KINDS or kind == "tissue":
         raise GalaInputError(f"score_batch takes 'ncc', 'ncc_support' or 'sse', got {kind!r}.")
-    target = _FitTarget.of(J.to(AI.dtype), pixel_weights(J, kind))
+    target = _FitTarget.of(J.to(AI.dtype), pixel_weights(J, kind) if weights is None else weights.to(AI.dtype))
     return _fit_score(AI.flatten(2)[:, :, target.index], target)
 
 
