@@ -24,6 +24,7 @@ from .search import (
     pool_raster,
     pose_grid,
     refine_genes,
+    resolve_fitness,
     run_ga,
     score_batch,
     space_around,
@@ -118,6 +119,7 @@ def gala(
     t_start = time.perf_counter()
     p = AlignParams.from_dict(params)
     I_np, J_np = _check_raster("I (source)", I, xI), _check_raster("J (target)", J, xJ)
+    p.fitness = resolve_fitness(p.fitness, I_np)
     xI, xJ = _axes(xI), _axes(xJ)
     device = resolve_device(p.device)
     dtype = torch.float64 if p.dtype == "float64" else torch.float32
