@@ -536,6 +536,7 @@ SPECS: list[CaseSpec] = [
     _S("uniform", "os2_ki67", 0.8, 45.0, False, options=(("spacing_um", 15.0),)),
     _S("uniform", "os2_ki67", 1.2, 300.0, True, warp_um=20.0, options=(("spacing_um", 12.0),)),
     _S("uniform", "visium_dg_he", 4.0, 100.0, False, options=(("spacing_um", 15.0),)),
+    _S("uniform", "os2_ki67", 4.0, 75.0, True, options=(("spacing_um", 10.0),)),  # seed-sized: ~160k cells
     # Visium-like spots
     _S("spots", "os2_ki67", 3.0, 170.0, True, options=(("pitch_um", 100.0),), fast=True),
     _S("spots", "visium_tiny_he", 4.0, 30.0, False, options=(("pitch_um", 55.0),), fast=True),

@@ -151,7 +151,8 @@ def run_tutorial(case: Case, *, num_generations: int = TUTORIAL_GENERATIONS, num
     from gala_engine import AlignParams, gala, rasterize, to_cpu, transform_points_target_to_source
     from gala_engine.io import cell_signal
 
-    label = "tutorial" + ("" if gene_space == "tutorial" else " (derived ranges)" if gene_space is None else " (ranges)")
+    derived = gene_space is None or (isinstance(gene_space, list) and all(not d for d in gene_space))
+    label = "tutorial" + ("" if gene_space == "tutorial" else " (derived ranges)" if derived else " (own ranges)")
     if params:
         label += " " + " ".join(f"{k}={v}" for k, v in params.items())
     t0 = time.perf_counter()
