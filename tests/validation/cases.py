@@ -401,12 +401,37 @@ def _nuclei(spec: CaseSpec, rng: np.random.Generator) -> Case:
     nuclei = detect_nuclei(image, r, src.stains)
     jitter_um = spec.option("jitter_um", 0.4)
     truth = nuclei + rng.normal(scale=jitter_um / spec.um_per_px, size=nuclei.shape)
+    truth = _realism(truth, spec, rng, image)
     stain = sample_at(_smoothed(nuclear_density(image, src.stains), r), truth)
     stain = np.clip(stain / max(stain.mean(), 1e-12), 0.05, None)
     library = 300.0 * np.exp(rng.normal(scale=0.5, size=len(truth))) * stain**0.5
     counts = make_counts(rng, library, modulation=stain)
     M = pose_matrix(spec.angle, spec.flip, spec.um_per_px, _centre(image), spec.shift)
     return _finish(spec, image, truth, M, rng, counts, {"generator": "nuclei (DoG peaks of the nuclear stain)"})
+
+
+def _realism(truth: np.ndarray, spec: CaseSpec, rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """Options that make cells differ from the image's nuclei as in real pairs: ``dropout`` (share of
+    nuclei without a transcriptomics cell), ``extra`` (share of cells added at random in the tissue mask:
+    cells whose nucleus the image does not show) and ``coverage`` (the cells cover only a rectangle of
+    this share of the image, placed at random: an assay region smaller than the slide image)."""
+    dropout, extra, coverage = spec.option("dropout", 0.0), spec.option("extra", 0.0), spec.option("coverage", 1.0)
+    if dropout:
+        truth = truth[rng.random(len(truth)) >= dropout]
+    if extra:
+        mask = tissue_mask(image, IMAGES[spec.image].mask)
+        rows, cols = np.nonzero(mask)
+        pick = rng.integers(0, len(rows), size=int(round(extra * len(truth))))
+        add = np.c_[cols[pick], rows[pick]] + rng.uniform(-0.5, 0.5, size=(len(pick), 2))
+        truth = np.r_[truth, add]
+    if coverage < 1.0:
+        h, w = image.shape[:2]
+        side = np.sqrt(coverage)
+        bw, bh = side * w, side * h
+        x0, y0 = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
+        inside = (truth[:, 0] >= x0) & (truth[:, 0] < x0 + bw) & (truth[:, 1] >= y0) & (truth[:, 1] < y0 + bh)
+        truth = truth[inside]
+    return truth
 
 
 def _smoothed(a: np.ndarray, sigma: float) -> np.ndarray:
@@ -528,6 +553,10 @@ SPECS: list[CaseSpec] = [
     _S("nuclei", "os2_ki67", 3.0, 20.0, True, warp_um=25.0),
     _S("nuclei", "os1_he", 4.0, 190.0, True),
     _S("nuclei", "merfish_dapi", 1.0, 75.0, True),
+    # cells from part of the slide only, some nuclei without a cell and some cells without a visible nucleus
+    _S("nuclei", "os2_ki67", 2.5, 225.0, True, options=(("coverage", 0.5), ("dropout", 0.15), ("extra", 0.05)),
+       fast=True),
+    _S("nuclei", "os1_he", 3.0, 100.0, False, warp_um=20.0, options=(("coverage", 0.6), ("dropout", 0.1))),
     # flat density inside a tissue mask
     # (sections of a few mm: the CLI then rasterises at 10-20 µm, about a cell spacing, like real sections)
     _S("uniform", "visium_tiny_he", 4.0, 200.0, True, options=(("spacing_um", 12.0),), fast=True),

@@ -71,22 +71,41 @@ def write_image(image: np.ndarray, path: Path) -> None:
         Image.fromarray(arr.astype(np.uint8)).save(path)
 
 
-def run_cli_defaults(case: Case, *overrides: str | list[str], workdir: str | Path | None = None) -> Outcome:
-    """The README's CLI path with default parameters; ``overrides`` are extra CLI arguments, e.g.
-    ``["--signal", "cell density"]`` or ``["--params", "p.toml"]`` (strings or lists of strings)."""
+def run_cli_defaults(case: Case, *args: str | list[str], workdir: str | Path | None = None, **overrides) -> Outcome:
+    """The README's CLI path with default parameters.
+
+    Extra CLI arguments come as ``args`` (strings or lists, e.g. ``["--signal", "cell density"]``) or as
+    keywords: ``signal="cell density"`` → ``--signal "cell density"``, ``dx=15`` → ``--dx 15``, and
+    ``params={"num_iterations": 0}`` (a dict: written to a parameter file in the temporary folder) or
+    ``params="fast.toml"`` → ``--params``."""
     from gala_engine import constants
     from gala_engine.cli import main
     from gala_engine.io import read_cells
 
     extra: list[str] = []
-    for o in overrides:
+    for o in args:
         extra.extend([o] if isinstance(o, str) else list(o))
+    params = overrides.pop("params", None)
+    for key, value in overrides.items():
+        extra.extend([f"--{key.replace('_', '-')}", str(value)])
     label = "cli" + (" " + " ".join(extra) if extra else "")
+    if isinstance(params, dict):
+        label += " " + "; ".join(f"{k}={v}" for k, v in params.items())
+    elif params:
+        label += f" --params {params}"
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         tmp = Path(tmp)
         image, h5ad, out = tmp / "image.png", tmp / "cells.h5ad", tmp / "aligned.h5ad"
         try:
+            if isinstance(params, dict):
+                from gala_engine.paramfile import write_params
+                from gala_engine.params import AlignParams
+
+                write_params(AlignParams.from_dict({**AlignParams().to_dict(), **params}), tmp / "params.toml")
+                extra += ["--params", str(tmp / "params.toml")]
+            elif params:
+                extra += ["--params", str(params)]
             write_image(case.image, image)
             case.adata.write_h5ad(h5ad)
             stderr = io.StringIO()

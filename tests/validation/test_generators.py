@@ -208,3 +208,19 @@ def test_heldout_cases_build_but_are_not_in_the_default_lists():
     assert not set(s.name for s in held) & set(s.name for s in specs())
     case = build_case(next(s for s in held if s.image == "skimage_ihc"))
     assert case.heldout and case.adata.n_obs > 100
+
+
+def test_partial_coverage_dropout_and_extra_cells():
+    from tests.validation.cases import CaseSpec
+
+    base = CaseSpec("nuclei", "os2_ki67", 2.0, 10.0, False)
+    full = build_case(base)
+    spec = CaseSpec("nuclei", "os2_ki67", 2.0, 10.0, False, options=(("coverage", 0.5), ("dropout", 0.2), ("extra", 0.1)))
+    part = build_case(spec)
+    h, w = part.image.shape[:2]
+    box = np.ptp(part.truth_xy_px, 0)
+    assert box[0] * box[1] < 0.55 * w * h  # only a rectangle of about half the image
+    expected = 0.5 * full.adata.n_obs * 0.8 * 1.1
+    assert 0.7 * expected < part.adata.n_obs < 1.3 * expected
+    back = part.transform.inverse(np.asarray(part.adata.obsm["spatial"]))
+    assert np.abs(back - part.truth_xy_px).max() < 1e-6
