@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--paths", default="cli,tutorial",
                     help="comma-separated: cli, tutorial, tutorial-derived (the recipe with empty gene_space dicts: "
                          "the engine's derived ranges)")
+    ap.add_argument("--list", action="store_true", help="list the selected validation cases and exit (runs nothing)")
     ap.add_argument("--legacy-only", action="store_true", help="only the engine rows")
     ap.add_argument("--no-legacy", action="store_true", help="skip the engine rows")
     ap.add_argument("--jsonl", default=None, help="append each validation row as JSON to this file")
@@ -183,6 +184,13 @@ def main(argv: list[str] | None = None) -> None:
         for o in outcomes:
             print(format_row(o))
         print("\n" + summary(outcomes))
+        return
+    if args.list:
+        from tests.validation.cases import specs
+
+        for s in specs(fast=args.fast, family=args.family, heldout=args.heldout):
+            if not args.case or s.name in args.case:
+                print(f"{s.name:<64} {s.family:<8} {'fast' if s.fast else '':<5} {'heldout' if s.heldout else ''}")
         return
     import torch
 

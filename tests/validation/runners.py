@@ -182,7 +182,7 @@ def run_tutorial(case: Case, *, num_generations: int = TUTORIAL_GENERATIONS, num
         XJ, YJ, J = rasterize(x, y, g=cell_signal(case.adata), dx=dx)
         xI, xJ = [YI, XI], [YJ, XJ]
         gs = tutorial_gene_space(xI, xJ) if gene_space == "tutorial" else gene_space
-        p = AlignParams.tutorial(num_generations=num_generations, num_iterations=num_iterations, device="cpu", **params)
+        p = AlignParams.tutorial(num_generations=num_generations, num_iterations=num_iterations, **params)
         kw = p.to_dict()
         kw.update(sigmaM=float(I.std()), sigmaB=float(J.std()))
         resu = to_cpu(gala(xI, I, xJ, J, gene_space=gs, **kw))
