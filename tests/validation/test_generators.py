@@ -140,6 +140,25 @@ def test_uniform_family_is_flat_inside_the_mask(name):
     assert counts.std() / counts.mean() < 0.15  # a Poisson process would give ~0.25 at 16 per block
 
 
+@pytest.mark.parametrize("name", [n for n in FAST if n.startswith("uniform")])
+def test_fast_flat_density_cases_are_flat(name):
+    """CV of the cell count in blocks of 4×4 cell spacings lying wholly inside the tissue."""
+    from scipy.ndimage import binary_erosion
+
+    case = get_case(name)
+    mask = tissue_mask(case.image, IMAGES[case.spec.image].mask)
+    spacing_px = dict(case.spec.options)["spacing_um"] / case.um_per_px
+    B = int(round(4 * spacing_px))
+    inner = binary_erosion(mask, iterations=2)
+    H, _, _ = np.histogram2d(case.truth_xy_px[:, 1], case.truth_xy_px[:, 0],
+                             bins=[np.arange(0, mask.shape[0] - B + 1, B), np.arange(0, mask.shape[1] - B + 1, B)])
+    full = np.array([[inner[r:r + B, c:c + B].all() for c in range(0, B * H.shape[1], B)]
+                     for r in range(0, B * H.shape[0], B)])
+    counts = H[full]
+    assert len(counts) >= 10
+    assert counts.std() / counts.mean() < 0.15
+
+
 def test_uniform_cases_fill_their_mask_and_counts_ignore_the_image():
     spec = next(s for s in specs(fast=True) if s.family == "uniform")
     case = build_case(spec)
