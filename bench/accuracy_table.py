@@ -101,8 +101,14 @@ def _f(v, nd=1) -> str:
     return f"{v:.{nd}f}"
 
 
+BASELINE: dict = {}  # (case, path) → Outcome of a saved run (--baseline)
+
+
 def format_row(o) -> str:
     marks = ", ".join(f"{name} {'ok' if ok else 'MISS'}" for name, ok in targets(o))
+    base = BASELINE.get((o.case, o.path))
+    if base is not None and not base.error:
+        marks += f"; baseline {_f(base.median_um)} µm"
     if o.error:
         return (f"| {o.case} | {o.family} | {o.path} | {o.warp_um:g} | {o.n_cells} | failed: {o.error[:80]} "
                 f"| | | | {o.runtime_s:.0f} | {marks} |")
@@ -175,9 +181,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--jsonl", default=None, help="append each validation row as JSON to this file")
     ap.add_argument("--report", default=None, metavar="FILE.jsonl",
                     help="print the table and the targets' summary from rows saved with --jsonl (runs nothing)")
+    ap.add_argument("--baseline", default=None, metavar="FILE.jsonl",
+                    help="show each row's median from a saved run, e.g. tests/validation/baseline_5a20eb0.jsonl")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: 1 when the load average exceeds the core count)")
     args = ap.parse_args(argv)
+    if args.baseline:
+        BASELINE.update({(o.case, o.path): o for o in from_jsonl(args.baseline)})
     if args.report:
         outcomes = from_jsonl(args.report)
         print(HEADER)
