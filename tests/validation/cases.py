@@ -502,6 +502,8 @@ def _merfish(spec: CaseSpec, rng: np.random.Generator) -> Case:
     k = int(spec.option("reduce", 4))
     demo = load_demo("merfish_mini")
     image = load_image(spec.image) if k == 4 else _merfish_dapi(k)
+    if spec.option("bits", 8.0) == 16:  # a 16-bit DAPI, as microscopes write them (same content × 257)
+        image = image.astype(np.uint16) * 257
     truth = (truth_px_xy(demo) + 0.5) / k - 0.5  # in the reduced image's pixels
     G = demo.um_to_px  # µm → full-res px
     # reduced px → original µm (affine), then the case's rotation/flip/shift about the cells' centre (µm)
@@ -577,6 +579,8 @@ SPECS: list[CaseSpec] = [
     _S("merfish", "merfish_dapi", 0.0, 0.0, False, shift=(0.0, 0.0)),
     _S("merfish", "merfish_dapi", 0.0, 90.0, False, options=(("reduce", 8.0),)),
     _S("merfish", "merfish_dapi", 0.0, 150.0, True, options=(("reduce", 1.0),)),  # the full-res DAPI (4603×4143)
+    _S("merfish", "merfish_dapi", 0.0, 210.0, False, shift=(-600.0, 150.0), warp_um=25.0,
+       options=(("reduce", 2.0), ("bits", 16.0))),
     # held-out: the scikit-image IHC (the lead looks at it once, at the end) and local-only images
     _S("nuclei", "skimage_ihc", 2.75, 40.0, True),
     _S("nuclei", "skimage_ihc", 3.6, 215.0, False, warp_um=22.0),

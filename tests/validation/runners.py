@@ -65,10 +65,7 @@ def write_image(image: np.ndarray, path: Path) -> None:
     from PIL import Image
 
     arr = np.asarray(image)
-    if arr.dtype == np.uint16:
-        Image.fromarray(arr, mode="I;16").save(path)
-    else:
-        Image.fromarray(arr.astype(np.uint8)).save(path)
+    Image.fromarray(arr if arr.dtype == np.uint16 else arr.astype(np.uint8)).save(path)  # uint16 → 16-bit PNG
 
 
 def run_cli_defaults(case: Case, *args: str | list[str], workdir: str | Path | None = None, **overrides) -> Outcome:
