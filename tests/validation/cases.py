@@ -19,6 +19,12 @@ default table and tests.
 
 Coordinates: image positions are (x, y) = (column, row) in pixels of ``Case.image`` (pixel centres at
 integers); ``obsm['spatial']`` is (x, y) in µm; ``Case.transform.forward`` maps the first to the second.
+
+Scale: ``CaseSpec.um_per_px`` is the known transform's scale, not the slide's physical pixel size
+(``SourceImage.real_um_per_px``). Above the physical size the tissue is stretched (a 1101-px tile at
+3 µm/px is a 3.3 mm section whose nuclei lie 30-90 µm apart), as in issue 11's held-out cases (an IHC
+tile at 2.75-3.6 µm/px); near it (0.5 µm/px on the Ki67 tile) spacing and size are physical. MERFISH
+cases keep their real µm.
 """
 
 from __future__ import annotations
