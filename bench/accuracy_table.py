@@ -153,6 +153,8 @@ def validation_rows(*, fast: bool, heldout: bool, family: str | None, paths: lis
     print(HEADER, flush=True)
     outcomes = []
     runners = {"cli": run_cli_defaults, "tutorial": run_tutorial,
+               "cli-density": lambda case: run_cli_defaults(case, signal="cell density"),
+               "cli-affine": lambda case: run_cli_defaults(case, params={"num_iterations": 0}),
                "tutorial-derived": lambda case: run_tutorial(case, gene_space=[{}, {}, {}, {}, {}])}
     for spec in chosen:
         case = build_case(spec)
@@ -174,7 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--case", action="append", default=None, help="only this case (repeatable)")
     ap.add_argument("--paths", default="cli,tutorial",
                     help="comma-separated: cli, tutorial, tutorial-derived (the recipe with empty gene_space dicts: "
-                         "the engine's derived ranges)")
+                         "the engine's derived ranges), cli-density (--signal 'cell density'), cli-affine "
+                         "(num_iterations = 0)")
     ap.add_argument("--list", action="store_true", help="list the selected validation cases and exit (runs nothing)")
     ap.add_argument("--legacy-only", action="store_true", help="only the engine rows")
     ap.add_argument("--no-legacy", action="store_true", help="skip the engine rows")
