@@ -569,6 +569,8 @@ SPECS: list[CaseSpec] = [
     # (sections of a few mm: the CLI then rasterises at 10-20 µm, about a cell spacing, like real sections)
     _S("uniform", "visium_tiny_he", 4.0, 200.0, True, options=(("spacing_um", 12.0),), fast=True),
     _S("uniform", "os2_ki67", 2.5, 45.0, False, options=(("spacing_um", 15.0),), fast=True),
+    _S("uniform", "visium_tiny_he", 4.0, 290.0, False, shift=(500.0, 80.0), warp_um=25.0,
+       options=(("spacing_um", 12.0),), fast=True),
     _S("uniform", "visium_tiny_he", 1.5, 200.0, True, options=(("spacing_um", 15.0),)),
     _S("uniform", "os2_ki67", 0.8, 45.0, False, options=(("spacing_um", 15.0),)),
     _S("uniform", "os2_ki67", 1.2, 300.0, True, warp_um=20.0, options=(("spacing_um", 12.0),)),
