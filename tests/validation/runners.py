@@ -65,28 +65,44 @@ def write_image(image: np.ndarray, path: Path) -> None:
     from PIL import Image
 
     arr = np.asarray(image)
-    if arr.dtype == np.uint16:
-        Image.fromarray(arr, mode="I;16").save(path)
-    else:
-        Image.fromarray(arr.astype(np.uint8)).save(path)
+    Image.fromarray(arr if arr.dtype == np.uint16 else arr.astype(np.uint8)).save(path)  # uint16 → 16-bit PNG
 
 
-def run_cli_defaults(case: Case, *overrides: str | list[str], workdir: str | Path | None = None) -> Outcome:
-    """The README's CLI path with default parameters; ``overrides`` are extra CLI arguments, e.g.
-    ``["--signal", "cell density"]`` or ``["--params", "p.toml"]`` (strings or lists of strings)."""
+def run_cli_defaults(case: Case, *args: str | list[str], workdir: str | Path | None = None, **overrides) -> Outcome:
+    """The README's CLI path with default parameters.
+
+    Extra CLI arguments come as ``args`` (strings or lists, e.g. ``["--signal", "cell density"]``) or as
+    keywords: ``signal="cell density"`` → ``--signal "cell density"``, ``dx=15`` → ``--dx 15``, and
+    ``params={"num_iterations": 0}`` (a dict: written to a parameter file in the temporary folder) or
+    ``params="fast.toml"`` → ``--params``."""
     from gala_engine import constants
     from gala_engine.cli import main
     from gala_engine.io import read_cells
 
     extra: list[str] = []
-    for o in overrides:
+    for o in args:
         extra.extend([o] if isinstance(o, str) else list(o))
+    params = overrides.pop("params", None)
+    for key, value in overrides.items():
+        extra.extend([f"--{key.replace('_', '-')}", str(value)])
     label = "cli" + (" " + " ".join(extra) if extra else "")
+    if isinstance(params, dict):
+        label += " " + "; ".join(f"{k}={v}" for k, v in params.items())
+    elif params:
+        label += f" --params {params}"
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         tmp = Path(tmp)
         image, h5ad, out = tmp / "image.png", tmp / "cells.h5ad", tmp / "aligned.h5ad"
         try:
+            if isinstance(params, dict):
+                from gala_engine.paramfile import write_params
+                from gala_engine.params import AlignParams
+
+                write_params(AlignParams.from_dict({**AlignParams().to_dict(), **params}), tmp / "params.toml")
+                extra += ["--params", str(tmp / "params.toml")]
+            elif params:
+                extra += ["--params", str(params)]
             write_image(case.image, image)
             case.adata.write_h5ad(h5ad)
             stderr = io.StringIO()
@@ -151,7 +167,8 @@ def run_tutorial(case: Case, *, num_generations: int = TUTORIAL_GENERATIONS, num
     from gala_engine import AlignParams, gala, rasterize, to_cpu, transform_points_target_to_source
     from gala_engine.io import cell_signal
 
-    label = "tutorial" + ("" if gene_space == "tutorial" else " (derived ranges)" if gene_space is None else " (ranges)")
+    derived = gene_space is None or (isinstance(gene_space, list) and all(not d for d in gene_space))
+    label = "tutorial" + ("" if gene_space == "tutorial" else " (derived ranges)" if derived else " (own ranges)")
     if params:
         label += " " + " ".join(f"{k}={v}" for k, v in params.items())
     t0 = time.perf_counter()
@@ -162,7 +179,7 @@ def run_tutorial(case: Case, *, num_generations: int = TUTORIAL_GENERATIONS, num
         XJ, YJ, J = rasterize(x, y, g=cell_signal(case.adata), dx=dx)
         xI, xJ = [YI, XI], [YJ, XJ]
         gs = tutorial_gene_space(xI, xJ) if gene_space == "tutorial" else gene_space
-        p = AlignParams.tutorial(num_generations=num_generations, num_iterations=num_iterations, device="cpu", **params)
+        p = AlignParams.tutorial(num_generations=num_generations, num_iterations=num_iterations, **params)
         kw = p.to_dict()
         kw.update(sigmaM=float(I.std()), sigmaB=float(J.std()))
         resu = to_cpu(gala(xI, I, xJ, J, gene_space=gs, **kw))
