@@ -604,7 +604,7 @@ def _read_pil(fh: Any, name: str, max_side: int | None, channel: int | None) -> 
             pre = round(full_w / im.size[0])
             if im.size[0] * im.size[1] > limit:
                 raise GalaInputError(too_big)
-        orientation = int(im.getexif().get(0x0112, 1) or 1)
+        orientation = _pil_orientation(im)
         notes = [_ONE_BIT.format(name=name)] if im.mode == "1" else []
         im, layout = _pil_layout(im, name, channel)
         try:
@@ -620,6 +620,14 @@ def _read_pil(fh: Any, name: str, max_side: int | None, channel: int | None) -> 
     k = _factor(max(h, w), max_side)
     pixels = _reduce_banded(lambda r0, r1: raw[r0:r1], h, w, layout, k)
     return LoadedImage(pixels, float(pre * k), (int(full_h), int(full_w)), name, notes)
+
+
+def _pil_orientation(im: Any) -> int:
+    """The EXIF orientation tag (1 = as stored) of a Pillow image; 1 when the EXIF block is unreadable."""
+    try:
+        return int(im.getexif().get(0x0112, 1) or 1)
+    except (OSError, SyntaxError, ValueError, TypeError, struct.error):
+        return 1
 
 
 def _pil_layout(im: Any, name: str, channel: int | None) -> tuple[Any, _Layout]:

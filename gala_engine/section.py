@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from . import constants
+from .budget import check_align, check_prepare
 from .errors import GalaInputError
 from .events import ProgressCallback, StopPredicate
 from .features import FeatureKind, image_feature, resolve_feature
@@ -97,6 +98,7 @@ def prepare_section(
     spacing of the cells (at least 1), so sparse spots (Visium) merge into tissue rather than dots.
     """
     yx = spatial_yx(adata)
+    check_prepare(yx, image, dx=dx, image_reduce=image_reduce)  # memory / time budget before any work
     weights = cell_signal(adata, signal)
     if signal != constants.SIGNAL_DENSITY and not np.any(weights > 0):
         raise GalaInputError(f"Every cell has zero {signal}; choose 'cell density' or a gene as the signal.")
@@ -209,6 +211,7 @@ def align_section(
 ) -> AlignmentResult:
     """Run :func:`gala` on a prepared section and return a plain-data result."""
     params = params or AlignParams()
+    check_align(rasters, params)  # memory / time budget before any work
     result = gala(rasters.xI, rasters.I, rasters.xJ, rasters.J, gene_space=gene_space, progress=progress,
                   should_stop=should_stop, **params.to_dict())
     return AlignmentResult.from_gala(result, dx=rasters.dx)
