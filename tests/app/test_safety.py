@@ -150,7 +150,7 @@ def test_server_paths_outside_are_refused(data_root: Path, text: str) -> None:
 
 @pytest.mark.parametrize("text", ["", "   ", "sub/cells\x00.h5ad", "missing.h5ad", "sub"])
 def test_server_paths_that_are_not_files(data_root: Path, text: str) -> None:
-    with pytest.raises(DataError, match="inside the data folder|does not exist|not a usable path"):
+    with pytest.raises(DataError, match="inside the data folder|does not exist|not a usable path|is a folder"):
         resolve_server_path(text, root=data_root)
 
 
