@@ -241,7 +241,7 @@ def estimate_align(I_shape: tuple[int, ...], J_shape: tuple[int, ...], xI: list,
     mem = {
         "the GA population × ga_max_pixels": p.sol_per_pop * ga_px * 4.0 * 8,
         "the pose scan": (216 if p.seed_population else 0) * ga_px * 4.0 * 8,
-        "the LDDMM velocity grid (a, nt)": p.nt * pix_v * 2 * 4.0 * 12 if p.num_iterations else 0.0,
+        "the LDDMM velocity grid (a, nt)": p.nt * pix_v * 2 * 8.0 * (12 if p.num_iterations else 1),
         "the rasters (image and cell raster size)": (pix_I + pix_J) * 4.0 * 24,
     }
     tim = {
