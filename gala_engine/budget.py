@@ -27,7 +27,7 @@ import numpy as np
 
 from .errors import GalaInputError
 
-__all__ = ["Budget", "Estimate", "check_align", "check_prepare", "estimate_align", "estimate_prepare"]
+__all__ = ["Budget", "Estimate", "check_align", "check_arrays", "check_prepare", "estimate_align", "estimate_prepare"]
 
 _SECONDS_PER_PIXEL_OP = 2e-9  # conservative: ~3× the measured time of the tutorial run on a shared 2-core CPU
 _MIN_RASTER_SIDE = 4  # a cell raster with fewer pixels a side has no shape to align
@@ -256,7 +256,13 @@ def estimate_align(I_shape: tuple[int, ...], J_shape: tuple[int, ...], xI: list,
 
 def check_align(rasters: Any, params: Any, *, budget: Budget | None = None) -> Estimate:
     """Refuse parameters whose alignment of ``rasters`` (a SectionRasters) exceeds ``budget``."""
-    est = estimate_align(np.shape(rasters.I), np.shape(rasters.J), rasters.xI, params)
+    return check_arrays(np.shape(rasters.I), np.shape(rasters.J), rasters.xI, params, budget=budget)
+
+
+def check_arrays(I_shape: tuple[int, ...], J_shape: tuple[int, ...], xI: list, params: Any, *,
+                 budget: Budget | None = None) -> Estimate:
+    """:func:`check_align` for raster shapes (what :func:`gala_engine.pipeline.gala` is given)."""
+    est = estimate_align(I_shape, J_shape, xI, params)
     advice = {
         "the GA population × ga_max_pixels": "lower sol_per_pop or ga_max_pixels",
         "the pose scan": "lower ga_max_pixels or scan_iterations, or set seed_population = false",

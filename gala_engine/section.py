@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import constants
-from .budget import check_align, check_prepare
+from .budget import check_prepare
 from .errors import GalaInputError
 from .events import ProgressCallback, StopPredicate
 from .features import FeatureKind, image_feature, resolve_feature
@@ -206,7 +206,6 @@ def align_section(
 ) -> AlignmentResult:
     """Run :func:`gala` on a prepared section and return a plain-data result."""
     params = params or AlignParams()
-    check_align(rasters, params)  # memory / time budget before any work
     result = gala(rasters.xI, rasters.I, rasters.xJ, rasters.J, gene_space=gene_space, progress=progress,
                   should_stop=should_stop, **params.to_dict())
     return AlignmentResult.from_gala(result, dx=rasters.dx)
