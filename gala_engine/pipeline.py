@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 from .affine import genes_to_matrix, grid_centre
-from .budget import check_arrays
 from .device import device_name, resolve_device
 from .errors import GalaInputError
 from .events import ProgressCallback, ProgressEvent, StopPredicate, stopped
@@ -102,6 +101,8 @@ def gala(
     p = AlignParams.from_dict(params)
     I_np, J_np = _check_raster("I (source)", I, xI), _check_raster("J (target)", J, xJ)
     xI, xJ = _axes(xI), _axes(xJ)
+    from .budget import check_arrays  # (local: keeps this edit to two lines)
+
     check_arrays(I_np.shape, J_np.shape, xI, p)  # memory / time budget (gala_engine.budget) before any work
     device = resolve_device(p.device)
     dtype = torch.float64 if p.dtype == "float64" else torch.float32

@@ -206,8 +206,6 @@ def warnings(data: Dataset) -> list[str]:
     """Plain-words warnings about the inputs (nothing blocking)."""
     s = summary(data)
     out = []
-    if s["cells"] < 50:
-        out.append(f"Only {s['cells']} cells: the cell raster will be sparse and the alignment may be unstable.")
     ex, ey = s["extent_um"]
     if max(ex, ey) < 50:
         out.append(f"The cells span only {ex:.0f} × {ey:.0f} µm. Are the coordinates in µm (not mm)?")
