@@ -148,7 +148,7 @@ class ManifestRow:
     image: str
     h5ad: str
     params: dict[str, Any] = field(default_factory=dict)  # AlignParams.to_dict() of this row
-    options: dict[str, Any] = field(default_factory=dict)  # signal / dx / feature
+    options: dict[str, Any] = field(default_factory=dict)  # signal / dx / feature / channel / series / plane
     error: str = ""  # a problem found while reading the manifest (the row then fails alone)
     params_path: str = ""  # the row's .toml parameter file, if any (an input: never overwritten)
 
@@ -192,7 +192,8 @@ def read_manifest(path: str | os.PathLike[str], *, base: AlignParams | None = No
     Columns: ``image``, ``h5ad`` (required; relative paths are relative to the manifest's folder),
     ``section`` (optional name; default the ``.h5ad`` file's stem), ``params`` (optional: a ``.toml``
     file, or inline ``name=value; name=value`` in TOML syntax), and optional ``signal``, ``dx``,
-    ``feature``. A row with a problem (bad parameters, empty path) is kept with its ``error`` set, so
+    ``feature``, ``channel``, ``series``, ``plane``. The file may be UTF-8, UTF-16 (with BOM) or
+    Windows-1252; section names are made unique (case-insensitively). A row with a problem (bad parameters, empty path) is kept with its ``error`` set, so
     it fails alone; a manifest without the required columns raises.
     """
     from .io import path_problem
@@ -238,6 +239,11 @@ def read_manifest(path: str | os.PathLike[str], *, base: AlignParams | None = No
                 row.options["signal"] = r["signal"]
             if r.get("feature"):
                 row.options["feature"] = r["feature"]
+            for key in ("channel", "series", "plane"):  # which part of the image (read_image)
+                if r.get(key):
+                    if not r[key].isdigit():
+                        raise GalaInputError(f"row {i}: {key} must be a whole number ≥ 0, got {r[key]!r}.")
+                    row.options[key] = int(r[key])
             if r.get("dx"):
                 try:
                     row.options["dx"] = float(r["dx"])

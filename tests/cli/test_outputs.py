@@ -187,3 +187,11 @@ def test_manifests_in_other_encodings(tmp_path, encoding) -> None:
     (tmp_path / "m.csv").write_bytes(text.encode(encoding))
     rows = read_manifest(tmp_path / "m.csv")
     assert len(rows) == 1 and not rows[0].error and Path(rows[0].h5ad) == cells
+
+
+def test_manifest_image_options(tmp_path) -> None:
+    image, cells = good_image(tmp_path), good_cells(tmp_path)
+    (tmp_path / "m.csv").write_text(f"image,h5ad,channel,series,plane\n{image},{cells},1,0,2\n{image},{cells},x,,\n")
+    rows = read_manifest(tmp_path / "m.csv")
+    assert rows[0].options == {"channel": 1, "series": 0, "plane": 2} and not rows[0].error
+    assert re.search(r"row 2: channel must be a whole number", rows[1].error)
