@@ -4,7 +4,7 @@
 reach outside themselves (HDF5 external links, external storage, virtual datasets) and inputs that used
 to be aligned silently wrong or to crash (sparse ``obsm['spatial']``, 3 cells, collinear cells, ragged
 ``uns``, EXIF rotation, a thumbnail first page, a label series first, a Z-stack with a blank first plane, a
-1-bit image, an image without contrast). :data:`ALL_CASES` (the 46 of the corpus plus these) run through
+1-bit image, an image without contrast). :data:`ALL_CASES` (the 46 of the corpus plus these 16) run through
 the engine API, the CLI, the batch runner and the app (``tests/*/test_corpus.py``).
 
 Cases with ``server_file`` write a "server file" (:func:`server_files`) outside the upload that the upload
@@ -107,6 +107,17 @@ def _external_obs_column(f: h5py.File, folder: Path) -> None:
     """The link replaces a real column (read by anndata in every case, not only when uns is used)."""
     del f["obs/_index"]
     f["obs/_index"] = h5py.ExternalLink(str(server_files(folder)[1]), "/x")
+
+
+def _plugin_filter(f: h5py.File, folder: Path) -> None:
+    """A dataset whose pipeline names filter 32001 (Blosc): reading it would load a plugin shared library."""
+    from h5py import h5d, h5p, h5s, h5t, h5z
+
+    dcpl = h5p.create(h5p.DATASET_CREATE)
+    dcpl.set_chunk((4,))
+    dcpl.set_filter(32001, h5z.FLAG_OPTIONAL, (0,))  # optional: HDF5 writes it unfiltered, the name stays
+    dset = h5d.create(f["uns"].id, b"plugin", h5t.NATIVE_DOUBLE, h5s.create_simple((8,)), dcpl=dcpl)
+    dset.write(h5s.ALL, h5s.ALL, np.arange(8.0))
 
 
 def _sparse_spatial(a: ad.AnnData) -> None:
@@ -215,6 +226,8 @@ SECURITY_CASES: list[Case] = [
          _OUTSIDE.format(what="stored in external raw files")),
     Case("cells_hdf5_virtual_dataset", C, _patched_h5ad("vds", _virtual),
          _OUTSIDE.format(what="virtual dataset mapped from other files")),
+    Case("cells_hdf5_plugin_filter", C, _patched_h5ad("plugin", _plugin_filter),
+         _OUTSIDE.format(what="HDF5 filter 32001, which loads a plugin library")),
     # --- 10. below what an alignment can determine
     Case("cells_three_cells", C, _cells("three", lambda a: a[:3].copy()), r"3 cells at 3 distinct.*at least 10"),
     Case("cells_collinear", C, _cells("line", _collinear), r"lie \(almost\) on a straight line.*spread over an area"),
