@@ -89,12 +89,16 @@ def _parser() -> argparse.ArgumentParser:
         help="image feature raster (default auto: sobel for one-channel images, inverted for H&E colour)",
     )
     a.add_argument("--report", metavar="DIR", default=None, help="write a quality report (PNG + JSON) into DIR")
+    a.add_argument("--channel", type=int, default=None, help="image channel to align against (0-based; multi-channel images)")
+    a.add_argument("--series", type=int, default=None, help="TIFF series / image (0-based; default: the largest)")
+    a.add_argument("--plane", type=int, default=None, help="Z / time plane of a stack (0-based; default: first non-blank)")
 
     b = sub.add_parser(
         "batch",
         help="align many sections on Dask",
         description="Align every row of a manifest CSV "
-        "(columns image,h5ad[,section][,params][,signal][,dx][,feature]) on Dask distributed.",
+        "(columns image,h5ad[,section][,params][,signal][,dx][,feature][,channel][,series][,plane]) on Dask "
+        "distributed.",
     )
     b.add_argument("manifest", help="manifest CSV; relative paths are relative to its folder")
     b.add_argument("--out", required=True, help="output folder (<section>.h5ad, summary.csv, reports/)")
@@ -118,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("out", help="TOML file to write ('-' for stdout)")
     t.add_argument("--tutorial", action="store_true", help="the published tutorial's settings")
     t.add_argument("--params", default=None, metavar="FILE.toml", help="start from this file")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing file")
     return p
 
 
@@ -125,6 +130,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default=None, metavar="FILE.toml", help="alignment parameters (AlignParams names)")
     p.add_argument("--device", default=None, choices=("cpu", "cuda"), help="compute device (default: CUDA if present)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files (never the inputs)")
 
 
 def _params(args: argparse.Namespace):
@@ -142,10 +148,11 @@ def _params(args: argparse.Namespace):
 
 def _cmd_align(args: argparse.Namespace) -> int:
     from .batch import align_files
+    from .io import path_problem
 
     for label, path in (("image", args.image), ("cells (--h5ad)", args.h5ad)):
-        if not Path(path).is_file():
-            raise GalaInputError(f"{label} file not found: {path}; check the path.")
+        if problem := path_problem(Path(path)):
+            raise GalaInputError(f"{label} file {problem}")
     params = _params(args)
     bars = _Bars(enabled=not args.quiet)
     try:
@@ -159,6 +166,11 @@ def _cmd_align(args: argparse.Namespace) -> int:
             feature=args.feature,
             report_dir=args.report,
             progress=bars,
+            overwrite=args.overwrite,
+            protect=[args.params],
+            channel=args.channel,
+            series=args.series,
+            plane=args.plane,
         )
     finally:
         bars.close()
@@ -198,6 +210,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
             processes=not args.threads,
             report=args.report,
             on_done=done,
+            overwrite=args.overwrite,
+            protect=[args.manifest, args.params],
         )
     finally:
         if bar is not None:
@@ -215,6 +229,9 @@ def _cmd_params(args: argparse.Namespace) -> int:
     if args.out == "-":
         sys.stdout.write(dumps_params(params))
     else:
+        from .outputs import check_outputs
+
+        check_outputs([("output", args.out)], [args.params], overwrite=args.overwrite)
         write_params(params, args.out)
     return 0
 

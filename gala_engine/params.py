@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from .errors import GalaInputError
 
@@ -40,11 +44,11 @@ class AlignParams:
     ga_operators: str = _p("vectorized", "How pygad runs each generation: 'vectorized' (steady-state selection, single-point crossover and gene-space mutation on whole arrays — the same distributions, another random stream — and the whole population scored in one call: several times less GA overhead per generation) or 'pygad' (pygad's own per-offspring loops and per-solution fitness bookkeeping, as published).", "ga", choices=("vectorized", "pygad"))
     # LDDMM (local deformation)
     num_iterations: int = _p(200, "LDDMM gradient iterations (0 = affine only).", "lddmm", min=0)
-    a: float | None = _p(None, "Smoothness scale of the deformation, in image pixels (None = 1/8 of the image extent).", "lddmm", min=0.0)
-    epV: float = _p(10.0, "LDDMM step size (halved automatically whenever a step raises the energy).", "lddmm", min=0.0)
-    sigmaR: float = _p(5e4, "Regularisation: larger allows larger deformations.", "lddmm", min=0.0)
-    sigmaM: float | None = _p(None, "Noise level of matched pixels (None = the target raster's std).", "lddmm", min=0.0)
-    sigmaB: float | None = _p(None, "Noise level of background pixels (None = the target raster's std).", "lddmm", min=0.0)
+    a: float | None = _p(None, "Smoothness scale of the deformation, in image pixels (None = 1/8 of the image extent).", "lddmm", gt=0.0)
+    epV: float = _p(10.0, "LDDMM step size (halved automatically whenever a step raises the energy).", "lddmm", gt=0.0)
+    sigmaR: float = _p(5e4, "Regularisation: larger allows larger deformations.", "lddmm", gt=0.0)
+    sigmaM: float | None = _p(None, "Noise level of matched pixels (None = the target raster's std).", "lddmm", gt=0.0)
+    sigmaB: float | None = _p(None, "Noise level of background pixels (None = the target raster's std).", "lddmm", gt=0.0)
     muB: float | None = _p(None, "Background intensity of the target (None = estimated).", "lddmm")
     nt: int = _p(3, "Time steps integrating the velocity field.", "lddmm", min=1)
     contrast: bool = _p(True, "Fit a linear contrast between the rasters at each LDDMM step.", "lddmm")
@@ -55,13 +59,14 @@ class AlignParams:
     lddmm_tol: float = _p(1e-4, "Relative energy decrease over lddmm_patience iterations below which LDDMM stops (only with lddmm_patience > 0).", "lddmm", min=0.0)
     # general
     num_repeats: int = _p(1, "Repeats of GA → LDDMM (the published method's restarts).", "general", min=1)
-    random_seed: int = _p(42, "Seed of the GA (runs with the same seed on CPU give the same result).", "general")
+    random_seed: int = _p(42, "Seed of the GA (runs with the same seed on CPU give the same result).", "general", min=0, max=2**32 - 1)
     dtype: str = _p("float32", "Floating point precision: 'float32' or 'float64'.", "general", choices=("float32", "float64"))
     device: str | None = _p(None, "'cpu', 'cuda' or None (CUDA when available).", "general")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
+            value = _coerce(f, getattr(self, f.name))
+            setattr(self, f.name, value)
             if value is None:
                 continue
             meta = f.metadata
@@ -71,8 +76,17 @@ class AlignParams:
                 continue
             if "min" in meta and value < meta["min"]:
                 raise GalaInputError(f"{f.name} must be ≥ {meta['min']}, got {value}. ({meta['help']})")
+            if "gt" in meta and value <= meta["gt"]:
+                raise GalaInputError(f"{f.name} must be > {meta['gt']}, got {value}. ({meta['help']})")
             if "max" in meta and value > meta["max"]:
                 raise GalaInputError(f"{f.name} must be ≤ {meta['max']}, got {value}. ({meta['help']})")
+        if self.device is not None and not _DEVICE.fullmatch(self.device):
+            raise GalaInputError(f"device must be 'cpu', 'cuda', 'cuda:<n>' or None (automatic), got {self.device!r}.")
+        if self.stop_criteria is not None and not _STOP.fullmatch(self.stop_criteria):
+            raise GalaInputError(
+                f"stop_criteria must be one of 'reach_<fitness>' or 'saturate_<generations>' (e.g. 'saturate_50'), "
+                f"or None, got {self.stop_criteria!r}."
+            )
         if self.num_parents_mating > self.sol_per_pop:
             raise GalaInputError("num_parents_mating cannot exceed sol_per_pop.")
 
@@ -109,3 +123,41 @@ class AlignParams:
     def group(name: str) -> list[str]:
         """Names of the parameters of one group ('ga', 'lddmm', 'general')."""
         return [f.name for f in dataclasses.fields(AlignParams) if f.metadata["group"] == name]
+
+
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+_STOP = re.compile(r"reach_-?\d+(\.\d+)?([eE][-+]?\d+)?|saturate_[1-9]\d*")
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    """``value`` as the field's type (bool, int, float or str; or None where allowed), strictly.
+
+    Whole floats (``30.0``) are accepted for integers; text is never converted ("30", "yes"), nor are
+    booleans taken as numbers; NaN and infinities are refused.
+    """
+    kind = str(f.type).replace(" ", "").replace("|None", "")
+    if value is None:
+        if "None" in str(f.type):
+            return None
+        raise GalaInputError(f"{f.name} cannot be empty (None); give a {kind} (default {f.default!r}).")
+    got = f"{value!r} ({type(value).__name__})"
+    if kind == "bool":
+        if isinstance(value, bool | np.bool_):
+            return bool(value)
+        raise GalaInputError(f"{f.name} must be true or false, got {got}. ({f.metadata['help']})")
+    if kind == "str":
+        if isinstance(value, str):
+            return value
+        raise GalaInputError(f"{f.name} must be text, got {got}. ({f.metadata['help']})")
+    numeric = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool | np.bool_)
+    if not numeric:
+        raise GalaInputError(f"{f.name} must be a number (not text or true/false), got {got}. ({f.metadata['help']})")
+    if not math.isfinite(float(value)):
+        raise GalaInputError(f"{f.name} must be a finite number, got {value}. ({f.metadata['help']})")
+    if kind == "int":
+        if isinstance(value, int | np.integer):
+            return int(value)
+        if float(value).is_integer():
+            return int(value)
+        raise GalaInputError(f"{f.name} must be a whole number, got {value}. ({f.metadata['help']})")
+    return float(value)

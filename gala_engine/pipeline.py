@@ -121,6 +121,9 @@ def gala(
     I_np, J_np = _check_raster("I (source)", I, xI), _check_raster("J (target)", J, xJ)
     p.fitness = resolve_fitness(p.fitness, I_np)
     xI, xJ = _axes(xI), _axes(xJ)
+    from .budget import check_arrays  # (local: keeps this edit to two lines)
+
+    check_arrays(I_np.shape, J_np.shape, xI, p)  # memory / time budget (gala_engine.budget) before any work
     device = resolve_device(p.device)
     dtype = torch.float64 if p.dtype == "float64" else torch.float32
     if verbose:

@@ -23,6 +23,22 @@ from ui.data import summary as data_summary
 from ui.data import warnings as data_warnings
 
 
+def _image_options(where: str) -> dict[str, int]:
+    """Channel / series / plane of the image to read (empty = automatic)."""
+    with st.expander("Image options (multi-channel, several images, Z-stacks)"):
+        cols = st.columns(3)
+        picks = {
+            "channel": cols[0].number_input("Channel", min_value=0, value=None, step=1, key=f"w_{where}_channel",
+                                            placeholder="auto", help="0-based channel of a multi-channel image."),
+            "series": cols[1].number_input("Series", min_value=0, value=None, step=1, key=f"w_{where}_series",
+                                           placeholder="auto (largest)",
+                                           help="0-based image of a TIFF holding several (OME series, label, macro)."),
+            "plane": cols[2].number_input("Plane", min_value=0, value=None, step=1, key=f"w_{where}_plane",
+                                          placeholder="auto", help="0-based Z / time plane of a stack."),
+        }
+    return {k: int(v) for k, v in picks.items() if v is not None}
+
+
 def _load(loader, *args) -> None:
     try:
         with st.spinner("Reading files…"):
@@ -42,15 +58,19 @@ with upload_tab:
     cells_up = c1.file_uploader("Cells (.h5ad with obsm['spatial'] in µm)", type=["h5ad"], key="up_cells")
     image_up = c2.file_uploader("Tissue image (PNG, JPEG, TIFF)", type=["png", "jpg", "jpeg", "tif", "tiff"],
                                 key="up_image")
+    up_options = _image_options("up")
     if st.button("Load uploaded files", disabled=not (cells_up and image_up), key="load_upload"):
-        _load(upload_dataset, cells_up.name, cells_up.getvalue(), image_up.name, image_up.getvalue())
+        _load(upload_dataset, cells_up.name, cells_up.getvalue(), image_up.name, image_up.getvalue(), up_options)
 with server_tab:
-    st.caption(f"Files too big to upload: give paths inside the data folder `{data_dir()}` "
-               "(set `GALA_DATA_DIR` to change it).")
+    if data_dir() is None:
+        st.caption("Reading files from the server is disabled here (`GALA_DATA_DIR` is empty).")
+    else:
+        st.caption("Files too big to upload: give paths inside the server's data folder (`GALA_DATA_DIR`).")
     cells_path = st.text_input("Cells file (.h5ad)", key="w_srv_cells")
     image_path = st.text_input("Image file", key="w_srv_image")
+    srv_options = _image_options("srv")
     if st.button("Load from server", key="load_server"):
-        _load(server_dataset, cells_path, image_path)
+        _load(server_dataset, cells_path, image_path, srv_options)
 
 if err := state.get(state.DATA_ERROR):
     st.error(err)
