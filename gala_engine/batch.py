@@ -20,13 +20,12 @@ from typing import Any
 from . import constants
 from .errors import GalaInputError
 from .events import ProgressCallback
-from .features import FEATURE_KINDS
+from .features import check_feature
 from .params import AlignParams
 
 __all__ = ["SUMMARY_COLUMNS", "ManifestRow", "align_files", "read_manifest", "run_batch", "write_summary"]
 
 SUMMARY_COLUMNS = ("section", "status", "fitness", "runtime_s", "error", "output")
-_FEATURES = FEATURE_KINDS
 
 
 def report_paths(report_dir: str | os.PathLike[str], name: str) -> list[Path]:
@@ -94,9 +93,9 @@ def align_files(
     if report_dir is not None:
         _report_folder(Path(report_dir), "--report")
         outputs += [("--report", p) for p in report_paths(report_dir, report_name)]
-    check_outputs(outputs, [image, h5ad, *protect], overwrite=overwrite)
-    if feature not in _FEATURES:
-        raise GalaInputError(f"feature must be one of {_FEATURES}, got {feature!r}.")
+    inputs = [p for p in (image, h5ad, *protect) if p is not None]
+    check_outputs(outputs, inputs, overwrite=overwrite)
+    check_feature(feature)
     if dx is not None and not dx > 0:
         raise GalaInputError(f"dx must be a positive pixel size in µm, got {dx}.")
     params = params or AlignParams()
@@ -106,7 +105,7 @@ def align_files(
     warnings = found.warnings + checks.check_image(img, name=image.name)
     rasters = section.prepare_section(adata, img, signal=found.signal, dx=dx, feature=feature)  # type: ignore[arg-type]
     result = section.align_section(rasters, params, progress=progress)
-    write_or_rescue(lambda p: section.write_aligned(adata, result, p, protect=[image, h5ad, *protect]), out,
+    write_or_rescue(lambda p: section.write_aligned(adata, result, p, protect=inputs), out,
                     what="the aligned .h5ad")
     summary: dict[str, Any] = {
         "fitness": result.fitness,

@@ -14,7 +14,7 @@ from typing import Any
 from . import constants
 from .errors import GalaInputError
 from .events import ProgressEvent
-from .features import FEATURE_KINDS
+from .features import FEATURE_CHOICES, check_feature
 
 __all__ = ["main"]
 
@@ -61,6 +61,14 @@ class _Bars:
             self.bar = None
 
 
+def _feature_option(value: str) -> str:
+    """argparse type of ``--feature``: a known feature or '+'-joined channels, else a usage error."""
+    try:
+        return check_feature(value)
+    except GalaInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="GALA: align spatial transcriptomics cells to their H&E image.")
     sub = p.add_subparsers(dest="command", required=True, metavar="{align,batch,params}")
@@ -85,8 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--feature",
         default="auto",
-        choices=FEATURE_KINDS,
-        help="image feature raster (default auto: sobel for one-channel images, inverted for H&E colour)",
+        type=_feature_option,
+        help=f"image feature raster: {', '.join(FEATURE_CHOICES)} or channels joined by '+' (default auto: "
+        "nuclei (hematoxylin) + tissue for brightfield H&E/IHC, sobel for fluorescence such as DAPI)",
     )
     a.add_argument("--report", metavar="DIR", default=None, help="write a quality report (PNG + JSON) into DIR")
     a.add_argument("--channel", type=int, default=None, help="image channel to align against (0-based; multi-channel images)")

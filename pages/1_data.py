@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from gala_engine.demo import DEMOS
-from gala_engine.features import FEATURE_KINDS
+from gala_engine.features import FEATURE_CHOICES
 from gala_engine.io import cell_signal, spatial_yx
 from ui import figures, state
 from ui.data import (
@@ -102,10 +102,12 @@ auto_dx = c2.checkbox("automatic dx", value=cfg["dx"] is None, key="w_dx_auto",
                       help="Pick the cell raster's pixel size from the data extent (about 200 pixels a side).")
 cfg["dx"] = None if auto_dx else float(c2.number_input("dx (µm per raster pixel)", min_value=0.1,
                                                          value=float(cfg["dx"] or 30.0), key="w_dx"))
-features = list(FEATURE_KINDS)
+features = list(FEATURE_CHOICES) + ([cfg["feature"]] if cfg["feature"] not in FEATURE_CHOICES else [])
 cfg["feature"] = c3.selectbox("Image feature", features, index=features.index(cfg["feature"]), key="w_feature",
-                              help="auto: sobel for one-channel images (DAPI), inverted for colour H&E; sobel: edge "
-                                   "strength; intensity: brightness; inverted: darkness (stained nuclei on white).")
+                              help="What of the image the cells are matched to. auto: for brightfield H&E/IHC the "
+                                   "nuclei (hematoxylin, by colour deconvolution) plus the tissue (all stain), for "
+                                   "fluorescence such as DAPI the edges (sobel); hematoxylin: nuclei only; tissue: "
+                                   "all stain; sobel: edge strength; intensity: brightness; inverted: darkness.")
 auto_reduce = c4.checkbox("automatic image downsampling", value=cfg["reduce"] is None, key="w_reduce_auto")
 cfg["reduce"] = None if auto_reduce else int(c4.number_input("downsampling factor (loaded px)", min_value=1,
                                                                value=int(cfg["reduce"] or 4), key="w_reduce"))

@@ -25,6 +25,7 @@ from .cases import Case
 TUTORIAL_DX = 30.0
 TUTORIAL_GENERATIONS = 300
 TUTORIAL_ITERATIONS = 500
+TUTORIAL_CALL = dict(num_repeats=2, epV=10.0, a=20.0, sigmaR=5e4, random_seed=42)  # the tutorial's gala(...) keywords
 
 
 @dataclass
@@ -141,11 +142,12 @@ def tutorial_source(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 
 def tutorial_gene_space(xI: list, xJ: list, *, scale_low: float = 0.01) -> list[dict]:
-    """Explicit ranges like the published tutorial's: angle −180…180, both scales from ``scale_low``
-    (positive: no flips) to the compatible default's upper bound, translations the compatible default.
+    """Explicit ranges like the published tutorial's: angle −180…180, both scales from −hi to hi (a negative
+    scale is a flip; |scale| down to ``scale_low`` is inside the range), hi the compatible default's upper
+    bound, translations the compatible default.
 
     The published notebook's own ``gene_space`` could not be retrieved here; this follows the issue's
-    description ("scale ranges starting at 0.01") and ``AlignParams.tutorial()``.
+    description ("scale ranges starting at 0.01") and the product's "negative scale = flip".
     """
     from gala_engine.search import fill_gene_space
 
@@ -153,15 +155,17 @@ def tutorial_gene_space(xI: list, xJ: list, *, scale_low: float = 0.01) -> list[
     out = [dict(d) for d in space]
     out[0] = {"low": -180.0, "high": 180.0}
     for k in (1, 2):
-        out[k] = {"low": scale_low, "high": float(max(abs(space[k]["low"]), abs(space[k]["high"])))}
+        hi = float(max(abs(space[k]["low"]), abs(space[k]["high"]), scale_low))
+        out[k] = {"low": -hi, "high": hi}
     return out
 
 
 def run_tutorial(case: Case, *, num_generations: int = TUTORIAL_GENERATIONS, num_iterations: int = TUTORIAL_ITERATIONS,
                  dx: float = TUTORIAL_DX, gene_space: list[dict] | str = "tutorial", **params) -> Outcome:
     """The published tutorial's recipe (see the module docstring). ``gene_space="tutorial"``: the explicit
-    ranges of :func:`tutorial_gene_space`; ``None``: the engine's derived ranges. ``params`` override
-    ``AlignParams.tutorial()`` fields."""
+    ranges of :func:`tutorial_gene_space`; ``None``: the engine's derived ranges. ``params`` add to or override
+    the tutorial's keywords (``TUTORIAL_CALL``; e.g. ``**AlignParams.tutorial().to_dict()`` for every published
+    setting)."""
     import torch
 
     from gala_engine import AlignParams, gala, rasterize, to_cpu, transform_points_target_to_source
@@ -179,9 +183,11 @@ def run_tutorial(case: Case, *, num_generations: int = TUTORIAL_GENERATIONS, num
         XJ, YJ, J = rasterize(x, y, g=cell_signal(case.adata), dx=dx)
         xI, xJ = [YI, XI], [YJ, XJ]
         gs = tutorial_gene_space(xI, xJ) if gene_space == "tutorial" else gene_space
-        p = AlignParams.tutorial(num_generations=num_generations, num_iterations=num_iterations, **params)
-        kw = p.to_dict()
-        kw.update(sigmaM=float(I.std()), sigmaB=float(J.std()))
+        # the tutorial's call: only the parameters it names; every other one is the engine's default
+        kw = dict(TUTORIAL_CALL, num_generations=num_generations, num_iterations=num_iterations,
+                  sigmaM=float(I.std()), sigmaB=float(J.std()))
+        kw.update(params)
+        AlignParams.from_dict({k: v for k, v in kw.items()})  # checked like the engine does
         resu = to_cpu(gala(xI, I, xJ, J, gene_space=gs, **kw))
         pts = torch.as_tensor(np.stack([y, x], 1), dtype=torch.as_tensor(resu["A"]).dtype)
         rc = np.asarray(transform_points_target_to_source(resu["xv"], resu["v"], resu["A"], pts))
