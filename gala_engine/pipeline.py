@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any
@@ -9,11 +10,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .affine import genes_to_matrix, grid_centre, matrix_to_genes
+from .affine import genes_to_matrix, grid_centre, grid_points, matrix_to_genes, sample
 from .device import device_name, resolve_device
 from .errors import GalaInputError
 from .events import ProgressCallback, ProgressEvent, StopPredicate, stopped
-from .features import normalize, tissue_extent
+from .features import normalize, tissue_extent, tissue_mask
 from .lddmm import default_a, run_lddmm, velocity_grid
 from .params import AlignParams
 from .search import (
@@ -24,9 +25,9 @@ from .search import (
     pool_raster,
     pose_grid,
     refine_genes,
-    resolve_fitness,
     run_ga,
     score_batch,
+    shows_glass,
     space_around,
 )
 from .transform import transform_image_source_to_target
@@ -119,7 +120,11 @@ def gala(
     t_start = time.perf_counter()
     p = AlignParams.from_dict(params)
     I_np, J_np = _check_raster("I (source)", I, xI), _check_raster("J (target)", J, xJ)
-    p.fitness = resolve_fitness(p.fitness, I_np)
+    # fitness "auto": search with "tissue" (right for crops too); if the image shows empty slide and the found pose
+    # puts (nearly) all of the image's tissue under the cells, finish on the whole raster ("ncc": the outline counts)
+    outline = p.fitness == "auto" and shows_glass(I_np)
+    if p.fitness == "auto":
+        p.fitness = "tissue"
     xI, xJ = _axes(xI), _axes(xJ)
     from .budget import check_arrays  # (local: keeps this edit to two lines)
 
@@ -152,6 +157,7 @@ def gala(
     ga_history: list[dict] = []
     energy_history: list[list[float]] = []
     validation: dict | None = None
+    fitness_used = p.fitness
     xv_full = velocity_grid(xI, p.a if p.a is not None else default_a(xI))  # shared by every LDDMM level
     v = None
     lddmm = None
@@ -207,6 +213,14 @@ def gala(
             best_genes, score = refine_genes(full, best_genes, space, iterations=per_level,
                                              progress=progress, should_stop=should_stop, repeat=repeat)
             was_stopped = stopped(should_stop)
+            if outline and not was_stopped and _tissue_covered(I_t, xI, J_t, xJ, best_genes, full) >= FULL_COVERAGE:
+                whole = dataclasses.replace(p, fitness="ncc")
+                for I_l, xI_l, J_l, xJ_l in ((I_c, xI_c, J_c, xJ_c), (I_t, xI, J_t, xJ)):
+                    best_genes, score = refine_genes(_fitness(I_l, xI_l, J_l, xJ_l, whole, space, xI, xJ), best_genes,
+                                                     space, iterations=per_level, progress=progress,
+                                                     should_stop=should_stop, repeat=repeat)
+                fitness_used = "tissue, then ncc"
+                was_stopped = stopped(should_stop)
         A = genes_to_matrix(torch.as_tensor(best_genes, dtype=dtype, device=device), full.cI, full.cJ)
         if p.num_iterations and not was_stopped:
             folds = _checkerboard_folds(J_t.shape[1:], device) if p.lddmm_validate else [None]
@@ -249,6 +263,7 @@ def gala(
         "runtime_s": time.perf_counter() - t_start,
         "stopped": was_stopped,
         "lddmm_validation": validation,
+        "fitness_used": fitness_used,
     }
 
 
@@ -260,6 +275,19 @@ def _init_genes(init_A, xI: list, xJ: list) -> np.ndarray:
     if A.shape != (3, 3) or not np.isfinite(A).all() or abs(np.linalg.det(A[:2, :2])) < 1e-12:
         raise GalaInputError(f"init_A must be a finite, invertible 3×3 (or 2×3) affine, got shape {A.shape}.")
     return matrix_to_genes(A, xI, xJ)
+
+
+FULL_COVERAGE = 0.8  # share of the image's tissue under the cells above which the whole raster is compared
+
+
+def _tissue_covered(I, xI, J, xJ, genes, fit: BatchedFitness) -> float:
+    """Share of the image's tissue mask that the pose ``genes`` puts inside the cells' support."""
+    A = genes_to_matrix(torch.as_tensor(genes, dtype=I.dtype, device=I.device), fit.cI, fit.cJ)
+    mask = torch.as_tensor(tissue_mask(I.cpu().numpy()), dtype=I.dtype, device=I.device)
+    support = pixel_weights(J, "ncc_support").reshape(1, *J.shape[1:])
+    points = grid_points(xI, dtype=I.dtype, device=I.device) @ A[:2, :2].T + A[:2, 2]
+    under_cells = sample(support, xJ, points)[0]
+    return float((mask * under_cells).sum() / mask.sum().clamp_min(1e-12))
 
 
 def _fit_lddmm(I, xI, J, xJ, A, p: AlignParams, v0, xv, mask, progress, should_stop, repeat):

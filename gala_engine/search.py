@@ -117,20 +117,18 @@ def space_around(space: GeneSpace, genes: np.ndarray, *, angle: float = 15.0, sc
 
 
 FITNESS_KINDS = ("tissue", "ncc", "ncc_support", "sse")
-GLASS_LEVEL, GLASS_FRACTION = 0.1, 0.1  # "auto": ≥ 10 % of the image below 10 % of its 99th percentile = glass
+GLASS_LEVEL, GLASS_FRACTION = 0.1, 0.1  # ≥ 10 % of the image below 10 % of its 99th percentile = empty slide
 
 
-def resolve_fitness(kind: str, I: np.ndarray) -> str:
-    """``"auto"`` → ``"ncc"`` when the image shows empty slide around the tissue (at least ``GLASS_FRACTION`` of
-    the source raster below ``GLASS_LEVEL`` of its 99th percentile): the whole cell raster is then compared, so the
-    tissue outline counts and an evenly packed section has one best pose; otherwise (tissue fills the image: a
-    crop, where tissue beyond the cells is expected) ``"tissue"``. Other kinds unchanged."""
-    if kind != "auto":
-        return kind
+def shows_glass(I: np.ndarray) -> bool:
+    """True when the image shows empty slide around the tissue: at least ``GLASS_FRACTION`` of the source raster
+    (channels summed) below ``GLASS_LEVEL`` of its 99th percentile. Only then can the tissue outline be
+    compared with the cells' outline (an image filled with tissue has none)."""
     total = np.asarray(I, dtype=np.float64).sum(0)
     top = float(np.percentile(total, 99.0))
-    glass = float((total < GLASS_LEVEL * top).mean()) if top > 0 else 0.0
-    return "ncc" if glass >= GLASS_FRACTION else "tissue"
+    return top > 0 and float((total < GLASS_LEVEL * top).mean()) >= GLASS_FRACTION
+
+
 SUPPORT_LEVEL = 0.02  # target pixels above this fraction of the maximum count as the cells' support
 OVERLAP_WEIGHT = 0.5  # "tissue": weight of the cells-on-tissue overlap next to the texture correlation
 
