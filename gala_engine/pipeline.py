@@ -88,6 +88,7 @@ def gala(
     verbose: bool = False,
     source_extent: tuple[np.ndarray, np.ndarray] | None = None,
     init_A=None,
+    fine_levels: list | None = None,
     **params: Any,
 ) -> dict[str, Any]:
     """Align source ``I`` (image feature raster) to target ``J`` (cell raster).
@@ -105,6 +106,10 @@ def gala(
         returned ``'A'``), e.g. from landmarks or an earlier run: the search runs in a narrow space around it
         (angle ± 15°, scales ×/÷ 1.25, shifts ± 10 % of the default range; a shear is dropped) and starts
         from it, then LDDMM refines.
+    fine_levels
+        Optional finer rasters of the same section, ``[(xI, I, xJ, J), …]`` coarse to fine (e.g. the cells at dx/2
+        and the image at the matching working pixel): after the search the pose is refined on each in turn, so
+        the error can fall below a pixel of ``J`` (:func:`gala_engine.section.prepare_section` makes them).
     progress, should_stop
         Optional callback receiving :class:`~gala_engine.events.ProgressEvent` and a predicate
         polled once per step; stopping keeps the best result so far.
@@ -220,6 +225,16 @@ def gala(
                                                      space, iterations=per_level, progress=progress,
                                                      should_stop=should_stop, repeat=repeat)
                 fitness_used = "tissue, then ncc"
+                was_stopped = stopped(should_stop)
+            kind = dataclasses.replace(p, fitness="ncc" if fitness_used != p.fitness else p.fitness)
+            for xI_f, I_f, xJ_f, J_f in fine_levels or ():  # sub-pixel: finer rasters of the same section
+                if was_stopped:
+                    break
+                I_f = torch.as_tensor(np.stack([normalize(c) for c in np.asarray(I_f)]), dtype=dtype, device=device)
+                J_f = torch.as_tensor(np.stack([normalize(c) for c in np.asarray(J_f)]), dtype=dtype, device=device)
+                best_genes, score = refine_genes(_fitness(I_f, _axes(xI_f), J_f, _axes(xJ_f), kind, space, xI, xJ),
+                                                 best_genes, space, iterations=per_level, progress=progress,
+                                                 should_stop=should_stop, repeat=repeat)
                 was_stopped = stopped(should_stop)
         A = genes_to_matrix(torch.as_tensor(best_genes, dtype=dtype, device=device), full.cI, full.cJ)
         if p.num_iterations and not was_stopped:

@@ -211,7 +211,8 @@ def _fit_score(a: torch.Tensor, t: _FitTarget) -> torch.Tensor:
     if C == 1:
         return single[:, 0]
     best = torch.full_like(single[:, 0], -1.0)
-    ridge = 1e-6 * diag.mean(1)[:, None, None] * torch.eye(C, dtype=a.dtype, device=a.device)
+    # a relative ridge (and a floor for poses that see no image at all) keeps every solve well posed in float32
+    ridge = (1e-5 * diag.mean(1) + 1e-8)[:, None, None] * torch.eye(C, dtype=a.dtype, device=a.device)
     subsets = _channel_subsets(C) if C <= MAX_NNLS_CHANNELS else (tuple(range(C)),)
     for subset in subsets:
         if len(subset) == 1:
@@ -221,7 +222,8 @@ def _fit_score(a: torch.Tensor, t: _FitTarget) -> torch.Tensor:
             idx = list(subset)
             S_m = (S + ridge)[:, idx][:, :, idx]
             b_m = b[:, idx]
-            coef = torch.linalg.solve(S_m, b_m)
+            coef, info = torch.linalg.solve_ex(S_m, b_m)
+            coef = torch.where((info == 0)[:, None], coef, -1.0)  # a failed solve counts as infeasible
             explained = (coef * b_m).sum(1).clamp_min(0.0) / (t.jj + 1e-24)
             ok = (coef > 0).all(1) | (C > MAX_NNLS_CHANNELS)
             r = torch.where(ok, torch.sqrt(explained.clamp_max(1.0) + 1e-24), -1.0)

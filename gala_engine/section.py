@@ -45,6 +45,7 @@ class SectionRasters:
     image_full_shape: tuple[int, int]
     signal: str
     feature: str
+    fine: list = field(default_factory=list)  # finer (xI, I, xJ, J) of the same section, for sub-pixel refinement
 
     @property
     def flat_target(self) -> bool:
@@ -91,11 +92,14 @@ def prepare_section(
     target_pixels: int = 200,
     blur: float | None = None,
     match_blur: bool = True,
+    fine_levels: int = 2,
 ) -> SectionRasters:
     """Rasterise the cells (µm grid of pixel ``dx``, chosen from the data when None) and the image.
 
     ``blur`` (raster pixels, Gaussian std = 2·blur) defaults to half the median nearest-neighbour
     spacing of the cells (at least 1), so sparse spots (Visium) merge into tissue rather than dots.
+    ``fine_levels`` (0–2): finer raster pairs at dx/2 and dx/4 (while that stays above the cell spacing and the
+    image has the pixels) for the sub-pixel refinement after the search.
     """
     yx = spatial_yx(adata)
     check_prepare(yx, image, dx=dx, image_reduce=image_reduce)  # memory / time budget before any work
@@ -104,15 +108,26 @@ def prepare_section(
         raise GalaInputError(f"Every cell has zero {signal}; choose 'cell density' or a gene as the signal.")
     if dx is None:
         dx = choose_dx(yx[:, 1], yx[:, 0], target_pixels=target_pixels)
+    spacing = cell_spacing(yx)
     if blur is None:
-        blur = max(1.0, 0.5 * cell_spacing(yx) / (2.0 * dx))
-    XJ, YJ, J = rasterize(yx[:, 1], yx[:, 0], g=None if signal == constants.SIGNAL_DENSITY else weights, dx=dx,
-                          blur=blur)
-    reduce = default_image_reduce(image, J.shape) if image_reduce is None else int(image_reduce)
-    YI, XI, I = image_feature(image.pixels, reduce=reduce, scale=image.scale, kind=feature,
-                              smooth=matched_image_blur(image, yx, 2.0 * blur * dx) if match_blur else 0.0)
-    return SectionRasters(I, [YI, XI], J.astype(np.float32), [YJ, XJ], float(dx), reduce,
-                          tuple(image.full_shape), signal, resolve_feature(feature, image.pixels))
+        blur = max(1.0, 0.5 * spacing / (2.0 * dx))
+    g = None if signal == constants.SIGNAL_DENSITY else weights
+    feature = resolve_feature(feature, image.pixels)
+
+    def pair(dx_l: float, blur_l: float, reduce_l: int | None):
+        XJ, YJ, J = rasterize(yx[:, 1], yx[:, 0], g=g, dx=dx_l, blur=blur_l)
+        reduce_l = default_image_reduce(image, J.shape) if reduce_l is None else reduce_l
+        smooth = matched_image_blur(image, yx, 2.0 * blur_l * dx_l) if match_blur else 0.0
+        YI, XI, I = image_feature(image.pixels, reduce=reduce_l, scale=image.scale, kind=feature, smooth=smooth)
+        return [YI, XI], I, [YJ, XJ], J.astype(np.float32), reduce_l
+
+    xI, I, xJ, J, reduce = pair(dx, blur, None if image_reduce is None else int(image_reduce))
+    fine = []
+    for factor in (2, 4)[:fine_levels]:  # finer rasters down to the cell spacing (finer than that is dots)
+        if dx / factor < spacing or reduce // factor < 1:
+            break
+        fine.append(pair(dx / factor, max(1.0, 0.5 * spacing / (2.0 * dx / factor)), reduce // factor)[:4])
+    return SectionRasters(I, xI, J, xJ, float(dx), reduce, tuple(image.full_shape), signal, feature, fine)
 
 
 @dataclass
@@ -211,7 +226,7 @@ def align_section(
     """
     params = params or AlignParams()
     result = gala(rasters.xI, rasters.I, rasters.xJ, rasters.J, gene_space=gene_space, progress=progress,
-                  should_stop=should_stop, init_A=init_A, **params.to_dict())
+                  should_stop=should_stop, init_A=init_A, fine_levels=rasters.fine, **params.to_dict())
     return AlignmentResult.from_gala(result, dx=rasters.dx)
 
 
