@@ -201,33 +201,35 @@ def _fit_score(a: torch.Tensor, t: _FitTarget) -> torch.Tensor:
     """(n, C, N) resampled source channels at the scored pixels → (n,) multiple correlation with the target
     under a non-negative fit (exact: the best fit over the active sets whose coefficients are all positive).
     No feasible set (every channel anti-correlated) → the best single channel's (negative) correlation."""
-    ac = a - (a @ t.w)[..., None]  # weighted-centred: no cancellation when a channel is (nearly) constant
-    acw = ac * t.w
-    S = acw @ ac.transpose(1, 2)  # (n, C, C) weighted covariances
-    b = acw @ t.jc  # (n, C)
     C = a.shape[1]
+    if C == 1:  # the NCC, centred first: no cancellation when a is (nearly) constant
+        ac = a[:, 0] - (a[:, 0] @ t.w)[:, None]
+        return (ac @ (t.w * t.jc)) / torch.sqrt((ac * ac) @ t.w * t.jj + 1e-24)
+    m = a @ t.w  # (n, C) weighted means
+    S = (a * t.w) @ a.transpose(1, 2) - m[:, :, None] * m[:, None, :]  # (n, C, C) weighted covariances
+    b = a @ (t.w * t.jc)  # (n, C): the target is centred, so no mean correction
     diag = torch.diagonal(S, dim1=1, dim2=2).clamp_min(1e-12)
     single = b / torch.sqrt(diag * t.jj + 1e-24)  # each channel's NCC
-    if C == 1:
-        return single[:, 0]
-    best = torch.full_like(single[:, 0], -1.0)
+    best = torch.where(single > 0, single, -1.0).max(1).values  # the one-channel active sets
     # a relative ridge (and a floor for poses that see no image at all) keeps every solve well posed in float32
-    ridge = (1e-5 * diag.mean(1) + 1e-8)[:, None, None] * torch.eye(C, dtype=a.dtype, device=a.device)
-    subsets = _channel_subsets(C) if C <= MAX_NNLS_CHANNELS else (tuple(range(C)),)
+    ridge = 1e-5 * diag.mean(1) + 1e-8
+    subsets = [m_ for m_ in _channel_subsets(C) if len(m_) > 1] if C <= MAX_NNLS_CHANNELS else [tuple(range(C))]
     for subset in subsets:
-        if len(subset) == 1:
-            k = subset[0]
-            r = torch.where(single[:, k] > 0, single[:, k], -1.0)
+        if len(subset) == 2:  # closed form (the usual two image channels): no batched LAPACK call
+            i, j = subset
+            s00, s11, s01 = S[:, i, i] + ridge, S[:, j, j] + ridge, S[:, i, j]
+            det = (s00 * s11 - s01 * s01).clamp_min(1e-30)
+            coef = torch.stack([s11 * b[:, i] - s01 * b[:, j], s00 * b[:, j] - s01 * b[:, i]], 1) / det[:, None]
+            b_m = b[:, [i, j]]
         else:
             idx = list(subset)
-            S_m = (S + ridge)[:, idx][:, :, idx]
+            S_m = S[:, idx][:, :, idx] + ridge[:, None, None] * torch.eye(len(idx), dtype=a.dtype, device=a.device)
             b_m = b[:, idx]
             coef, info = torch.linalg.solve_ex(S_m, b_m)
             coef = torch.where((info == 0)[:, None], coef, -1.0)  # a failed solve counts as infeasible
-            explained = (coef * b_m).sum(1).clamp_min(0.0) / (t.jj + 1e-24)
-            ok = (coef > 0).all(1) | (C > MAX_NNLS_CHANNELS)
-            r = torch.where(ok, torch.sqrt(explained.clamp_max(1.0) + 1e-24), -1.0)
-        best = torch.maximum(best, r)
+        explained = (coef * b_m).sum(1).clamp(0.0, t.jj) / (t.jj + 1e-24)
+        ok = (coef > 0).all(1) | (C > MAX_NNLS_CHANNELS)
+        best = torch.maximum(best, torch.where(ok, torch.sqrt(explained + 1e-24), -1.0))
     return torch.where(best > -1.0, best, single.max(1).values)
 
 
@@ -282,7 +284,7 @@ class BatchedFitness:
         if self._target is None:
             return 1.0 / (1.0 + ((a - self._j) ** 2).flatten(1).sum(1))
         if self.kind == "tissue":
-            return _fit_score(a[:, :-1], self._target) + OVERLAP_WEIGHT * (a[:, -1] @ self._target.density)
+            return _fit_score(a[:, :-1].contiguous(), self._target) + OVERLAP_WEIGHT * (a[:, -1] @ self._target.density)
         return _fit_score(a, self._target)
 
     def _resample(self, theta: torch.Tensor) -> torch.Tensor:
