@@ -239,9 +239,12 @@ def gala(
         A = genes_to_matrix(torch.as_tensor(best_genes, dtype=dtype, device=device), full.cI, full.cJ)
         if p.num_iterations and not was_stopped:
             folds = _checkerboard_folds(J_t.shape[1:], device) if p.lddmm_validate else [None]
+            # the folds share the iterations (each sees half the pixels): cross-validation costs one run
+            per_fold = dataclasses.replace(p, num_iterations=max(p.num_iterations // len(folds), 1))
             fits = []
             for mask in folds:
-                lddmm, fold_energy = _fit_lddmm(I_t, xI, J_t, xJ, A, p, v, xv_full, mask, progress, should_stop, repeat)
+                lddmm, fold_energy = _fit_lddmm(I_t, xI, J_t, xJ, A, per_fold, v, xv_full, mask, progress, should_stop,
+                                                repeat)
                 energy_history.extend(fold_energy)
                 fits.append(lddmm)
                 was_stopped = lddmm.stopped
