@@ -125,11 +125,13 @@ def gala(
     t_start = time.perf_counter()
     p = AlignParams.from_dict(params)
     I_np, J_np = _check_raster("I (source)", I, xI), _check_raster("J (target)", J, xJ)
-    # fitness "auto": search with "tissue" (right for crops too); if the image shows empty slide and the found pose
-    # puts (nearly) all of the image's tissue under the cells, finish on the whole raster ("ncc": the outline counts)
+    # fitness "auto": where the image shows empty slide, search with "tissue" (texture + cells on the tissue mask:
+    # right for crops too) and, if the pose found puts (nearly) all of the image's tissue under the cells, finish on
+    # the whole raster ("ncc": the outline counts). An image filled with tissue has no tissue mask (Otsu would split
+    # the tissue itself: cells would be pulled onto its darker half), so there only the texture: "ncc_support".
     outline = p.fitness == "auto" and shows_glass(I_np)
     if p.fitness == "auto":
-        p.fitness = "tissue"
+        p.fitness = "tissue" if outline else "ncc_support"
     xI, xJ = _axes(xI), _axes(xJ)
     from .budget import check_arrays  # (local: keeps this edit to two lines)
 
