@@ -92,10 +92,14 @@ def test_small_iteration_counts_work_and_report_energy(dapi_small):
     pair = make_pair(dapi_small, 0, 1.0, 1.0, n_cells=1000)
     events = []
     result = gala(pair.xI, pair.I, pair.xJ, pair.J, num_generations=5, ga_restarts=1, refine_iterations=3,
-                  num_iterations=3, progress=events.append)
+                  num_iterations=3, lddmm_validate=False, progress=events.append)
     lddmm = [e for e in events if e.stage == "lddmm"]
     assert [e.step for e in lddmm] == [1, 2, 3] and len(result["energy_history"]) == 3
     assert {"matching", "regularisation"} <= set(lddmm[0].extra)
+    events.clear()  # cross-validated (default): the two folds share the iterations
+    result = gala(pair.xI, pair.I, pair.xJ, pair.J, num_generations=5, ga_restarts=1, refine_iterations=3,
+                  num_iterations=4, progress=events.append)
+    assert [e.step for e in events if e.stage == "lddmm"] == [1, 2, 1, 2] and len(result["energy_history"]) == 4
 
 
 def test_result_round_trips_through_npz_without_pickle(dapi_small, tmp_path):
@@ -141,7 +145,7 @@ def test_coarse_to_fine_lddmm_runs_its_first_share_on_pooled_rasters():
     I, J = torch.as_tensor(rng.random((1, 40, 60))), torch.as_tensor(rng.random((1, 30, 50)))
     xI, xJ = [np.arange(40.0), np.arange(60.0)], [np.arange(30.0) * 2, np.arange(50.0) * 2]
     p = AlignParams(num_iterations=200, lddmm_coarse=2, lddmm_coarse_fraction=0.75, sigmaM=0.4, sigmaB=0.6)
-    (Ic, _, Jc, _, n_coarse, noise_c), (If, _, Jf, _, n_fine, noise_f) = list(_lddmm_levels(I, xI, J, xJ, p))
+    (Ic, _, Jc, _, n_coarse, noise_c, _), (If, _, Jf, _, n_fine, noise_f, _) = list(_lddmm_levels(I, xI, J, xJ, p))
     assert (tuple(Ic.shape), tuple(Jc.shape), n_coarse, noise_c) == ((1, 20, 30), (1, 15, 25), 150, (0.2, 0.3))
     assert If is I and Jf is J and n_fine == 50 and noise_f == (0.4, 0.6)
     assert len(list(_lddmm_levels(I, xI, J, xJ, AlignParams(num_iterations=200)))) == 1  # off by default
