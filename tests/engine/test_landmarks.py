@@ -266,3 +266,40 @@ def test_xenium_kb_example_matrix():
 def test_bad_xenium_matrix(text, match):
     with pytest.raises(GalaInputError, match=match):
         read_xenium_matrix(text)
+
+
+# ------------------------------------------------------------------------------------- manual results
+
+
+def test_affine_result_maps_like_its_matrix_and_round_trips_npz(tmp_path):
+    from gala_engine.manual import affine_result
+
+    M = _um_to_px_xy(40.0, 3.0, (120.0, 80.0), flip=True)
+    res = affine_result(_A_from_xy(M), image_shape=(600, 500))
+    cells = np.random.default_rng(1).uniform(0, 100, size=(20, 2))
+    np.testing.assert_allclose(res.cells_to_image(cells), apply_matrix(M, cells), atol=1e-9)
+    back = AlignmentResult.load_npz(res.save_npz(tmp_path / "t.npz"))
+    np.testing.assert_allclose(back.cells_to_image(cells), apply_matrix(M, cells), atol=1e-9)
+    assert back.params["source"] == "landmarks"
+
+
+def test_nudges_move_the_cells_on_the_image_as_named():
+    from gala_engine.manual import affine_result, nudge
+
+    M = _um_to_px_xy(0.0, 2.0, (100.0, 100.0))
+    res = affine_result(_A_from_xy(M))
+    cells = np.array([[0.0, 0.0], [50.0, 0.0], [0.0, 20.0], [50.0, 20.0]])  # image box x 100–200, y 100–140
+    before = res.cells_to_image(cells)
+    centre = before.mean(axis=0)
+    moved = nudge(res, cells_xy=cells, shift_xy=(5.0, -3.0)).cells_to_image(cells)
+    np.testing.assert_allclose(moved, before + (5.0, -3.0), atol=1e-9)
+    rot = nudge(res, cells_xy=cells, rotate_deg=90).cells_to_image(cells)
+    np.testing.assert_allclose(rot.mean(axis=0), centre, atol=1e-9)  # about the cells' centre
+    d0, d1 = before[1] - before[0], rot[1] - rot[0]  # +x turns to +y (down): clockwise on screen
+    np.testing.assert_allclose(d1, [-d0[1], d0[0]], atol=1e-9)
+    fx = nudge(res, cells_xy=cells, flip_x=True).cells_to_image(cells)
+    np.testing.assert_allclose(fx[:, 0], 2 * centre[0] - before[:, 0], atol=1e-9)
+    np.testing.assert_allclose(fx[:, 1], before[:, 1], atol=1e-9)
+    big = nudge(res, cells_xy=cells, scale=1.5).cells_to_image(cells)
+    np.testing.assert_allclose(big - centre, 1.5 * (before - centre), atol=1e-9)
+    np.testing.assert_allclose(res.cells_to_image(cells), before)  # the input result is untouched
