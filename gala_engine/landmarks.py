@@ -48,6 +48,8 @@ __all__ = [
     "fit_landmarks",
     "landmark_errors",
     "landmark_summary",
+    "landmarks_csv",
+    "landmarks_uns",
     "matrix_from_xenium",
     "matrix_to_xenium",
     "read_landmarks",
@@ -300,6 +302,19 @@ def landmark_summary(result: Any, lm: Landmarks) -> dict[str, Any]:
     stat = (lambda f: float(f(err))) if err.size else (lambda f: math.nan)
     return {"n": len(lm), "median_px": stat(np.median), "mean_px": stat(np.mean), "max_px": stat(np.max),
             "pairs": pairs}
+
+
+def landmarks_uns(result: Any, lm: Landmarks, *, mode: str = "") -> dict[str, Any]:
+    """The pairs and their errors under ``result`` as arrays for ``uns['gala']['landmarks']`` (h5ad-safe):
+    ``names``, ``image_xy`` (N, 2) px, ``cells_xy`` (N, 2) µm, ``error_px`` (N,), ``median_px`` and, if
+    given, ``mode`` ("init": the alignment started from the landmarks; "check": only measured)."""
+    err = landmark_errors(result, lm)
+    out: dict[str, Any] = {"names": np.asarray(lm.names, dtype=str), "image_xy": lm.image_xy.copy(),
+                           "cells_xy": lm.cells_xy.copy(), "error_px": err,
+                           "median_px": float(np.median(err)) if err.size else math.nan}
+    if mode:
+        out["mode"] = mode
+    return out
 
 
 # ------------------------------------------------------------------------------------- CSV files

@@ -303,3 +303,20 @@ def test_nudges_move_the_cells_on_the_image_as_named():
     big = nudge(res, cells_xy=cells, scale=1.5).cells_to_image(cells)
     np.testing.assert_allclose(big - centre, 1.5 * (before - centre), atol=1e-9)
     np.testing.assert_allclose(res.cells_to_image(cells), before)  # the input result is untouched
+
+
+def test_landmarks_in_the_aligned_h5ad(tmp_path):
+    import anndata as ad
+
+    from gala_engine.manual import affine_result
+    from gala_engine.section import write_aligned
+
+    demo = load_demo("visium_tiny")
+    M = np.vstack([demo.um_to_px, [0, 0, 1]])
+    cells = np.asarray(demo.adata.obsm["spatial"], np.float64)[[0, 40, 80]]
+    lm = Landmarks(apply_matrix(M, cells) + (1.0, 0.0), cells, ["a", "b", "c"])
+    path = write_aligned(demo.adata, affine_result(_A_from_xy(M)), tmp_path / "o.h5ad", landmarks=lm)
+    uns = ad.read_h5ad(path).uns["gala"]["landmarks"]
+    assert list(uns["names"]) == ["a", "b", "c"]
+    np.testing.assert_allclose(uns["error_px"], 1.0, atol=1e-6)
+    assert uns["median_px"] == pytest.approx(1.0)
