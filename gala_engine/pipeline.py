@@ -9,14 +9,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from .affine import genes_to_matrix, grid_centre
+from .affine import genes_to_matrix, grid_centre, matrix_to_genes
 from .device import device_name, resolve_device
 from .errors import GalaInputError
 from .events import ProgressCallback, ProgressEvent, StopPredicate, stopped
 from .features import normalize, tissue_extent
 from .lddmm import default_a, run_lddmm, velocity_grid
 from .params import AlignParams
-from .search import BatchedFitness, blur_raster, fill_gene_space, pool_raster, pose_grid, refine_genes, run_ga
+from .search import (
+    BatchedFitness,
+    blur_raster,
+    fill_gene_space,
+    pool_raster,
+    pose_grid,
+    refine_genes,
+    run_ga,
+    space_around,
+)
 
 
 def _check_raster(name: str, R, x) -> np.ndarray:
@@ -73,6 +82,7 @@ def gala(
     should_stop: StopPredicate | None = None,
     verbose: bool = False,
     source_extent: tuple[np.ndarray, np.ndarray] | None = None,
+    init_A=None,
     **params: Any,
 ) -> dict[str, Any]:
     """Align source ``I`` (image feature raster) to target ``J`` (cell raster).
@@ -85,6 +95,11 @@ def gala(
         Target grid ``[rows, cols]`` (µm) and raster (C, H', W').
     gene_space
         Five dicts for ``[angle°, sy, sx, ty, tx]`` with optional ``low``/``high`` (empty → from data).
+    init_A
+        Optional starting affine (3×3 or 2×3, image pixels (row, col) → µm (row, col), the convention of the
+        returned ``'A'``), e.g. from landmarks or an earlier run: the search runs in a narrow space around it
+        (angle ± 15°, scales ×/÷ 1.25, shifts ± 10 % of the default range; a shear is dropped) and starts
+        from it, then LDDMM refines.
     progress, should_stop
         Optional callback receiving :class:`~gala_engine.events.ProgressEvent` and a predicate
         polled once per step; stopping keeps the best result so far.
@@ -110,6 +125,9 @@ def gala(
     if p.gene_space_mode == "extent" and source_extent is None:
         source_extent = tissue_extent(I_np, xI)
     space = fill_gene_space(gene_space, xI, xJ, mode=p.gene_space_mode, source_extent=source_extent)
+    init_genes = None if init_A is None else _init_genes(init_A, xI, xJ)
+    if init_genes is not None:
+        space = space_around(space, init_genes)
 
     fI = max(1, math.ceil(max(I_np.shape[1:]) / p.ga_max_pixels))
     fJ = max(1, math.ceil(max(J_np.shape[1:]) / p.ga_max_pixels))
@@ -132,7 +150,9 @@ def gala(
     best_genes = np.zeros(5)
     fitness = score = float("nan")
     scan_genes = np.empty((0, 5))
-    if p.seed_population:
+    if init_genes is not None:  # the known pose seeds the GA and competes in the refinement
+        scan_genes = init_genes[None]
+    elif p.seed_population:
         # multi-start: every 10° ± flip from moment-matched poses, all refined at once (blurred, then sharp)
         poses = pose_grid(I_c.cpu().numpy(), xI_c, J_c.cpu().numpy(), xJ_c, space,
                           centres=(grid_centre(xI), grid_centre(xJ)))
@@ -216,6 +236,16 @@ def gala(
         "runtime_s": time.perf_counter() - t_start,
         "stopped": was_stopped,
     }
+
+
+def _init_genes(init_A, xI: list, xJ: list) -> np.ndarray:
+    """Genes of a user's starting affine (3×3 or 2×3, image px → µm, row/col)."""
+    A = np.asarray(init_A.detach().cpu() if isinstance(init_A, torch.Tensor) else init_A, dtype=np.float64)
+    if A.shape == (2, 3):
+        A = np.vstack([A, [0.0, 0.0, 1.0]])
+    if A.shape != (3, 3) or not np.isfinite(A).all() or abs(np.linalg.det(A[:2, :2])) < 1e-12:
+        raise GalaInputError(f"init_A must be a finite, invertible 3×3 (or 2×3) affine, got shape {A.shape}.")
+    return matrix_to_genes(A, xI, xJ)
 
 
 def _lddmm_levels(I: torch.Tensor, xI: list, J: torch.Tensor, xJ: list, p: AlignParams):

@@ -96,6 +96,24 @@ def fill_gene_space(
     return GeneSpace(low, high, float(floor))
 
 
+def space_around(space: GeneSpace, genes: np.ndarray, *, angle: float = 15.0, scale: float = 1.25,
+                 shift: float = 0.1) -> GeneSpace:
+    """A narrow search space around known genes (e.g. from landmarks or an earlier run): the angle ± ``angle``°,
+    each scale within ×/÷ ``scale`` of its value (same sign: a known flip stays), each shift ± ``shift`` of the
+    default shift range."""
+    g = np.asarray(genes, dtype=np.float64)
+    low, high = space.low.copy(), space.high.copy()
+    low[0], high[0] = g[0] - angle, g[0] + angle
+    for i in (1, 2):
+        a, b = sorted((g[i] / scale, g[i] * scale))
+        low[i], high[i] = a, b
+    for i in (3, 4):
+        half = shift * max(space.high[i] - space.low[i], 1e-9) / 2.0
+        low[i], high[i] = g[i] - half, g[i] + half
+    floor = min(space.scale_floor, 0.999 * float(np.min(np.abs(g[1:3]))) / scale)
+    return GeneSpace(low, high, floor)
+
+
 FITNESS_KINDS = ("ncc", "ncc_support", "sse")
 SUPPORT_LEVEL = 0.02  # target pixels above this fraction of the maximum count as the cells' support
 

@@ -206,11 +206,15 @@ def align_section(
     gene_space: list[dict] | None = None,
     progress: ProgressCallback | None = None,
     should_stop: StopPredicate | None = None,
+    init_A: np.ndarray | None = None,
 ) -> AlignmentResult:
-    """Run :func:`gala` on a prepared section and return a plain-data result."""
+    """Run :func:`gala` on a prepared section and return a plain-data result.
+
+    ``init_A``: a starting affine (3×3, image px (row, col) → µm (row, col)), e.g. from landmarks; see :func:`gala`.
+    """
     params = params or AlignParams()
     result = gala(rasters.xI, rasters.I, rasters.xJ, rasters.J, gene_space=gene_space, progress=progress,
-                  should_stop=should_stop, **params.to_dict())
+                  should_stop=should_stop, init_A=init_A, **params.to_dict())
     return AlignmentResult.from_gala(result, dx=rasters.dx)
 
 

@@ -145,3 +145,24 @@ def test_coarse_to_fine_lddmm_runs_its_first_share_on_pooled_rasters():
     assert (tuple(Ic.shape), tuple(Jc.shape), n_coarse, noise_c) == ((1, 20, 30), (1, 15, 25), 150, (0.2, 0.3))
     assert If is I and Jf is J and n_fine == 50 and noise_f == (0.4, 0.6)
     assert len(list(_lddmm_levels(I, xI, J, xJ, AlignParams(num_iterations=200)))) == 1  # off by default
+
+
+def test_init_A_starts_the_search_at_a_known_pose(dapi_small):
+    """A rough starting affine (5° off, 5 % too large, ~19 target px off; e.g. from landmarks) with a search budget
+    far too small to find a flipped pose from scratch still lands within a target pixel, keeping the flip."""
+    pair = make_pair(dapi_small, 37, 0.8, -0.6)
+    theta = np.deg2rad(42.0)
+    rough = np.eye(3)
+    rough[:2, :2] = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]]) @ np.diag([0.84, -0.63])
+    rough[:2, 2] = pair.A[:2, 2] + 15.0
+    tiny = dict(num_iterations=0, num_generations=3, ga_restarts=1, seed_population=False)
+    assert _error(pair, gala(pair.xI, pair.I, pair.xJ, pair.J, **tiny)) > 3.0  # blind: lost
+    result = gala(pair.xI, pair.I, pair.xJ, pair.J, init_A=rough, **tiny)
+    assert _error(pair, result) < 1.0
+    assert np.linalg.det(to_cpu(result)["A"][:2, :2].numpy()) < 0  # the flip is kept
+
+
+def test_init_A_must_be_an_invertible_affine(dapi_small):
+    pair = make_pair(dapi_small, 0, 1.0, 1.0, n_cells=500)
+    with pytest.raises(GalaInputError, match="init_A"):
+        gala(pair.xI, pair.I, pair.xJ, pair.J, init_A=np.zeros((3, 3)), num_iterations=0)
