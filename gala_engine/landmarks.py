@@ -181,6 +181,13 @@ class LandmarkFit:
         return float(np.median(self.residuals_px)) if self.residuals_px.size else math.nan
 
     @property
+    def sigma_px(self) -> float:
+        """The clicks' scatter estimated from the residuals: per-coordinate standard deviation (image px),
+        ``√(Σ r² / (2N − p))`` with p = 4 (similarity) or 6 (affine) parameters; 0 without spare pairs."""
+        dof = 2 * self.residuals_px.size - (6 if self.kind == "affine" else 4)
+        return float(np.sqrt(np.sum(self.residuals_px**2) / dof)) if dof > 0 else 0.0
+
+    @property
     def scale_um_per_px(self) -> float:
         """√|det| of the linear part: µm per image pixel."""
         return float(np.sqrt(abs(np.linalg.det(self.A[:2, :2]))))

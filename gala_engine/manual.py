@@ -9,16 +9,21 @@ with row 0 at the top) and move where the cells land on the image.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .errors import GalaInputError
-from .landmarks import result_affine
-from .section import AlignmentResult
+from .events import ProgressCallback, StopPredicate
+from .landmarks import Kind, LandmarkFit, Landmarks, fit_landmarks, landmark_errors, result_affine
+from .params import AlignParams
+from .section import AlignmentResult, SectionRasters, align_section
 
-__all__ = ["affine_result", "nudge", "nudge_matrix"]
+__all__ = ["LandmarkRefinement", "affine_result", "landmark_tolerance", "nudge", "nudge_matrix",
+           "refine_from_landmarks"]
 
 _SWAP = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
 
@@ -93,3 +98,73 @@ def nudge(result: Any, *, cells_xy: np.ndarray | None = None, rotate_deg: float 
             "shift_x": float(shift_xy[0]), "shift_y": float(shift_xy[1])}
     return affine_result(A_new, image_shape=image_shape, source="manual", params=base,
                          extra={"nudge": ", ".join(f"{k}={v}" for k, v in step.items())})
+
+
+@dataclass
+class LandmarkRefinement:
+    """What :func:`refine_from_landmarks` kept, and why.
+
+    ``result``: the kept alignment (a new result). ``kept``: "refined" (search + LDDMM from the landmark
+    affine), "refined affine" (its affine part, the warp dropped) or "landmarks" (the landmark affine alone).
+    ``errors``: median landmark error (image px) of each candidate; ``tolerance_px``: the most a kept
+    refinement may show; ``message``: one line for the user.
+    """
+
+    result: AlignmentResult
+    kept: str
+    fit: LandmarkFit
+    tolerance_px: float
+    errors: dict[str, float]
+    message: str
+
+
+def landmark_tolerance(fit: LandmarkFit, *, floor_px: float = 1.0) -> float:
+    """The median landmark error a refinement may show and still agree with the landmarks: the median
+    distance the true alignment would show given the clicks' own scatter (1.18 σ for 2-D Gaussian clicks,
+    σ from the fit's residuals), at least ``floor_px``."""
+    return max(float(floor_px), 1.1774 * fit.sigma_px)
+
+
+def refine_from_landmarks(
+    rasters: SectionRasters,
+    lm: Landmarks,
+    params: AlignParams | None = None,
+    *,
+    kind: Kind = "similarity",
+    guard: bool = True,
+    floor_px: float = 1.0,
+    progress: ProgressCallback | None = None,
+    should_stop: StopPredicate | None = None,
+) -> LandmarkRefinement:
+    """"Landmarks then refine": fit the landmark affine, run the search + LDDMM from it (``init_A``), and keep
+    the refinement only where it still agrees with the landmarks.
+
+    The image evidence can pull a section away from where the user's landmarks put it (a near-symmetric
+    tissue, sparse spots, an over-eager warp). With ``guard`` the candidates are tried in order — refined
+    (with the warp), refined affine (warp dropped), landmark affine — and the first whose median landmark
+    error is within :func:`landmark_tolerance` of the clicks' own scatter is kept (the landmark affine
+    always qualifies). ``guard=False`` keeps the refinement whatever it does.
+    """
+    fit = fit_landmarks(lm, kind=kind, image_shape=rasters.image_full_shape)
+    refined = align_section(rasters, params, init_A=fit.A, progress=progress, should_stop=should_stop)
+    refined.params = {**refined.params, "source": "landmarks + refine", "landmark_kind": kind}
+    affine_part = dataclasses.replace(refined, A=refined.A_affine.copy(), v=np.zeros_like(refined.v),
+                                      params={**refined.params, "source": "landmarks + refine (affine part)"})
+    from_landmarks = affine_result(fit.A, image_shape=rasters.image_full_shape, source="landmarks",
+                                   extra={"landmark_kind": kind})
+    candidates = {"refined": refined, "refined affine": affine_part, "landmarks": from_landmarks}
+    errors = {k: float(np.median(landmark_errors(r, lm))) for k, r in candidates.items()}
+    tol = landmark_tolerance(fit, floor_px=floor_px)
+    if not guard:
+        kept = "refined"
+    else:
+        kept = next(k for k in candidates if k == "landmarks" or errors[k] <= max(tol, errors["landmarks"]))
+    if kept == "refined":
+        msg = f"Kept the refinement: landmark error {errors['refined']:.1f} px (median)."
+    elif kept == "refined affine":
+        msg = (f"Kept the refined affine without its warp: the warp moved the landmarks to {errors['refined']:.1f} px "
+               f"(more than the {tol:.1f} px the clicks allow); affine part {errors['refined affine']:.1f} px.")
+    else:
+        msg = (f"Kept the landmark affine ({errors['landmarks']:.1f} px): the image-based refinement moved the "
+               f"landmarks to {errors['refined']:.1f} px, more than the {tol:.1f} px the clicks allow.")
+    return LandmarkRefinement(candidates[kept], kept, fit, tol, errors, msg)
