@@ -55,12 +55,26 @@ def align_files(
     report_dir: str | os.PathLike[str] | None = None,
     report_name: str = "gala_report",
     progress: ProgressCallback | None = None,
+    landmarks: str | os.PathLike[str] | None = None,
+    landmarks_mode: str = "init",
+    landmarks_fit: str = "similarity",
+    init_transform: str | os.PathLike[str] | None = None,
+    pixel_size: float | None = None,
+    xenium_matrix: bool = True,
 ) -> dict[str, Any]:
     """Align the cells in ``h5ad`` (µm) to ``image`` and write the aligned ``.h5ad`` to ``out``.
 
     ``out`` gets ``obsm['spatial_he']`` (x, y in full-resolution image pixels) and ``uns['gala']``,
     written atomically; ``out`` may not be an input. With ``report_dir``, a quality report (PNG +
     JSON, :func:`gala_engine.report.write_report`) is written there.
+
+    Landmarks and imported transforms (:mod:`gala_engine.landmarks`): ``landmarks`` is a pairs CSV (GALA's
+    or Xenium Explorer's keypoints); ``landmarks_mode="init"`` starts from their affine (``landmarks_fit``
+    "similarity" or "affine") and keeps the refinement only while it agrees with them
+    (:func:`gala_engine.manual.refine_from_landmarks`); ``"check"`` only reports their error.
+    ``init_transform`` is a Xenium Explorer transformation-matrix CSV to start from (``pixel_size`` µm per
+    Xenium pixel, 0.2125 by default). With ``xenium_matrix``, the result's affine is written next to
+    ``out`` as ``<out stem>_xenium_matrix.csv`` (Xenium Explorer's format).
 
     The inputs are checked first (:func:`gala_engine.checks.check_cells` / ``check_image``): blocking
     problems raise :class:`GalaInputError` before any work; all-zero counts fall back to cell density.
@@ -84,9 +98,20 @@ def align_files(
     img = io.read_image(image, max_side=max_side)
     found = checks.check_cells(adata, signal=signal, name=h5ad.name)
     warnings = found.warnings + checks.check_image(img, name=image.name)
+    from . import landmarks as lmk
+
+    extra = lmk.prepare_inputs(img.full_shape, landmarks=landmarks, mode=landmarks_mode, fit=landmarks_fit,
+                               init_transform=init_transform, pixel_size=pixel_size, out=out,
+                               protect=[image, h5ad], write_matrix=xenium_matrix)
     rasters = section.prepare_section(adata, img, signal=found.signal, dx=dx, feature=feature)  # type: ignore[arg-type]
-    result = section.align_section(rasters, params, progress=progress)
-    section.write_aligned(adata, result, out, protect=[image, h5ad])
+    if extra.refine_from is not None:
+        from .manual import refine_from_landmarks
+
+        refinement = refine_from_landmarks(rasters, extra.refine_from, params, kind=extra.fit, progress=progress)
+        result, extra.message = refinement.result, refinement.message
+    else:
+        result = section.align_section(rasters, params, init_A=extra.init_A, progress=progress)
+    section.write_aligned(adata, result, out, protect=[image, *extra.inputs, h5ad], landmarks=extra.pairs)
     summary: dict[str, Any] = {
         "fitness": result.fitness,
         "score": result.score,
@@ -94,6 +119,7 @@ def align_files(
         "device": result.device,
         "output": str(out),
         "warnings": warnings,
+        **extra.outputs(result, adata),
     }
     if report_dir is not None:
         from .report import write_report
@@ -106,6 +132,7 @@ def align_files(
             report_dir,
             name=report_name,
             inputs={"image": str(image), "h5ad": str(h5ad), "output": str(out)},
+            landmarks=extra.pairs,
         )
     return summary
 

@@ -43,6 +43,7 @@ __all__ = [
     "XENIUM_PIXEL_SIZE",
     "LandmarkFit",
     "Landmarks",
+    "RunLandmarks",
     "apply_matrix",
     "check_landmarks",
     "fit_landmarks",
@@ -52,11 +53,13 @@ __all__ = [
     "landmarks_uns",
     "matrix_from_xenium",
     "matrix_to_xenium",
+    "prepare_inputs",
     "read_landmarks",
     "read_xenium_matrix",
     "result_affine",
     "write_landmarks",
     "write_xenium_matrix",
+    "xenium_matrix_path",
     "xenium_matrix_text",
 ]
 
@@ -520,3 +523,89 @@ def result_affine(result: Any, cells_xy: np.ndarray | None = None) -> np.ndarray
     px = np.asarray(result.cells_to_image(cells_xy), np.float64)
     B = _affine_xy(cells_xy, px)  # µm (x, y) → px (x, y)
     return _SWAP @ np.linalg.inv(B) @ _SWAP
+
+
+# ------------------------------------------------------------------------------------- one run's files
+
+
+def xenium_matrix_path(out: str | os.PathLike[str]) -> Path:
+    """Where a run written to ``out`` (an ``.h5ad``) puts its Xenium Explorer matrix: ``<stem>_xenium_matrix.csv``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}_xenium_matrix.csv")
+
+
+@dataclass
+class RunLandmarks:
+    """The landmark / transform inputs of one file-based run (:func:`prepare_inputs`) and what they produce."""
+
+    pairs: Landmarks | None = None
+    mode: str = ""
+    fit: str = "similarity"
+    init_A: np.ndarray | None = None
+    refine_from: Landmarks | None = None
+    inputs: list[Path] = field(default_factory=list)
+    matrix_path: Path | None = None
+    pixel_size: float = XENIUM_PIXEL_SIZE
+    message: str = ""
+
+    def outputs(self, result: Any, adata: Any) -> dict[str, Any]:
+        """Write the Xenium matrix (if asked) and return the run summary's ``landmarks`` / ``xenium_matrix``."""
+        out: dict[str, Any] = {}
+        if self.matrix_path is not None:
+            xy = np.asarray(adata.obsm["spatial"], np.float64)[:, :2]
+            write_xenium_matrix(self.matrix_path, result_affine(result, xy), pixel_size=self.pixel_size)
+            out["xenium_matrix"] = str(self.matrix_path)
+        if self.pairs is not None:
+            out["landmarks"] = {"mode": self.mode, **landmark_summary(result, self.pairs)}
+            if self.message:
+                out["landmarks"]["message"] = self.message
+        return out
+
+
+def prepare_inputs(
+    image_shape: tuple[int, int],
+    *,
+    landmarks: str | os.PathLike[str] | None = None,
+    mode: str = "init",
+    fit: str = "similarity",
+    init_transform: str | os.PathLike[str] | None = None,
+    pixel_size: float | None = None,
+    out: str | os.PathLike[str] | None = None,
+    protect: list | tuple = (),
+    write_matrix: bool = True,
+) -> RunLandmarks:
+    """Read and check a run's landmark file and starting transform before any work (CLI / batch).
+
+    ``landmarks`` (pairs CSV) with ``mode`` "init" (start from their ``fit`` affine) or "check" (only
+    report their error); ``init_transform``: a Xenium Explorer matrix CSV (``pixel_size`` µm per Xenium
+    pixel). Giving both with mode "init" is refused (two starting points). With ``out`` and
+    ``write_matrix`` the result's matrix goes to :func:`xenium_matrix_path` (never over an input).
+    """
+    if mode not in ("init", "check"):
+        raise GalaInputError(f"--landmarks-mode must be 'init' or 'check', got {mode!r}.")
+    if fit not in ("similarity", "affine"):
+        raise GalaInputError(f"the landmark fit must be 'similarity' or 'affine', got {fit!r}.")
+    ps = _check_pixel_size(XENIUM_PIXEL_SIZE if pixel_size is None else pixel_size)
+    run = RunLandmarks(mode=mode if landmarks is not None else "", fit=fit, pixel_size=ps)
+    if landmarks is not None:
+        run.pairs = read_landmarks(landmarks, pixel_size=ps, image_shape=image_shape)
+        run.inputs.append(Path(landmarks))
+        if mode == "init":
+            if init_transform is not None:
+                raise GalaInputError(
+                    "--init-transform and --landmarks (mode init) both give a starting pose; keep one, or use "
+                    "--landmarks-mode check to measure the landmarks' error of a run started from the matrix."
+                )
+            run.refine_from = run.pairs
+    if init_transform is not None:
+        run.init_A = read_xenium_matrix(init_transform, pixel_size=ps)
+        run.inputs.append(Path(init_transform))
+    if out is not None and write_matrix:
+        run.matrix_path = xenium_matrix_path(out)
+        for p in [*protect, *run.inputs]:
+            if Path(p).resolve() == run.matrix_path.resolve():
+                raise GalaInputError(
+                    f"the run's Xenium matrix would be written to {run.matrix_path}, which is an input; "
+                    "rename that input or choose another --out."
+                )
+    return run
