@@ -73,7 +73,7 @@ def nudge(result: Any, *, cells_xy: np.ndarray | None = None, rotate_deg: float 
           centre_xy: tuple[float, float] | None = None,
           image_shape: tuple[int, int] | None = None) -> AlignmentResult:
     """A new affine result: ``result``'s cells moved on the image by a rotation / flip / scale about their
-    centre (``centre_xy``, default the centre of the cells as ``result`` places them) and a shift (pixels).
+    centre (``centre_xy``, default the centre of the box around the cells as ``result`` places them) and a shift (pixels).
 
     ``result`` is an :class:`AlignmentResult` or a 3×3 matrix. An LDDMM warp is not carried over: the
     nudge starts from the affine that best stands for the warped result over ``cells_xy``
@@ -82,10 +82,8 @@ def nudge(result: Any, *, cells_xy: np.ndarray | None = None, rotate_deg: float 
     A = np.asarray(result_affine(result, cells_xy) if hasattr(result, "A") else result, dtype=np.float64)
     if centre_xy is None:
         if cells_xy is not None and len(cells_xy):
-            um = np.asarray(cells_xy, np.float64)
-            lo, hi = um.min(axis=0), um.max(axis=0)
-            centre_um_rc = ((lo + hi) / 2.0)[::-1]
-            centre_xy = tuple((np.linalg.inv(A) @ np.r_[centre_um_rc, 1.0])[:2][::-1])
+            rc = np.asarray(cells_xy, np.float64)[:, ::-1] @ np.linalg.inv(A)[:2, :2].T + np.linalg.inv(A)[:2, 2]
+            centre_xy = tuple(((rc.min(axis=0) + rc.max(axis=0)) / 2.0)[::-1])  # the cells' box on the image
         else:
             centre_xy = (0.0, 0.0)
     C_xy = nudge_matrix(rotate_deg=rotate_deg, flip_x=flip_x, flip_y=flip_y, scale=scale, shift_xy=shift_xy,

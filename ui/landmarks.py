@@ -195,6 +195,33 @@ def nudge_run(data: Dataset, result: AlignmentResult, **step: Any) -> int:
     return record_result(new, data, label="manual")
 
 
+NUDGES: dict[str, dict[str, Any]] = {
+    "↺ 90°": {"rotate_deg": -90.0}, "↺ 1°": {"rotate_deg": -1.0}, "↻ 1°": {"rotate_deg": 1.0},
+    "↻ 90°": {"rotate_deg": 90.0}, "Flip ↔": {"flip_x": True}, "Flip ↕": {"flip_y": True},
+}  # button label → nudge step (rotations clockwise on screen; flips about the cells' centre)
+
+
+def nudge_callback(data: Dataset, result: AlignmentResult, step: dict[str, Any] | None) -> None:
+    """Button callback: the nudged run becomes the viewer's run (set before the page redraws). ``step``
+    None: the shift / scale inputs' current values."""
+    if step is None:
+        ss = st.session_state
+        step = {"shift_xy": (float(ss.get("w_nudge_dx", 0.0)), float(ss.get("w_nudge_dy", 0.0))),
+                "scale": float(ss.get("w_nudge_scale", 1.0))}
+    try:
+        rid = nudge_run(data, result, **step)
+    except GalaInputError as err:
+        st.session_state[MESSAGE] = ("error", str(err))
+        return
+    st.session_state["w_view_run"] = rid
+
+
+def complete(data: Dataset) -> Landmarks | None:
+    """The pairs with all four coordinates, or None (for the aligned .h5ad's uns['gala']['landmarks'])."""
+    rows = [r for r in pairs(data) if all(r.get(c) is not None for c in COLUMNS[1:])]
+    return to_landmarks(rows) if rows else None
+
+
 def import_csv(data: Dataset, raw: bytes) -> int:
     """Replace the pairs with an uploaded CSV (ours or Xenium Explorer's keypoints); returns the count."""
     lm = read_landmarks(raw, image_shape=data.image.full_shape)
@@ -227,6 +254,7 @@ def result_landmark_error(data: Dataset, result: AlignmentResult) -> float | Non
     return float(np.median(landmark_errors(result, Landmarks(lm.image_xy[ok], lm.cells_xy[ok]))))
 
 
-__all__ = ["GalaInputError", "add_click", "align_from_landmarks", "check_refine", "clicked_point", "edited",
-           "export_csv", "import_csv", "nudge_run", "overlay", "pairs", "pending", "record_result", "refine_runner",
+__all__ = ["GalaInputError", "NUDGES", "add_click", "align_from_landmarks", "check_refine", "clicked_point", "complete",
+           "edited",
+           "export_csv", "import_csv", "nudge_callback", "nudge_run", "overlay", "pairs", "pending", "record_result", "refine_runner",
            "result_landmark_error", "set_pairs", "table", "to_landmarks", "version"]
