@@ -47,7 +47,7 @@ def affine_result(A: np.ndarray, *, image_shape: tuple[int, int] | None = None, 
     p["source"] = source
     p.update(extra or {})
     return AlignmentResult(A=A.copy(), A_affine=A.copy(), v=np.zeros((1, 4, 4, 2)), xv=xv, genes=np.zeros(5),
-                           fitness=math.nan, score=math.nan, params=p, device="none", runtime_s=0.0,
+                           fitness=math.nan, score=math.nan, params=p, device="–", runtime_s=0.0,
                            version=__version__)
 
 

@@ -23,8 +23,9 @@ if not runs:
 ids = sorted(runs, reverse=True)
 chosen = state.get(state.SELECTED_RUN)
 c1, c2, c3, c4 = st.columns([1, 2, 2, 1.5])
-rid = c1.selectbox("Run", ids, index=ids.index(chosen) if chosen in ids else 0, format_func=lambda i: f"#{i}",
-                   key="w_view_run")
+rid = c1.selectbox("Run", ids, index=ids.index(chosen) if chosen in ids else 0, key="w_view_run",
+                   format_func=lambda i: f"#{i}" + (f" · {runs[i].params['source']}" if runs[i].params.get("source")
+                                                    else ""))
 st.session_state[state.SELECTED_RUN] = rid
 result = runs[rid]
 layers = layer_positions(rid, result, data)
@@ -51,7 +52,8 @@ if lm_err is not None:
 if (note := result.params.get("message") or result.params.get("nudge")):
     st.caption(f"Run #{rid} ({result.params.get('source', 'GALA')}): {note}")
 
-with st.expander("Manual correction: rotate, flip, shift, scale (each step makes a new run; earlier runs stay)"):
+with st.expander("Manual correction: rotate, flip, shift, scale (each step makes a new run; earlier runs stay)",
+                 expanded=result.params.get("source") == "manual"):
     n = st.columns(len(lm.NUDGES))
     for col, (label, step) in zip(n, lm.NUDGES.items()):
         col.button(label, key=f"nudge_{label}", on_click=lm.nudge_callback, args=(data, result, step),

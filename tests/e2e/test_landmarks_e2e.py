@@ -6,11 +6,13 @@ from __future__ import annotations
 import re
 import time
 
+import anndata
 import numpy as np
 import pytest
 from playwright.sync_api import Page, expect
 
 from gala_engine.demo import load_demo, truth_px_xy
+from gala_engine.landmarks import read_xenium_matrix
 
 from .conftest import SCREENSHOTS
 from .test_app_e2e import _nav, _settled
@@ -40,7 +42,7 @@ def _click(page: Page, title: str, x: float, y: float) -> None:
     _settled(page)
 
 
-def test_three_pairs_align_visium_tiny(page: Page, app_url: str):
+def test_three_pairs_align_visium_tiny(page: Page, app_url: str, tmp_path):
     page.set_default_timeout(60_000)
     page.goto(app_url)
     _settled(page)
@@ -79,4 +81,26 @@ def test_three_pairs_align_visium_tiny(page: Page, app_url: str):
     value = float(re.search(r"([\d.]+) px", metric.inner_text()).group(1))
     print(f"3 pairs clicked and aligned in {elapsed:.1f} s; median distance to truth {value:.2f} px")
     assert value <= 3.0
-    page.screenshot(path=SCREENSHOTS / "4_viewer_after_landmarks.png", full_page=True)
+    expect(page.get_by_test_id("stMetric").filter(has_text="Median landmark error")).to_be_visible()
+
+    # a manual nudge makes run #2 (run #1 stays selectable), then download the corrected run
+    page.get_by_text("Manual correction").click()
+    page.get_by_role("button", name="↻ 1°").click()
+    _settled(page)
+    expect(page.get_by_text("Run #2 (manual): rotate_deg=1.0")).to_be_visible()
+    expect(page.get_by_role("button", name="↻ 1°")).to_be_visible()  # the panel stays open for the next step
+    page.wait_for_timeout(1000)
+    page.screenshot(path=SCREENSHOTS / "4_viewer_nudged.png", full_page=True)
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Download aligned .h5ad").click()
+    path = tmp_path / "corrected.h5ad"
+    info.value.save_as(path)
+    adata = anndata.read_h5ad(path)
+    assert adata.uns["gala"]["params"]["source"] == "manual"
+    assert len(adata.uns["gala"]["landmarks"]["error_px"]) == 3
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Download Xenium Explorer matrix .csv").click()
+    matrix = tmp_path / "matrix.csv"
+    info.value.save_as(matrix)
+    assert read_xenium_matrix(matrix).shape == (3, 3)
+    print(f"from the Landmarks page to the corrected, downloaded run: {time.monotonic() - t0:.1f} s")
