@@ -175,7 +175,8 @@ def read_manifest(path: str | os.PathLike[str], *, base: AlignParams | None = No
     Columns: ``image``, ``h5ad`` (required; relative paths are relative to the manifest's folder),
     ``section`` (optional name; default the ``.h5ad`` file's stem), ``params`` (optional: a ``.toml``
     file, or inline ``name=value; name=value`` in TOML syntax), and optional ``signal``, ``dx``,
-    ``feature``. A row with a problem (bad parameters, empty path) is kept with its ``error`` set, so
+    ``feature``, ``landmarks`` (a pairs CSV), ``landmarks_mode`` (init / check) and ``init_transform``
+    (a Xenium Explorer matrix CSV). A row with a problem (bad parameters, empty path) is kept with its ``error`` set, so
     it fails alone; a manifest without the required columns raises.
     """
     path = Path(path)
@@ -189,7 +190,7 @@ def read_manifest(path: str | os.PathLike[str], *, base: AlignParams | None = No
         if missing:
             raise GalaInputError(
                 f"manifest {path} lacks column(s) {missing}; it needs a header row with image,h5ad "
-                "(and optionally section,params,signal,dx,feature)."
+                "(and optionally section,params,signal,dx,feature,landmarks,landmarks_mode,init_transform)."
             )
         raw_rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in r.items()} for r in reader]
     if not raw_rows:
@@ -216,6 +217,12 @@ def read_manifest(path: str | os.PathLike[str], *, base: AlignParams | None = No
                 row.options["signal"] = r["signal"]
             if r.get("feature"):
                 row.options["feature"] = r["feature"]
+            for key in ("landmarks", "init_transform"):  # landmark pairs / a Xenium Explorer matrix per section
+                if r.get(key):
+                    p = Path(r[key])
+                    row.options[key] = str(p if p.is_absolute() else path.parent / p)
+            if r.get("landmarks_mode"):
+                row.options["landmarks_mode"] = r["landmarks_mode"]
             if r.get("dx"):
                 try:
                     row.options["dx"] = float(r["dx"])

@@ -95,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
         "batch",
         help="align many sections on Dask",
         description="Align every row of a manifest CSV "
-        "(columns image,h5ad[,section][,params][,signal][,dx][,feature]) on Dask distributed.",
+        "(columns image,h5ad[,section][,params][,signal][,dx][,feature][,landmarks][,landmarks_mode][,init_transform]) "
+        "on Dask distributed.",
     )
     b.add_argument("manifest", help="manifest CSV; relative paths are relative to its folder")
     b.add_argument("--out", required=True, help="output folder (<section>.h5ad, summary.csv, reports/)")

@@ -135,3 +135,25 @@ def test_bad_landmark_inputs_end_with_a_clear_message(case: str, match: str, tmp
     assert proc.returncode == 2, proc.stderr
     assert match in _err_line(proc)
     assert not (tmp_path / "o.h5ad").exists()
+
+
+def test_batch_manifest_with_landmarks(param_files: dict[str, Path], tmp_path: Path) -> None:
+    """A manifest's landmarks column (relative to the manifest): the section starts from its pairs, and the
+    summary, the aligned .h5ad and the Xenium matrix are written."""
+    demo = load_demo("visium_tiny")
+    um = np.asarray(demo.adata.obsm["spatial"], np.float64)
+    truth = truth_px_xy(demo)
+    idx = [3, 27, 55, 81]
+    write_landmarks(tmp_path / "tiny_pairs.csv", Landmarks(truth[idx], um[idx]))
+    (tmp_path / "manifest.csv").write_text(
+        "section,image,h5ad,params,landmarks,landmarks_mode\n"
+        f"tiny,{TINY_IMAGE},{TINY_H5AD},{param_files['fast']},tiny_pairs.csv,init\n"
+    )
+    out = tmp_path / "out"
+    proc = run_cli("batch", tmp_path / "manifest.csv", "--out", out, "--workers", "1", "--threads", "-q",
+                   timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    aligned = ad.read_h5ad(out / "tiny.h5ad")
+    assert float(np.median(np.linalg.norm(aligned.obsm[constants.ALIGNED_KEY] - truth, axis=1))) <= 3.0
+    assert len(aligned.uns[constants.UNS_KEY]["landmarks"]["error_px"]) == 4
+    assert (out / "tiny_xenium_matrix.csv").is_file()
