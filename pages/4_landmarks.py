@@ -11,7 +11,7 @@ from ui import figures, state
 from ui import landmarks as lm
 from ui.data import DataError, colour_values, rasters
 from ui.jobs import start_job
-from ui.runs import next_run_id, record_finished
+from ui.runs import next_run_id
 
 st.title("4 · Landmarks")
 data = state.get(state.DATA)
@@ -92,39 +92,10 @@ if b[4].button("Clear", disabled=not rows and pend["image"] is None and pend["ce
     st.rerun()
 
 
-@st.fragment(run_every=1.0 if busy else None)
-def refine_status() -> None:
-    """Progress of a "Refine from landmarks" run; records it when it ends."""
-    job = state.get(state.JOB)
-    if job is None or job.reported:
-        return
-    snap = job.snapshot()
-    st.progress(min(1.0, snap.step / max(snap.total, 1)), text=f"Run #{job.run_id}: {snap.stage or snap.state}")
-    if not job.running:
-        record_finished(job, job.context)
-        if job.result is not None:
-            st.session_state[lm.MESSAGE] = ("success", f"Run #{job.run_id}: {job.result.params.get('message', '')}")
-        st.rerun()
+lm.refine_status(every=1.0 if busy else None)
+if result is not None and rows and (err := lm.result_landmark_error(data, result)) is not None:
+    st.metric("Median landmark error", f"{err:.2f} px", help=f"Of run #{rid}, over the complete pairs.")
+if result is not None and result.params.get("message"):
+    st.caption(f"Run #{rid}: {result.params['message']}")
 
-
-refine_status()
-if result is not None and rows:
-    err = lm.result_landmark_error(data, result)
-    if err is not None:
-        st.metric("Median landmark error", f"{err:.2f} px", help="Of the run shown, over the complete pairs.")
-
-with st.expander("Import / export landmark files"):
-    up = st.file_uploader("Import pairs (GALA CSV or Xenium Explorer keypoints CSV)", type=["csv"], key="lm_upload")
-    if up is not None and st.session_state.get("gala_lm_uploaded") != up.file_id:
-        st.session_state["gala_lm_uploaded"] = up.file_id
-        try:
-            st.session_state[lm.MESSAGE] = ("success", f"Imported {lm.import_csv(data, up.getvalue())} pairs.")
-        except GalaInputError as err:
-            st.session_state[lm.MESSAGE] = ("error", f"Not imported: {err}")
-        st.rerun()
-    e1, e2 = st.columns(2)
-    e1.download_button("Download pairs (GALA CSV)", data=lambda: lm.export_csv(data, "gala"), disabled=not rows,
-                       file_name="landmarks.csv", mime="text/csv", on_click="ignore", key="lm_dl_gala")
-    e2.download_button("Download Xenium Explorer keypoints CSV", data=lambda: lm.export_csv(data, "xenium"),
-                       disabled=not rows, file_name="keypoints.csv", mime="text/csv", on_click="ignore",
-                       key="lm_dl_xenium")
+lm.files_panel(data, rows)

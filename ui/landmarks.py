@@ -254,7 +254,49 @@ def result_landmark_error(data: Dataset, result: AlignmentResult) -> float | Non
     return float(np.median(landmark_errors(result, Landmarks(lm.image_xy[ok], lm.cells_xy[ok]))))
 
 
+def refine_status(*, every: float | None) -> None:
+    """Progress of a "Refine from landmarks" run (a fragment redrawn every ``every`` s); records it when it ends."""
+    from .runs import record_finished
+
+    @st.fragment(run_every=every)
+    def _draw() -> None:
+        job = state.get(state.JOB)
+        if job is None or job.reported:
+            return
+        snap = job.snapshot()
+        st.progress(min(1.0, snap.step / max(snap.total, 1)), text=f"Run #{job.run_id}: {snap.stage or snap.state}")
+        if not job.running:
+            record_finished(job, job.context)
+            if job.error:
+                st.session_state[MESSAGE] = ("error", job.error)
+            elif job.result is not None:
+                st.session_state[MESSAGE] = ("success", f"Run #{job.run_id}: {job.result.params.get('message', '')}")
+            st.rerun()
+
+    _draw()
+
+
+def files_panel(data: Dataset, rows: list[dict[str, Any]]) -> None:
+    """Import (GALA / Xenium keypoints CSV) and export of the pairs."""
+    with st.expander("Import / export landmark files"):
+        up = st.file_uploader("Import pairs (GALA CSV or Xenium Explorer keypoints CSV)", type=["csv"],
+                              key="lm_upload")
+        if up is not None and st.session_state.get("gala_lm_uploaded") != up.file_id:
+            st.session_state["gala_lm_uploaded"] = up.file_id
+            try:
+                st.session_state[MESSAGE] = ("success", f"Imported {import_csv(data, up.getvalue())} pairs.")
+            except GalaInputError as err:
+                st.session_state[MESSAGE] = ("error", f"Not imported: {err}")
+            st.rerun()
+        e1, e2 = st.columns(2)
+        gala_csv, xenium_csv = (export_csv(data, "gala"), export_csv(data, "xenium")) if rows else (b"", b"")
+        e1.download_button("Download pairs (GALA CSV)", data=gala_csv, disabled=not rows, file_name="landmarks.csv",
+                           mime="text/csv", on_click="ignore", key="lm_dl_gala")
+        e2.download_button("Download Xenium Explorer keypoints CSV", data=xenium_csv, disabled=not rows,
+                           file_name="keypoints.csv", mime="text/csv", on_click="ignore", key="lm_dl_xenium")
+
+
 __all__ = ["GalaInputError", "NUDGES", "add_click", "align_from_landmarks", "check_refine", "clicked_point", "complete",
            "edited",
-           "export_csv", "import_csv", "nudge_callback", "nudge_run", "overlay", "pairs", "pending", "record_result", "refine_runner",
+           "export_csv", "files_panel", "import_csv", "nudge_callback", "nudge_run", "overlay", "pairs", "pending", "record_result", "refine_runner", "refine_status",
            "result_landmark_error", "set_pairs", "table", "to_landmarks", "version"]
