@@ -2,27 +2,47 @@
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 import cv2
 import numpy as np
 import torch
 
 from .errors import GalaInputError
+from .stain import estimate_stains, hematoxylin_density, is_brightfield, optical_density
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
-FeatureKind = Literal["auto", "sobel", "intensity", "inverted"]
-FEATURE_KINDS: tuple[str, ...] = ("auto", "sobel", "intensity", "inverted")
+FeatureKind = str  # one of FEATURE_KINDS, or channels joined by "+", e.g. "hematoxylin+tissue"
+CHANNEL_KINDS: tuple[str, ...] = ("sobel", "intensity", "inverted", "hematoxylin", "tissue")
+FEATURE_KINDS: tuple[str, ...] = ("auto", *CHANNEL_KINDS)
+AUTO_BRIGHTFIELD = "hematoxylin+tissue"
+AUTO_FLUORESCENCE = "sobel"
 
 
 def resolve_feature(kind: str, pixels: np.ndarray) -> str:
-    """``"auto"`` → ``"sobel"`` for one-channel images (DAPI), ``"inverted"`` for colour (H&E: dark
-    hematoxylin nuclei, so inverted brightness follows cell density); other kinds unchanged."""
-    if kind not in FEATURE_KINDS:
-        raise GalaInputError(f"Unknown image feature {kind!r}; use one of {FEATURE_KINDS}.")
-    if kind != "auto":
-        return kind
-    return "sobel" if np.ndim(pixels) == 2 or np.shape(pixels)[-1] == 1 else "inverted"
+    """``"auto"`` → from the image's content (:func:`stain.is_brightfield`), not its channel count: brightfield
+    (stained tissue on a bright slide, H&E/IHC) → ``"hematoxylin+tissue"`` (the nuclei channel of a colour
+    deconvolution, and the total stain), ``"inverted"`` for a grey brightfield image; fluorescence (DAPI) →
+    ``"sobel"``. Other kinds (one channel or
+    several joined by ``+``) are checked and returned unchanged."""
+    channels = str(kind).split("+")
+    if kind == "auto":
+        if not is_brightfield(pixels):
+            return AUTO_FLUORESCENCE
+        colour = np.ndim(pixels) == 3 and np.shape(pixels)[-1] in (3, 4)
+        return AUTO_BRIGHTFIELD if colour else "inverted"
+    bad = [c for c in channels if c not in CHANNEL_KINDS]
+    if bad or len(set(channels)) != len(channels):
+        raise GalaInputError(f"Unknown image feature {kind!r}; use 'auto' or one or more of {CHANNEL_KINDS} "
+                             "joined by '+'.")
+    return kind
+
+
+def describe_feature(kind: str) -> str:
+    """A plain-words description of a resolved feature, for messages and reports."""
+    words = {"sobel": "edges (Sobel gradient)", "intensity": "brightness", "inverted": "darkness",
+             "hematoxylin": "nuclei (hematoxylin by colour deconvolution)", "tissue": "tissue (total stain)"}
+    return " + ".join(words[c] for c in kind.split("+"))
 
 
 def normalize(values: ArrayT) -> ArrayT:
@@ -76,7 +96,9 @@ def image_feature(
         full-resolution pixels.
     kind
         ``"sobel"`` (gradient magnitude, the published method), ``"intensity"`` (e.g. DAPI),
-        ``"inverted"`` (dark nuclei, e.g. H&E hematoxylin) or ``"auto"`` (:func:`resolve_feature`).
+        ``"inverted"`` (darkness), ``"hematoxylin"`` (nuclei: colour deconvolution of a brightfield image),
+        ``"tissue"`` (total stain optical density), several of them joined by ``+`` (one raster channel
+        each), or ``"auto"`` (:func:`resolve_feature`).
     smooth
         Gaussian std (loaded pixels) of the feature before reduction, at least ``reduce / 2``; set it
         to the cell raster's blur seen in image pixels so both rasters show structure at one scale.
@@ -94,38 +116,74 @@ def image_feature(
     if not np.isfinite(gray).all():
         raise GalaInputError("The image contains NaN or infinite pixel values.")
     reduce = max(int(reduce), 1)
-    if kind == "sobel":
-        feature = sobel_magnitude(gray)
-    elif kind == "intensity":
-        feature = gray
-    elif kind == "inverted":
-        feature = gray.max() - gray
     sigma = max(reduce / 2.0 if reduce > 1 else 0.0, float(smooth))
-    if sigma > 0:
-        feature = cv2.GaussianBlur(feature, (0, 0), sigmaX=sigma)
-    if reduce > 1:
-        h, w = feature.shape[0] // reduce, feature.shape[1] // reduce
-        if min(h, w) < 2:
-            raise GalaInputError("The image reduction is too strong for this image; lower it.")
-        feature = cv2.resize(feature[: h * reduce, : w * reduce], (w, h), interpolation=cv2.INTER_AREA)
-    feature = normalize(feature.astype(np.float32))
+    h, w = gray.shape[0] // reduce, gray.shape[1] // reduce
+    if reduce > 1 and min(h, w) < 2:
+        raise GalaInputError("The image reduction is too strong for this image; lower it.")
+    planes, stains = [], {}
+    for channel in kind.split("+"):
+        feature = _channel(channel, pixels, gray, stains)
+        if sigma > 0:
+            feature = cv2.GaussianBlur(feature, (0, 0), sigmaX=sigma)
+        if reduce > 1:
+            feature = cv2.resize(feature[: h * reduce, : w * reduce], (w, h), interpolation=cv2.INTER_AREA)
+        planes.append(normalize(feature.astype(np.float32)))
+    feature = np.stack(planes)
     # working pixel k covers loaded pixels [k*reduce, (k+1)*reduce): its centre in full-res pixels
-    YI = (np.arange(feature.shape[0]) * reduce + (reduce - 1) / 2.0 + 0.5) * scale - 0.5
-    XI = (np.arange(feature.shape[1]) * reduce + (reduce - 1) / 2.0 + 0.5) * scale - 0.5
-    return YI, XI, feature[None]
+    YI = (np.arange(feature.shape[1]) * reduce + (reduce - 1) / 2.0 + 0.5) * scale - 0.5
+    XI = (np.arange(feature.shape[2]) * reduce + (reduce - 1) / 2.0 + 0.5) * scale - 0.5
+    return YI, XI, feature
 
 
-def tissue_extent(I: np.ndarray, xI: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Bounding box of the tissue in a feature raster, by Otsu's threshold on a smoothed copy.
+def _unit_rgb(pixels: np.ndarray) -> np.ndarray:
+    """An RGB(A) image in any numeric scale → (H, W, 3) float32 in [0, 1] (integers by their dtype's range)."""
+    arr = np.asarray(pixels)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise GalaInputError("The hematoxylin and tissue features need a colour (RGB) brightfield image; "
+                             "for a one-channel image (e.g. DAPI) use 'sobel' or 'intensity'.")
+    rgb = arr[..., :3]
+    if np.issubdtype(rgb.dtype, np.integer):
+        return rgb.astype(np.float32) / float(np.iinfo(rgb.dtype).max)
+    rgb = rgb.astype(np.float32)
+    top = float(rgb.max())
+    return rgb / top if top > 1.0 else rgb
 
-    Returns ``(lo, hi)`` as (row, col) coordinates in the units of ``xI``; the whole grid when no
-    clear foreground is found.
-    """
+
+def _channel(kind: str, pixels: np.ndarray, gray: np.ndarray, cache: dict) -> np.ndarray:
+    """One feature plane (float32, full loaded resolution) of the image; ``cache`` keeps the stain estimate
+    between the channels of one image."""
+    if kind == "sobel":
+        return sobel_magnitude(gray)
+    if kind == "intensity":
+        return gray
+    if kind == "inverted":
+        return gray.max() - gray
+    if "stains" not in cache:
+        cache["rgb"] = _unit_rgb(pixels)
+        cache["stains"] = estimate_stains(cache["rgb"])
+    rgb, stains = cache["rgb"], cache["stains"]
+    if kind == "hematoxylin":
+        return hematoxylin_density(rgb, stains)
+    return optical_density(rgb, stains.background).sum(-1)  # "tissue": all stain
+
+
+def tissue_mask(I: np.ndarray) -> np.ndarray:
+    """(h, w) float32 tissue mask of a feature raster (C, h, w): Otsu's threshold on a smoothed sum of the
+    channels, softened by a 1-pixel Gaussian (so a fitness reading it has sub-pixel gradients)."""
     img = np.asarray(I, dtype=np.float32).sum(0)
     smooth = cv2.GaussianBlur(img, (0, 0), sigmaX=max(min(img.shape) / 50.0, 1.0))
     u8 = (normalize(smooth) * 255).astype(np.uint8)
     _, mask = cv2.threshold(u8, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    rows, cols = np.nonzero(mask)
+    return cv2.GaussianBlur(mask.astype(np.float32), (0, 0), sigmaX=1.0)
+
+
+def tissue_extent(I: np.ndarray, xI: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Bounding box of the tissue in a feature raster (:func:`tissue_mask`).
+
+    Returns ``(lo, hi)`` as (row, col) coordinates in the units of ``xI``; the whole grid when no
+    clear foreground is found.
+    """
+    rows, cols = np.nonzero(tissue_mask(I) > 0.5)
     full = (np.array([xI[0][0], xI[1][0]]), np.array([xI[0][-1], xI[1][-1]]))
     if rows.size < 4:
         return full

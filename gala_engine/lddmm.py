@@ -77,14 +77,28 @@ def backward_shift(v: torch.Tensor, xv: list, XV: torch.Tensor | None = None) ->
 
 
 def _fit_contrast(AI: torch.Tensor, J: torch.Tensor, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted least squares ``J ≈ c0 + c1·AI`` per channel (no gradient)."""
+    """Weighted least squares ``J ≈ c0 + Σ_k c_k·AI_k`` (no gradient): the target's channels from all source
+    channels (one source channel per target channel when the counts match and there is one, else all of them
+    for each target channel). Returns ``c0`` (C_J,) and ``c`` (C_J, C_I)."""
     with torch.no_grad():
-        w = W / W.sum().clamp_min(1e-12)
-        ma, mj = (w * AI).sum((-2, -1)), (w * J).sum((-2, -1))
-        cov = (w * (AI - ma[:, None, None]) * (J - mj[:, None, None])).sum((-2, -1))
-        var = (w * (AI - ma[:, None, None]) ** 2).sum((-2, -1)).clamp_min(1e-12)
-        c1 = cov / var
-        return mj - c1 * ma, c1
+        w = (W / W.sum().clamp_min(1e-12)).flatten()
+        a = AI.flatten(1)  # (C_I, N)
+        j = J.flatten(1)  # (C_J, N)
+        ma, mj = a @ w, j @ w
+        ac, jc = a - ma[:, None], j - mj[:, None]
+        S = (ac * w) @ ac.T  # (C_I, C_I)
+        B = (ac * w) @ jc.T  # (C_I, C_J)
+        if a.shape[0] == j.shape[0] and a.shape[0] > 1:  # channel k to channel k, as before
+            c = torch.diag(torch.diagonal(B) / torch.diagonal(S).clamp_min(1e-12))
+        else:
+            ridge = 1e-6 * torch.diagonal(S).mean().clamp_min(1e-12) * torch.eye(S.shape[0], dtype=S.dtype, device=S.device)
+            c = torch.linalg.solve(S + ridge, B).T  # (C_J, C_I)
+        return mj - c @ ma, c
+
+
+def _apply_contrast(AI: torch.Tensor, c0: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``c0 + c·AI`` per target channel: (C_I, H, W) → (C_J, H, W)."""
+    return c0[:, None, None] + torch.einsum("jk,khw->jhw", c, AI)
 
 
 def run_lddmm(
@@ -150,8 +164,11 @@ def run_lddmm(
         (J.shape[0],), float(muB), dtype=dtype, device=device)
     reg_scale = math.prod(dv) / (shape[1] * shape[2]) / (2.0 * sigmaR**2)
     history: list[list[float]] = []
+    if not contrast and I.shape[0] != J.shape[0]:
+        raise GalaInputError(f"LDDMM without a contrast fit compares the rasters directly: it needs as many image "
+                             f"as cell channels ({I.shape[0]} vs {J.shape[0]}); set contrast=True.")
     c0 = torch.zeros(J.shape[0], dtype=dtype, device=device)
-    c1 = torch.ones(J.shape[0], dtype=dtype, device=device)
+    c1 = torch.eye(J.shape[0], I.shape[0], dtype=dtype, device=device)  # identity contrast until the first fit
     step = float(epV)
     prev_energy = math.inf
     prev_v = v.detach().clone()
@@ -161,7 +178,7 @@ def run_lddmm(
         """Total, matching (differentiable in ``vel``) and regularisation energies, and the deformed source."""
         X = start_points + sample_planar(backward_shift(vel, xv, velocity_points), xv, start_points)
         AI = sample_planar(I, xI, X, padding="border")
-        fAI = c0[:, None, None] + c1[:, None, None] * AI
+        fAI = _apply_contrast(AI, c0, c1)
         EM = (WM * (fAI - J) ** 2).sum() / (2.0 * sigmaM**2)
         with torch.no_grad():  # its gradient is in closed form (below): no autograd through the FFT
             vhat = torch.fft.fftn(vel, dim=(1, 2))
@@ -200,7 +217,7 @@ def run_lddmm(
             if contrast:
                 c0, c1 = _fit_contrast(AI, J, WM)
             if it >= ESTEP_START:  # E-step, in log space
-                fAI = c0[:, None, None] + c1[:, None, None] * AI
+                fAI = _apply_contrast(AI, c0, c1)
                 n = WM.numel()
                 log_pm = math.log(max(float(WM.sum()) / n, 1e-12))
                 log_pb = math.log(max(float(WB.sum()) / n, 1e-12))

@@ -26,7 +26,7 @@ class AlignParams:
     num_parents_mating: int = _p(50, "Parents selected for mating each generation.", "ga", min=2)
     mutation_probability: float = _p(0.2, "Probability that a gene mutates (re-sampled in its range).", "ga", min=0.0, max=1.0)
     crossover_probability: float = _p(0.8, "Probability that two parents cross over.", "ga", min=0.0, max=1.0)
-    fitness: str = _p("ncc_support", "'ncc_support': normalised cross-correlation over the cells' support (tissue the cells do not cover costs nothing); 'ncc': over the whole cell raster; 'sse': the published 1/(1+SSE).", "ga", choices=("ncc", "ncc_support", "sse"))
+    fitness: str = _p("tissue", "How well a pose fits: the cells' raster is fitted as a non-negative mix of the image channels plus an offset (any contrast) and scored by the correlation R. 'tissue': where the cells are in full and the rest of the raster at a quarter weight (texture and tissue outline: evenly packed sections still have one best pose); 'ncc': every raster pixel equally; 'ncc_support': only where the cells are (image tissue without cells costs nothing, but a flat density leaves the shift free); 'sse': the published 1/(1+SSE).", "ga", choices=("tissue", "ncc", "ncc_support", "sse"))
     ga_restarts: int = _p(3, "Independent GA runs with seeds seed, seed+1, …; the best is kept.", "ga", min=1)
     ga_max_pixels: int = _p(64, "The GA works on rasters pooled to at most this many pixels a side.", "ga", min=8)
     max_anisotropy: float | None = _p(1.5, "Largest allowed ratio |sy|/|sx| (None = any, as published).", "ga", min=1.0)

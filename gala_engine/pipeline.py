@@ -120,8 +120,8 @@ def gala(
     dtype = torch.float64 if p.dtype == "float64" else torch.float32
     if verbose:
         progress = _printer(progress)
-    I_t = torch.as_tensor(normalize(I_np), dtype=dtype, device=device)
-    J_t = torch.as_tensor(normalize(J_np), dtype=dtype, device=device)
+    I_t = torch.as_tensor(np.stack([normalize(plane) for plane in I_np]), dtype=dtype, device=device)
+    J_t = torch.as_tensor(np.stack([normalize(plane) for plane in J_np]), dtype=dtype, device=device)
     if p.gene_space_mode == "extent" and source_extent is None:
         source_extent = tissue_extent(I_np, xI)
     space = fill_gene_space(gene_space, xI, xJ, mode=p.gene_space_mode, source_extent=source_extent)

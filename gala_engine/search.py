@@ -7,6 +7,7 @@ import math
 import random
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pygad
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from .affine import genes_to_theta, grid_centre, normalised_target_points
 from .errors import GalaInputError
 from .events import ProgressCallback, ProgressEvent, StopPredicate, emit, stopped
+from .features import tissue_mask
 
 GENE_NAMES = ("angle", "sy", "sx", "ty", "tx")
 
@@ -114,60 +116,104 @@ def space_around(space: GeneSpace, genes: np.ndarray, *, angle: float = 15.0, sc
     return GeneSpace(low, high, floor)
 
 
-FITNESS_KINDS = ("ncc", "ncc_support", "sse")
+FITNESS_KINDS = ("tissue", "ncc", "ncc_support", "sse")
 SUPPORT_LEVEL = 0.02  # target pixels above this fraction of the maximum count as the cells' support
+OVERLAP_WEIGHT = 0.5  # "tissue": weight of the cells-on-tissue overlap next to the texture correlation
 
 
 def score_batch(AI: torch.Tensor, J: torch.Tensor, kind: str = "ncc") -> torch.Tensor:
-    """Similarity of each resampled source (P, C, H, W) with the target (C, H, W) → (P,).
+    """Similarity of each resampled source (P, C, H, W) with the target (1, H, W) → (P,).
 
-    ``"ncc"``: normalised cross-correlation over all pixels and channels (insensitive to intensity
-    scale). ``"ncc_support"``: the same over the cells' support only (target pixels above
-    ``SUPPORT_LEVEL`` of its maximum), so tissue the cells don't cover (e.g. beyond a Visium capture
-    area) costs nothing. ``"sse"``: the published ``1 / (1 + Σ (AI − J)²)``.
+    All kinds but ``"sse"`` fit the target as a non-negative linear combination of the source channels plus an
+    offset (weighted least squares, so any contrast/brightness is allowed) and score the multiple correlation
+    ``R = √(explained fraction)``; with one channel that is the normalised cross-correlation. They differ in
+    the target pixels they weigh (:func:`pixel_weights`): ``"ncc"`` every pixel equally; ``"ncc_support"``
+    the cells' support only (image tissue the cells don't cover costs nothing, but a flat density inside it
+    leaves the shift free). ``"tissue"`` (:class:`BatchedFitness` only) adds to the support's correlation
+    ``OVERLAP_WEIGHT`` × the density-weighted mean of the image's tissue mask under the cells: the cells'
+    footprint must lie on tissue, which pins an evenly packed section (its footprint is the tissue's shape)
+    and costs nothing where the image shows more tissue than the cells cover.
+    ``"sse"``: the published ``1 / (1 + Σ (AI − J)²)`` (needs as many channels as J).
     """
     if kind == "sse":
         return 1.0 / (1.0 + ((AI - J) ** 2).flatten(1).sum(1))
-    if kind not in FITNESS_KINDS:
-        raise GalaInputError(f"Unknown fitness {kind!r}; use one of {FITNESS_KINDS}.")
-    target = _NCCTarget.of(J.to(AI.dtype), scored_pixels(J, kind))
-    return _ncc(AI.flatten(1)[:, target.index], target)
+    if kind not in FITNESS_KINDS or kind == "tissue":
+        raise GalaInputError(f"score_batch takes 'ncc', 'ncc_support' or 'sse', got {kind!r}.")
+    target = _FitTarget.of(J.to(AI.dtype), pixel_weights(J, kind))
+    return _fit_score(AI.flatten(2)[:, :, target.index], target)
 
 
-def scored_pixels(J: torch.Tensor, kind: str) -> torch.Tensor:
-    """Flat (row-major) indices of the target pixels a fitness of ``kind`` looks at: all of them, or for
-    ``"ncc_support"`` the cells' support (all pixels if the target is blank)."""
+def pixel_weights(J: torch.Tensor, kind: str) -> torch.Tensor:
+    """(H·W,) weight of each target pixel (row-major) in a fitness of ``kind`` (see :func:`score_batch`): the
+    cells' support is the pixels above ``SUPPORT_LEVEL`` of the maximum (all pixels if the target is blank)."""
     total = J.sum(0).flatten()
-    if kind == "ncc_support":
-        index = torch.nonzero(total > SUPPORT_LEVEL * total.max()).flatten()
-        if index.numel() >= 2:
-            return index
-    return torch.arange(total.numel(), device=J.device)
+    support = total > SUPPORT_LEVEL * total.max()
+    if kind == "ncc" or int(support.sum()) < 2:
+        return torch.ones_like(total)
+    return support.to(total.dtype)
 
 
 @dataclass
-class _NCCTarget:
-    """The target side of the NCC, computed once: the scored pixels (flat indices into (C, H, W), channel
-    by channel), the centred target values there and their squared norm."""
+class _FitTarget:
+    """The target side of the contrast-invariant fit, computed once: the scored pixels (flat indices into one
+    plane), their weights (summing to 1), the weighted-centred target there and its weighted squared norm."""
 
     index: torch.Tensor
+    w: torch.Tensor
     jc: torch.Tensor
     jj: torch.Tensor
+    density: torch.Tensor  # the target's values there, summing to 1 (the overlap's weights)
 
     @classmethod
-    def of(cls, J: torch.Tensor, pixels: torch.Tensor) -> _NCCTarget:
-        """The target side for the flat pixel indices ``pixels`` (:func:`scored_pixels`) of every channel."""
-        plane = J.shape[1] * J.shape[2]
-        index = (torch.arange(J.shape[0], device=J.device)[:, None] * plane + pixels).flatten()
-        j = J.flatten()[index]
-        jc = j - j.mean()
-        return cls(index, jc, jc @ jc)
+    def of(cls, J: torch.Tensor, weights: torch.Tensor) -> _FitTarget:
+        if J.shape[0] != 1:
+            raise GalaInputError(f"The target raster must have one channel for this fitness, got {J.shape[0]}.")
+        index = torch.nonzero(weights > 0).flatten()
+        w = weights[index] / weights[index].sum()
+        j = J[0].flatten()[index]
+        jc = j - (w * j).sum()
+        return cls(index, w, jc, (w * jc * jc).sum(), j / j.sum().clamp_min(1e-12))
 
 
-def _ncc(a: torch.Tensor, t: _NCCTarget) -> torch.Tensor:
-    """(P, D) resampled sources at the scored pixels → (P,) NCC with the target ``t``."""
-    ac = a - a.mean(1, keepdim=True)  # centred: no cancellation when a is (nearly) constant
-    return (ac @ t.jc) / (torch.sqrt((ac * ac).sum(1) * t.jj) + 1e-12)
+@lru_cache(maxsize=8)
+def _channel_subsets(C: int) -> tuple[tuple[int, ...], ...]:
+    """The non-empty subsets of C channels (the candidate active sets of a non-negative fit)."""
+    return tuple(tuple(k for k in range(C) if m >> k & 1) for m in range(1, 2**C))
+
+
+MAX_NNLS_CHANNELS = 4  # up to 2⁴ − 1 active sets are enumerated; more channels are fitted without the sign constraint
+
+
+def _fit_score(a: torch.Tensor, t: _FitTarget) -> torch.Tensor:
+    """(n, C, N) resampled source channels at the scored pixels → (n,) multiple correlation with the target
+    under a non-negative fit (exact: the best fit over the active sets whose coefficients are all positive).
+    No feasible set (every channel anti-correlated) → the best single channel's (negative) correlation."""
+    ac = a - (a @ t.w)[..., None]  # weighted-centred: no cancellation when a channel is (nearly) constant
+    acw = ac * t.w
+    S = acw @ ac.transpose(1, 2)  # (n, C, C) weighted covariances
+    b = acw @ t.jc  # (n, C)
+    C = a.shape[1]
+    diag = torch.diagonal(S, dim1=1, dim2=2).clamp_min(1e-12)
+    single = b / torch.sqrt(diag * t.jj + 1e-24)  # each channel's NCC
+    if C == 1:
+        return single[:, 0]
+    best = torch.full_like(single[:, 0], -1.0)
+    ridge = 1e-6 * diag.mean(1)[:, None, None] * torch.eye(C, dtype=a.dtype, device=a.device)
+    subsets = _channel_subsets(C) if C <= MAX_NNLS_CHANNELS else (tuple(range(C)),)
+    for subset in subsets:
+        if len(subset) == 1:
+            k = subset[0]
+            r = torch.where(single[:, k] > 0, single[:, k], -1.0)
+        else:
+            idx = list(subset)
+            S_m = (S + ridge)[:, idx][:, :, idx]
+            b_m = b[:, idx]
+            coef = torch.linalg.solve(S_m, b_m)
+            explained = (coef * b_m).sum(1).clamp_min(0.0) / (t.jj + 1e-24)
+            ok = (coef > 0).all(1) | (C > MAX_NNLS_CHANNELS)
+            r = torch.where(ok, torch.sqrt(explained.clamp_max(1.0) + 1e-24), -1.0)
+        best = torch.maximum(best, r)
+    return torch.where(best > -1.0, best, single.max(1).values)
 
 
 def _chunk_elements(device: torch.device) -> int:
@@ -199,27 +245,39 @@ class BatchedFitness:
         self.scale_floor = scale_floor
         self.max_anisotropy = max_anisotropy or None
         self.padding = "border" if kind == "sse" else "zeros"
-        pixels = scored_pixels(J, kind)
-        self._ncc_target = None if kind == "sse" else _NCCTarget.of(J, pixels)  # computed once
-        self._j = J.flatten(1)[:, pixels].flatten()
+        if kind == "sse":
+            if I.shape[0] != J.shape[0]:
+                raise GalaInputError(f"fitness='sse' compares the rasters directly: it needs as many image as "
+                                     f"cell channels ({I.shape[0]} vs {J.shape[0]}); use fitness='tissue'.")
+            pixels = torch.arange(J.shape[1] * J.shape[2], device=J.device)
+            self._target = None
+            self._j = J.flatten(1)[:, pixels][None]
+        else:
+            self._target = _FitTarget.of(J, pixel_weights(J, "ncc_support" if kind == "tissue" else kind))
+            pixels = self._target.index
+        if kind == "tissue":  # the image's tissue mask as an extra channel, read at the same points
+            mask = torch.as_tensor(tissue_mask(I.detach().cpu().numpy()), dtype=I.dtype, device=I.device)
+            self.I = torch.cat([I, mask[None]])
         self._points = normalised_target_points(xJ, pixels, dtype=I.dtype, device=I.device)  # (2, N)
-        per_solution = J.shape[0] * pixels.numel()
+        per_solution = self.I.shape[0] * pixels.numel()
         self.chunk = chunk or max(1, _chunk_elements(I.device) // per_solution)
 
     def _score(self, a: torch.Tensor) -> torch.Tensor:
-        """(n, D) resampled values of one chunk → (n,) scores (the same numbers as :func:`score_batch`)."""
-        if self._ncc_target is None:
-            return 1.0 / (1.0 + ((a - self._j) ** 2).sum(1))
-        return _ncc(a, self._ncc_target)
+        """(n, C, N) resampled values of one chunk → (n,) scores (the same numbers as :func:`score_batch`)."""
+        if self._target is None:
+            return 1.0 / (1.0 + ((a - self._j) ** 2).flatten(1).sum(1))
+        if self.kind == "tissue":
+            return _fit_score(a[:, :-1], self._target) + OVERLAP_WEIGHT * (a[:, -1] @ self._target.density)
+        return _fit_score(a, self._target)
 
     def _resample(self, theta: torch.Tensor) -> torch.Tensor:
-        """(n, 2, 3) normalised matrices → (n, C·N) source values at the scored target pixels."""
+        """(n, 2, 3) normalised matrices → (n, C, N) source values at the scored target pixels."""
         n, C = theta.shape[0], self.I.shape[0]
         # one GEMM (K = 2) for all sampling points: (2n, 2) @ (2, N) + offsets → (n, 2, N)
         grid = torch.addmm(theta[:, :, 2].reshape(-1, 1), theta[:, :, :2].reshape(-1, 2), self._points).view(n, 2, -1)
         out = F.grid_sample(self.I[None].expand(n, -1, -1, -1), grid.transpose(1, 2)[:, :, None],
                             mode="bilinear", padding_mode=self.padding, align_corners=True)
-        return out.reshape(n, C * self._points.shape[1])
+        return out.reshape(n, C, self._points.shape[1])
 
     def __call__(self, genes: torch.Tensor) -> torch.Tensor:
         genes = genes.to(self.I.dtype)
