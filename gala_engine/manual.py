@@ -116,11 +116,13 @@ class LandmarkRefinement:
     message: str
 
 
-def landmark_tolerance(fit: LandmarkFit, *, floor_px: float = 1.0) -> float:
-    """The median landmark error a refinement may show and still agree with the landmarks: the median
-    distance the true alignment would show given the clicks' own scatter (1.18 σ for 2-D Gaussian clicks,
-    σ from the fit's residuals), at least ``floor_px``."""
-    return max(float(floor_px), 1.1774 * fit.sigma_px)
+def landmark_tolerance(fit: LandmarkFit, *, slack_px: float = 0.5) -> float:
+    """The median landmark error a refinement may show and still be kept: what the landmark affine itself
+    shows (its median residual) plus ``slack_px``. Conservative on purpose: with a handful of pairs the
+    clicks' scatter cannot be told from the refinement's own error, so a refinement is kept only when it
+    fits the pairs about as well as their own affine (e.g. an LDDMM warp following a deformed tissue that
+    no affine fits)."""
+    return fit.median_px + float(slack_px)
 
 
 def refine_from_landmarks(
@@ -130,7 +132,7 @@ def refine_from_landmarks(
     *,
     kind: Kind = "similarity",
     guard: bool = True,
-    floor_px: float = 1.0,
+    slack_px: float = 0.5,
     progress: ProgressCallback | None = None,
     should_stop: StopPredicate | None = None,
 ) -> LandmarkRefinement:
@@ -140,8 +142,11 @@ def refine_from_landmarks(
     The image evidence can pull a section away from where the user's landmarks put it (a near-symmetric
     tissue, sparse spots, an over-eager warp). With ``guard`` the candidates are tried in order — refined
     (with the warp), refined affine (warp dropped), landmark affine — and the first whose median landmark
-    error is within :func:`landmark_tolerance` of the clicks' own scatter is kept (the landmark affine
+    error is within :func:`landmark_tolerance` (the landmark affine's own error + ``slack_px``) is kept (the landmark affine
     always qualifies). ``guard=False`` keeps the refinement whatever it does.
+
+    The image evidence is thus used where it agrees with the pairs; to use it against the pairs, align
+    without landmarks (or with ``--landmarks-mode check``) and compare the landmark errors.
     """
     fit = fit_landmarks(lm, kind=kind, image_shape=rasters.image_full_shape)
     refined = align_section(rasters, params, init_A=fit.A, progress=progress, should_stop=should_stop)
@@ -152,17 +157,18 @@ def refine_from_landmarks(
                                    extra={"landmark_kind": kind})
     candidates = {"refined": refined, "refined affine": affine_part, "landmarks": from_landmarks}
     errors = {k: float(np.median(landmark_errors(r, lm))) for k, r in candidates.items()}
-    tol = landmark_tolerance(fit, floor_px=floor_px)
+    tol = landmark_tolerance(fit, slack_px=slack_px)
     if not guard:
         kept = "refined"
     else:
-        kept = next(k for k in candidates if k == "landmarks" or errors[k] <= max(tol, errors["landmarks"]))
+        kept = next(k for k in candidates if k == "landmarks" or errors[k] <= tol)
     if kept == "refined":
         msg = f"Kept the refinement: landmark error {errors['refined']:.1f} px (median)."
     elif kept == "refined affine":
         msg = (f"Kept the refined affine without its warp: the warp moved the landmarks to {errors['refined']:.1f} px "
-               f"(more than the {tol:.1f} px the clicks allow); affine part {errors['refined affine']:.1f} px.")
+               f"(more than the {tol:.1f} px allowed); affine part {errors['refined affine']:.1f} px.")
     else:
         msg = (f"Kept the landmark affine ({errors['landmarks']:.1f} px): the image-based refinement moved the "
-               f"landmarks to {errors['refined']:.1f} px, more than the {tol:.1f} px the clicks allow.")
+               f"landmarks to {errors['refined']:.1f} px, more than the {tol:.1f} px allowed (the landmark affine's "
+               "own error + 0.5 px).")
     return LandmarkRefinement(candidates[kept], kept, fit, tol, errors, msg)
