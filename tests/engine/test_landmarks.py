@@ -98,6 +98,8 @@ def test_noise_degrades_gracefully(noise):
         errs.append(float(np.median(med)))
     assert errs[0] < 2.5 * noise
     assert errs[1] < errs[0]
+    lm, _ = _pairs(M, n=200, noise=noise, seed=3)
+    assert fit_landmarks(lm).sigma_px == pytest.approx(noise, rel=0.15)  # the clicks' scatter, from residuals
 
 
 def test_residuals_flag_a_wrong_pair():
