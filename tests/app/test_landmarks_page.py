@@ -144,3 +144,11 @@ def test_viewer_nudges_make_new_runs_and_downloads_carry_landmarks(app):
     assert len(out.uns["gala"]["landmarks"]["error_px"]) == 4
     A = read_xenium_matrix(xenium_matrix_bytes(first, data))
     np.testing.assert_allclose(A, first.A, atol=1e-9)
+
+
+def test_clicked_point_prefers_a_drawn_box_centre():
+    assert lm.clicked_point(None) is None
+    assert lm.clicked_point({"points": [], "box": [], "lasso": []}) is None
+    assert lm.clicked_point({"points": [{"x": 3.0, "y": 4.0, "curve_number": 1}], "box": []}) == (3.0, 4.0)
+    box = {"points": [{"x": 1.0, "y": 1.0}], "box": [{"x": [10.0, 14.0], "y": [20.0, 30.0]}]}
+    assert lm.clicked_point(box) == (12.0, 25.0)
