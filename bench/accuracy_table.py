@@ -68,8 +68,31 @@ def legacy_rows() -> None:
 
 # ------------------------------------------------------------------------------ validation table
 
-HEADER = ("| case | family | path | warp µm | cells | median µm | p90 µm | raster px (dx µm) | affine-only µm | runtime s |\n"
-          "|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| case | family | path | warp µm | cells | median µm | p90 µm | raster px (dx µm) | affine-only µm "
+          "| runtime s | issue 11 targets |\n|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def targets(o) -> list[tuple[str, bool]]:
+    """Issue 11's targets that apply to one row (spots: the suite's own bar, one raster pixel)."""
+    if o.error:
+        return [("ran", False)]
+    out: list[tuple[str, bool]] = []
+    if o.path == "cli":
+        if o.family == "nuclei":
+            out.append(("≤10 µm", o.median_um <= 10.0))
+        elif o.family == "merfish":
+            out.append(("≤3 µm", o.median_um <= 3.0))
+        else:
+            out.append(("≤1 px", o.median_raster_px <= 1.0))
+        if o.affine_median_um is not None:
+            if o.warp_um:
+                out.append(("LDDMM −30 %", o.median_um <= 0.7 * o.affine_median_um))
+            else:
+                out.append(("LDDMM ≤+10 %", o.median_um <= 1.1 * max(o.affine_median_um, 0.5)))
+    elif o.path == "tutorial":
+        limit = 2.0 if o.warp_um else 1.0
+        out.append((f"≤{limit:g} px", o.median_raster_px <= limit))
+    return out
 
 
 def _f(v, nd=1) -> str:
@@ -78,12 +101,44 @@ def _f(v, nd=1) -> str:
     return f"{v:.{nd}f}"
 
 
+BASELINE: dict = {}  # (case, path) → Outcome of a saved run (--baseline)
+
+
 def format_row(o) -> str:
+    marks = ", ".join(f"{name} {'ok' if ok else 'MISS'}" for name, ok in targets(o))
+    base = BASELINE.get((o.case, o.path))
+    if base is not None and not base.error:
+        marks += f"; baseline {_f(base.median_um)} µm"
     if o.error:
         return (f"| {o.case} | {o.family} | {o.path} | {o.warp_um:g} | {o.n_cells} | failed: {o.error[:80]} "
-                f"| | | | {o.runtime_s:.0f} |")
+                f"| | | | {o.runtime_s:.0f} | {marks} |")
     return (f"| {o.case} | {o.family} | {o.path} | {o.warp_um:g} | {o.n_cells} | {_f(o.median_um)} | {_f(o.p90_um)} "
-            f"| {_f(o.median_raster_px, 2)} ({o.dx_um:g}) | {_f(o.affine_median_um)} | {o.runtime_s:.0f} |")
+            f"| {_f(o.median_raster_px, 2)} ({o.dx_um:g}) | {_f(o.affine_median_um)} | {o.runtime_s:.0f} | {marks} |")
+
+
+def summary(outcomes) -> str:
+    """Targets met per path and family."""
+    rows = {}
+    for o in outcomes:
+        for name, ok in targets(o):
+            key = (o.path, o.family, name)
+            hit, n = rows.get(key, (0, 0))
+            rows[key] = (hit + ok, n + 1)
+    lines = ["| path | family | target | met |", "|---|---|---|---|"]
+    lines += [f"| {p} | {f} | {t} | {h}/{n} |" for (p, f, t), (h, n) in sorted(rows.items())]
+    return "\n".join(lines)
+
+
+def from_jsonl(path: str) -> list:
+    """Outcomes saved with ``--jsonl`` (the last row of each case × path wins)."""
+    from tests.validation.runners import Outcome
+
+    rows = {}
+    for line in Path(path).read_text().splitlines():
+        d = json.loads(line)
+        d.pop("time", None)
+        rows[(d["case"], d["path"])] = Outcome(**d)
+    return list(rows.values())
 
 
 def validation_rows(*, fast: bool, heldout: bool, family: str | None, paths: list[str], jsonl: str | None,
@@ -98,6 +153,8 @@ def validation_rows(*, fast: bool, heldout: bool, family: str | None, paths: lis
     print(HEADER, flush=True)
     outcomes = []
     runners = {"cli": run_cli_defaults, "tutorial": run_tutorial,
+               "cli-density": lambda case: run_cli_defaults(case, signal="cell density"),
+               "cli-affine": lambda case: run_cli_defaults(case, params={"num_iterations": 0}),
                "tutorial-derived": lambda case: run_tutorial(case, gene_space=[{}, {}, {}, {}, {}])}
     for spec in chosen:
         case = build_case(spec)
@@ -119,13 +176,35 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--case", action="append", default=None, help="only this case (repeatable)")
     ap.add_argument("--paths", default="cli,tutorial",
                     help="comma-separated: cli, tutorial, tutorial-derived (the recipe with empty gene_space dicts: "
-                         "the engine's derived ranges)")
+                         "the engine's derived ranges), cli-density (--signal 'cell density'), cli-affine "
+                         "(num_iterations = 0)")
+    ap.add_argument("--list", action="store_true", help="list the selected validation cases and exit (runs nothing)")
     ap.add_argument("--legacy-only", action="store_true", help="only the engine rows")
     ap.add_argument("--no-legacy", action="store_true", help="skip the engine rows")
     ap.add_argument("--jsonl", default=None, help="append each validation row as JSON to this file")
+    ap.add_argument("--report", default=None, metavar="FILE.jsonl",
+                    help="print the table and the targets' summary from rows saved with --jsonl (runs nothing)")
+    ap.add_argument("--baseline", default=None, metavar="FILE.jsonl",
+                    help="show each row's median from a saved run, e.g. tests/validation/baseline_5a20eb0.jsonl")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: 1 when the load average exceeds the core count)")
     args = ap.parse_args(argv)
+    if args.baseline:
+        BASELINE.update({(o.case, o.path): o for o in from_jsonl(args.baseline)})
+    if args.report:
+        outcomes = from_jsonl(args.report)
+        print(HEADER)
+        for o in outcomes:
+            print(format_row(o))
+        print("\n" + summary(outcomes))
+        return
+    if args.list:
+        from tests.validation.cases import specs
+
+        for s in specs(fast=args.fast, family=args.family, heldout=args.heldout):
+            if not args.case or s.name in args.case:
+                print(f"{s.name:<64} {s.family:<8} {'fast' if s.fast else '':<5} {'heldout' if s.heldout else ''}")
+        return
     import torch
 
     threads = args.threads
@@ -140,8 +219,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.legacy_only:
         return
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-    validation_rows(fast=args.fast, heldout=args.heldout, family=args.family, paths=paths, jsonl=args.jsonl,
-                    cases=args.case)
+    outcomes = validation_rows(fast=args.fast, heldout=args.heldout, family=args.family, paths=paths,
+                               jsonl=args.jsonl, cases=args.case)
+    print("\n" + summary(outcomes), flush=True)
 
 
 if __name__ == "__main__":

@@ -562,6 +562,44 @@ def bench_seed(params: dict, mode: str, device: torch.device) -> None:
 # ------------------------------------------------------------------------------------- 4. scaling
 
 
+# the defaults before issue 11 (as parameters): inverted brightness for colour H&E, correlation over the cells'
+# support, one LDDMM run on every pixel. (Zero padding and the multi-channel contrast model are not reverted.)
+PRE_ISSUE_11 = dict(feature="inverted", params=dict(fitness="ncc_support", lddmm_validate=False))
+
+
+def _defaults_run(section: Section, *, feature: str, params: dict, device: torch.device) -> tuple[float, float]:
+    """The CLI's path (prepare_section + align_section) on one section → (seconds, median cell error in px)."""
+    import anndata as ad
+
+    from gala_engine.section import align_section, prepare_section
+
+    adata = ad.AnnData(np.ones((len(section.cells_um), 1), dtype=np.float32))
+    adata.obsm["spatial"] = section.cells_um[:, ::-1].copy()
+    sync(device)
+    t0 = time.perf_counter()
+    rasters = prepare_section(adata, section.image, feature=feature)
+    result = align_section(rasters, AlignParams(device=str(device), **params))
+    sync(device)
+    seconds = time.perf_counter() - t0
+    err = cell_error_px(section, [torch.as_tensor(a) for a in result.xv], torch.as_tensor(result.v),
+                        torch.as_tensor(result.A))
+    return seconds, err
+
+
+def bench_defaults(device: torch.device) -> None:
+    """The default CLI run (today's defaults vs the defaults before issue 11, same process) on a 600-cell 512² case
+    and the seed-sized section (issue 11's speed target: within 1.5×)."""
+    header("Default CLI run: today's defaults vs the defaults before issue 11 (same process)")
+    print(f"{'workload':<34} {'today s':>8} {'before s':>9} {'ratio':>6} {'error px today/before':>22}")
+    for label, n, width in (("600 cells, 512×384 image", 600, 512),
+                            (f"{SEED_CELLS:,} cells, {SEED_WIDTH}×{SEED_HEIGHT} image", SEED_CELLS, SEED_WIDTH)):
+        section = make_section(n, width, um_per_px=SEED_UM_PER_PX * SEED_WIDTH / width)
+        today = _defaults_run(section, feature="auto", params={}, device=device)
+        before = _defaults_run(section, device=device, **PRE_ISSUE_11)
+        print(f"{label:<34} {today[0]:>8.1f} {before[0]:>9.1f} {today[0] / before[0]:>5.2f}× "
+              f"{today[1]:>10.2f} / {before[1]:.2f}", flush=True)
+
+
 def bench_scaling(params: dict, device: torch.device) -> None:
     header("4. Scaling: total time (rasterise + feature + gala) by cell count and image width")
     print(f"gala(num_generations={params['num_generations']}, num_iterations={params['num_iterations']}, "
@@ -606,7 +644,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, help="override num_repeats of every gala() run")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice, or 1 when "
                         "the load average exceeds the core count: oversubscribed threads stall)")
-    parser.add_argument("--skip", default="", help="comma-separated sections to skip: ga,lddmm,seed,scaling")
+    parser.add_argument("--skip", default="", help="comma-separated sections to skip: ga,lddmm,defaults,seed,scaling")
     args = parser.parse_args(argv)
     mode = "full" if args.full else "quick"
     device = resolve_device(None if args.device == "auto" else args.device)
@@ -657,6 +695,8 @@ def main(argv: list[str] | None = None) -> None:
         if "lddmm" not in skip:
             bench_lddmm(r, section, SEED_UM_PER_PX, iterations=lddmm_its, device=device, dtype=dtype)
         del section, r
+    if "defaults" not in skip:
+        bench_defaults(device)
     if "seed" not in skip:
         bench_seed(seed_params, mode, device)
     if scale_params is not None and "scaling" not in skip:

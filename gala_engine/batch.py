@@ -7,11 +7,12 @@ maps it over a manifest on a Dask cluster (a ``LocalCluster`` unless a scheduler
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,27 +20,30 @@ from typing import Any
 from . import constants
 from .errors import GalaInputError
 from .events import ProgressCallback
-from .features import FEATURE_KINDS
+from .features import check_feature
 from .params import AlignParams
 
 __all__ = ["SUMMARY_COLUMNS", "ManifestRow", "align_files", "read_manifest", "run_batch", "write_summary"]
 
 SUMMARY_COLUMNS = ("section", "status", "fitness", "runtime_s", "error", "output")
-_FEATURES = FEATURE_KINDS
 
 
-def _check_out(out: Path, inputs: list[Path]) -> None:
-    for p in inputs:
+def report_paths(report_dir: str | os.PathLike[str], name: str) -> list[Path]:
+    """The files :func:`gala_engine.report.write_report` writes into ``report_dir``."""
+    return [Path(report_dir) / f"{name}.png", Path(report_dir) / f"{name}.json"]
+
+
+def _report_folder(report_dir: Path, label: str) -> None:
+    """``report_dir`` is a folder, or is made one (its parent must exist); refused when it is a file."""
+    if report_dir.exists() and not report_dir.is_dir():
+        raise GalaInputError(f"{label} {report_dir} is a file, not a folder; give a folder for the report.")
+    if not report_dir.exists():
+        if not report_dir.parent.is_dir():
+            raise GalaInputError(f"{label}: the folder {report_dir.parent} does not exist; create it first.")
         try:
-            same = out.exists() and p.exists() and os.path.samefile(out, p)
-        except OSError:
-            same = False
-        if same or out.resolve() == p.resolve():
-            raise GalaInputError(f"--out {out} is an input file; choose another output name.")
-    if out.is_dir():
-        raise GalaInputError(f"--out {out} is a folder; give a file name ending in .h5ad.")
-    if not out.parent.is_dir():
-        raise GalaInputError(f"output folder {out.parent} does not exist; create it first.")
+            report_dir.mkdir()
+        except OSError as exc:
+            raise GalaInputError(f"{label}: cannot create {report_dir} ({exc.strerror or exc}).") from None
 
 
 def align_files(
@@ -55,6 +59,11 @@ def align_files(
     report_dir: str | os.PathLike[str] | None = None,
     report_name: str = "gala_report",
     progress: ProgressCallback | None = None,
+    overwrite: bool = False,
+    protect: Iterable[str | os.PathLike[str] | None] = (),
+    channel: int | None = None,
+    series: int | None = None,
+    plane: int | None = None,
     landmarks: str | os.PathLike[str] | None = None,
     landmarks_mode: str = "init",
     landmarks_fit: str = "similarity",
@@ -65,16 +74,21 @@ def align_files(
     """Align the cells in ``h5ad`` (µm) to ``image`` and write the aligned ``.h5ad`` to ``out``.
 
     ``out`` gets ``obsm['spatial_he']`` (x, y in full-resolution image pixels) and ``uns['gala']``,
-    written atomically; ``out`` may not be an input. With ``report_dir``, a quality report (PNG +
-    JSON, :func:`gala_engine.report.write_report`) is written there.
+    written atomically. With ``report_dir``, a quality report (PNG + JSON,
+    :func:`gala_engine.report.write_report`) is written there. Before any work, every output is checked
+    (:func:`gala_engine.outputs.check_outputs`): not an input (``image``, ``h5ad`` or a path in
+    ``protect``), not a folder or special file, not an existing file unless ``overwrite``, in a writable
+    folder. Should the write still fail at the end, the result is kept in the temporary folder and the
+    error says where. ``channel`` / ``series`` / ``plane`` choose what of the image is read
+    (:func:`gala_engine.io.read_image`).
 
     Landmarks and imported transforms (:mod:`gala_engine.landmarks`): ``landmarks`` is a pairs CSV (GALA's
     or Xenium Explorer's keypoints); ``landmarks_mode="init"`` starts from their affine (``landmarks_fit``
-    "similarity" or "affine") and keeps the refinement only while it agrees with them
+    "similarity" or "affine") and keeps the refinement only where it fits them about as well
     (:func:`gala_engine.manual.refine_from_landmarks`); ``"check"`` only reports their error.
     ``init_transform`` is a Xenium Explorer transformation-matrix CSV to start from (``pixel_size`` µm per
     Xenium pixel, 0.2125 by default). With ``xenium_matrix``, the result's affine is written next to
-    ``out`` as ``<out stem>_xenium_matrix.csv`` (Xenium Explorer's format).
+    ``out`` as ``<out stem>_xenium_matrix.csv`` (Xenium Explorer's format; checked like ``out``).
 
     The inputs are checked first (:func:`gala_engine.checks.check_cells` / ``check_image``): blocking
     problems raise :class:`GalaInputError` before any work; all-zero counts fall back to cell density.
@@ -86,23 +100,32 @@ def align_files(
         (list of str) and, with a report, ``report`` (the metrics).
     """
     from . import checks, io, section
+    from .outputs import check_outputs, write_or_rescue
 
     image, h5ad, out = Path(image), Path(h5ad), Path(out)
-    _check_out(out, [image, h5ad])
-    if feature not in _FEATURES:
-        raise GalaInputError(f"feature must be one of {_FEATURES}, got {feature!r}.")
+    outputs: list[tuple[str, Path]] = [("--out", out)]
+    if xenium_matrix:
+        from .landmarks import xenium_matrix_path
+
+        outputs.append(("the Xenium Explorer matrix beside --out (--no-xenium-matrix: none)", xenium_matrix_path(out)))
+    if report_dir is not None:
+        _report_folder(Path(report_dir), "--report")
+        outputs += [("--report", p) for p in report_paths(report_dir, report_name)]
+    inputs = [p for p in (image, h5ad, *protect, landmarks, init_transform) if p is not None]
+    check_outputs(outputs, inputs, overwrite=overwrite)
+    check_feature(feature)
     if dx is not None and not dx > 0:
         raise GalaInputError(f"dx must be a positive pixel size in µm, got {dx}.")
     params = params or AlignParams()
     adata = io.read_cells(h5ad)
-    img = io.read_image(image, max_side=max_side)
+    img = io.read_image(image, max_side=max_side, channel=channel, series=series, plane=plane)
     found = checks.check_cells(adata, signal=signal, name=h5ad.name)
     warnings = found.warnings + checks.check_image(img, name=image.name)
     from . import landmarks as lmk
 
     extra = lmk.prepare_inputs(img.full_shape, landmarks=landmarks, mode=landmarks_mode, fit=landmarks_fit,
                                init_transform=init_transform, pixel_size=pixel_size, out=out,
-                               protect=[image, h5ad], write_matrix=xenium_matrix)
+                               protect=inputs, write_matrix=xenium_matrix)
     rasters = section.prepare_section(adata, img, signal=found.signal, dx=dx, feature=feature)  # type: ignore[arg-type]
     if extra.refine_from is not None:
         from .manual import refine_from_landmarks
@@ -111,7 +134,8 @@ def align_files(
         result, extra.message = refinement.result, refinement.message
     else:
         result = section.align_section(rasters, params, init_A=extra.init_A, progress=progress)
-    section.write_aligned(adata, result, out, protect=[image, *extra.inputs, h5ad], landmarks=extra.pairs)
+    write_or_rescue(lambda p: section.write_aligned(adata, result, p, protect=inputs, landmarks=extra.pairs), out,
+                    what="the aligned .h5ad")
     summary: dict[str, Any] = {
         "fitness": result.fitness,
         "score": result.score,
@@ -124,16 +148,22 @@ def align_files(
     if report_dir is not None:
         from .report import write_report
 
-        summary["report"] = write_report(
-            adata,
-            img,
-            rasters,
-            result,
-            report_dir,
-            name=report_name,
-            inputs={"image": str(image), "h5ad": str(h5ad), "output": str(out)},
-            landmarks=extra.pairs,
-        )
+        try:
+            summary["report"] = write_report(
+                adata,
+                img,
+                rasters,
+                result,
+                report_dir,
+                name=report_name,
+                inputs={"image": str(image), "h5ad": str(h5ad), "output": str(out)},
+                landmarks=extra.pairs,
+            )
+        except OSError as exc:
+            raise GalaInputError(
+                f"wrote {out}, but the report could not be written into {report_dir} ({exc.strerror or exc}); "
+                "free space or fix the folder, then run again with --report elsewhere."
+            ) from None
     return summary
 
 
@@ -148,12 +178,29 @@ class ManifestRow:
     image: str
     h5ad: str
     params: dict[str, Any] = field(default_factory=dict)  # AlignParams.to_dict() of this row
-    options: dict[str, Any] = field(default_factory=dict)  # signal / dx / feature
+    options: dict[str, Any] = field(default_factory=dict)  # signal / dx / feature / channel / series / plane
     error: str = ""  # a problem found while reading the manifest (the row then fails alone)
+    params_path: str = ""  # the row's .toml parameter file, if any (an input: never overwritten)
 
 
 def _safe_name(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("._") or "section"
+
+
+def _decode_text(data: bytes, what: str) -> str:
+    """Text of a CSV saved by any common tool: UTF-8 (with or without BOM), UTF-16 (BOM), or Windows-1252."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError:
+            raise GalaInputError(f"{what} is damaged UTF-16 text; save it again as UTF-8 CSV.") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    if b"\x00" in data:
+        raise GalaInputError(f"{what} is not text (it holds NUL bytes); save it as a UTF-8 CSV.")
+    return data.decode("cp1252", errors="replace")
 
 
 def _row_params(value: str, base_dir: Path, base: AlignParams) -> AlignParams:
@@ -175,15 +222,18 @@ def read_manifest(path: str | os.PathLike[str], *, base: AlignParams | None = No
     Columns: ``image``, ``h5ad`` (required; relative paths are relative to the manifest's folder),
     ``section`` (optional name; default the ``.h5ad`` file's stem), ``params`` (optional: a ``.toml``
     file, or inline ``name=value; name=value`` in TOML syntax), and optional ``signal``, ``dx``,
-    ``feature``, ``landmarks`` (a pairs CSV), ``landmarks_mode`` (init / check) and ``init_transform``
-    (a Xenium Explorer matrix CSV). A row with a problem (bad parameters, empty path) is kept with its ``error`` set, so
+    ``feature``, ``channel``, ``series``, ``plane``, ``landmarks`` (a pairs CSV), ``landmarks_mode``
+    (init / check) and ``init_transform`` (a Xenium Explorer matrix CSV). The file may be UTF-8, UTF-16 (with BOM) or
+    Windows-1252; section names are made unique (case-insensitively). A row with a problem (bad parameters, empty path) is kept with its ``error`` set, so
     it fails alone; a manifest without the required columns raises.
     """
+    from .io import path_problem
+
     path = Path(path)
-    if not path.is_file():
-        raise GalaInputError(f"manifest not found: {path}; check the path.")
+    if problem := path_problem(path):
+        raise GalaInputError(f"manifest {problem}")
     base = base or AlignParams()
-    with path.open(newline="", encoding="utf-8-sig") as fh:
+    with io.StringIO(_decode_text(path.read_bytes(), f"manifest {path}"), newline="") as fh:
         reader = csv.DictReader(fh)
         cols = [c.strip().lower() for c in (reader.fieldnames or [])]
         missing = [c for c in ("image", "h5ad") if c not in cols]
@@ -196,14 +246,14 @@ def read_manifest(path: str | os.PathLike[str], *, base: AlignParams | None = No
     if not raw_rows:
         raise GalaInputError(f"manifest {path} has no rows; add one line per section.")
     rows: list[ManifestRow] = []
-    seen: dict[str, int] = {}
+    used: set[str] = set()  # case-folded: on case-insensitive file systems X.h5ad is x.h5ad
     for i, r in enumerate(raw_rows, start=1):
-        name = _safe_name(r.get("section") or Path(r.get("h5ad") or f"row{i}").stem)
-        if name in seen:
-            seen[name] += 1
-            name = f"{name}_{seen[name]}"
-        else:
-            seen[name] = 1
+        stem = _safe_name(r.get("section") or Path(r.get("h5ad") or f"row{i}").stem)
+        name, k = stem, 1
+        while name.casefold() in used:
+            k += 1
+            name = f"{stem}_{k}"
+        used.add(name.casefold())
         paths = {}
         for key in ("image", "h5ad"):
             p = Path(r.get(key, ""))
@@ -213,6 +263,9 @@ def read_manifest(path: str | os.PathLike[str], *, base: AlignParams | None = No
             if not row.image or not row.h5ad:
                 raise GalaInputError(f"row {i} has an empty image or h5ad path.")
             row.params = _row_params(r.get("params", ""), path.parent, base).to_dict()
+            value = r.get("params", "").strip()
+            if value.lower().endswith(".toml"):
+                row.params_path = str(Path(value) if Path(value).is_absolute() else path.parent / value)
             if r.get("signal"):
                 row.options["signal"] = r["signal"]
             if r.get("feature"):
@@ -223,6 +276,11 @@ def read_manifest(path: str | os.PathLike[str], *, base: AlignParams | None = No
                     row.options[key] = str(p if p.is_absolute() else path.parent / p)
             if r.get("landmarks_mode"):
                 row.options["landmarks_mode"] = r["landmarks_mode"]
+            for key in ("channel", "series", "plane"):  # which part of the image (read_image)
+                if r.get(key):
+                    if not r[key].isdigit():
+                        raise GalaInputError(f"row {i}: {key} must be a whole number ≥ 0, got {r[key]!r}.")
+                    row.options[key] = int(r[key])
             if r.get("dx"):
                 try:
                     row.options["dx"] = float(r["dx"])
@@ -237,12 +295,33 @@ def read_manifest(path: str | os.PathLike[str], *, base: AlignParams | None = No
 # ------------------------------------------------------------------------------------- batch
 
 
+def _check_batch_outputs(rows: list[ManifestRow], out: Path, *, report: bool, overwrite: bool,
+                         protect: Iterable[str | os.PathLike[str] | None]) -> None:
+    """Every file the batch writes, checked against every row's inputs before any section starts."""
+    from .outputs import check_outputs
+
+    outputs: list[tuple[str, Path]] = [("summary", out / "summary.csv")]
+    if report:
+        _report_folder(out / "reports", "--out")
+    for row in rows:
+        if row.error:
+            continue
+        outputs.append((f"section {row.section!r}: output", out / f"{row.section}.h5ad"))
+        outputs.append((f"section {row.section!r}: Xenium matrix", out / f"{row.section}_xenium_matrix.csv"))
+        if report:
+            outputs += [(f"section {row.section!r}: report", p) for p in report_paths(out / "reports", row.section)]
+    inputs = [p for row in rows for p in (row.image, row.h5ad, row.params_path, row.options.get("landmarks"),
+                                          row.options.get("init_transform"))] + list(protect)
+    check_outputs(outputs, inputs, overwrite=overwrite)
+
+
 def _failed(section: str, error: str) -> dict[str, Any]:
     """A summary row for a section that did not align (the summary CSV's columns, all present)."""
     return {"section": section, "status": "failed", "fitness": "", "runtime_s": "", "error": error, "output": ""}
 
 
-def _align_row(row: ManifestRow, out_dir: str, report: bool, torch_threads: int | None) -> dict[str, Any]:
+def _align_row(row: ManifestRow, out_dir: str, report: bool, torch_threads: int | None,
+               overwrite: bool = False) -> dict[str, Any]:
     """Worker task: align one row; never raises (a failure is a summary row)."""
     start = time.perf_counter()
     rec = _failed(row.section, row.error)
@@ -261,6 +340,7 @@ def _align_row(row: ManifestRow, out_dir: str, report: bool, torch_threads: int 
             AlignParams.from_dict(row.params),
             report_dir=Path(out_dir) / "reports" if report else None,
             report_name=row.section,
+            overwrite=overwrite,
             **row.options,
         )
         rec.update(status="ok", fitness=f"{res['fitness']:.6g}", error="", output=res["output"])
@@ -277,8 +357,10 @@ def _align_row(row: ManifestRow, out_dir: str, report: bool, torch_threads: int 
 
 def write_summary(records: list[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
     """Write the batch summary CSV (columns :data:`SUMMARY_COLUMNS`) atomically."""
+    from .outputs import temp_prefix
+
     dest = Path(path)
-    tmp = dest.with_name(f".{dest.name}.tmp")
+    tmp = dest.with_name(f"{temp_prefix(dest)}summary.tmp")
     with tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(SUMMARY_COLUMNS), extrasaction="ignore")
         writer.writeheader()
@@ -297,6 +379,8 @@ def run_batch(
     report: bool = False,
     on_done: Callable[[dict[str, Any]], None] | None = None,
     connect_timeout: str = "10s",
+    overwrite: bool = False,
+    protect: Iterable[str | os.PathLike[str] | None] = (),
 ) -> list[dict[str, Any]]:
     """Align every row on Dask distributed and write ``out_dir/summary.csv``.
 
@@ -318,6 +402,16 @@ def run_batch(
         Called with each summary record as its section finishes (e.g. a progress bar).
     connect_timeout
         How long to try reaching ``scheduler``.
+    overwrite
+        Replace existing outputs (never inputs): without it, a batch whose outputs exist is refused.
+    protect
+        More inputs to never overwrite (the manifest, the base parameter file).
+
+    Raises
+    ------
+    GalaInputError
+        Before any work: an output is any row's input or another protected file, a folder or special
+        file, exists (without ``overwrite``), or ``out_dir`` cannot be written.
 
     Returns
     -------
@@ -330,6 +424,7 @@ def run_batch(
     if out.exists() and not out.is_dir():
         raise GalaInputError(f"--out {out} is a file; give a folder.")
     out.mkdir(parents=True, exist_ok=True)
+    _check_batch_outputs(rows, out, report=report, overwrite=overwrite, protect=protect)
     records: dict[int, dict[str, Any]] = {}
     cluster = None
     torch_threads: int | None = None
@@ -355,6 +450,7 @@ def run_batch(
                 str(out.resolve()),
                 report,
                 torch_threads if processes else None,
+                overwrite,
                 key=f"gala-align-{i}-{row.section}",
                 pure=False,
             )
@@ -373,5 +469,7 @@ def run_batch(
         if cluster is not None:
             cluster.close()
     ordered = [records[i] for i in range(len(rows))]
-    write_summary(ordered, out / "summary.csv")
+    from .outputs import write_or_rescue
+
+    write_or_rescue(lambda p: write_summary(ordered, p), out / "summary.csv", what="the batch summary")
     return ordered

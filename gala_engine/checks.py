@@ -20,9 +20,13 @@ from . import constants
 from .errors import GalaInputError
 from .io import LoadedImage, _spatial_xy, cell_signal
 
-__all__ = ["CellCheck", "MIN_CELLS", "SPACING_RANGE_UM", "check_cells", "check_image"]
+__all__ = ["CellCheck", "FEW_CELLS", "MIN_CELLS", "SPACING_RANGE_UM", "check_cells", "check_image"]
 
-MIN_CELLS = 3  # distinct positions needed to estimate a pose at all
+# distinct positions below which the 5 pose parameters (angle, 2 scales, 2 shifts) are not determined by a
+# density raster: 3 cells score a confident-looking fitness at many poses
+MIN_CELLS = 10
+FEW_CELLS = 50  # below this many distinct positions the result is flagged as unreliable
+_LINE_RATIO = 0.02  # minor / major spread of the positions under which they are taken to lie on a line
 # plausible median nearest-neighbour spacing of cells / spots in µm: sub-cellular bins (Visium HD 2 µm,
 # Stereo-seq 0.5 µm) up to sparse spot arrays (legacy ST 200 µm, a subsampled Visium slide ~300 µm)
 SPACING_RANGE_UM = (0.5, 2000.0)
@@ -89,11 +93,17 @@ def check_cells(adata: Any, *, signal: str = constants.SIGNAL_TOTAL_COUNTS, name
             f"{name} has {what}; an alignment needs at least {MIN_CELLS} cells at distinct positions "
             "(typically hundreds). Choose the whole section's cells."
         )
+    _check_spread(unique, name)
     spacing = _nn_spacing(unique)
     lo, hi = SPACING_RANGE_UM
     if not lo <= spacing <= hi:
         raise GalaInputError(_scale_message(name, spacing))
     warnings: list[str] = []
+    if len(unique) < FEW_CELLS:
+        warnings.append(
+            f"only {len(unique)} cells at distinct positions: the cell raster has little structure and the "
+            "alignment is unreliable (its fitness may look good at a wrong pose); check the result visually."
+        )
     if len(unique) < n:
         dup = n - len(unique)
         warnings.append(
@@ -109,6 +119,18 @@ def check_cells(adata: Any, *, signal: str = constants.SIGNAL_TOTAL_COUNTS, name
     used = _check_signal(adata, signal, warnings)
     ext = np.ptp(xy, axis=0)
     return CellCheck(n, len(unique), spacing, (float(ext[0]), float(ext[1])), used, warnings)
+
+
+def _check_spread(xy: np.ndarray, name: str) -> None:
+    """Refuse positions on (almost) a straight line: rotation and the cross-line scale are then undetermined."""
+    centred = xy - xy.mean(axis=0)
+    sv = np.linalg.svd(centred[:: max(1, len(xy) // 100_000)], compute_uv=False)
+    if sv[0] <= 0 or sv[1] / sv[0] < _LINE_RATIO:
+        raise GalaInputError(
+            f"the {len(xy)} cells in {name} lie (almost) on a straight line (spread across it is "
+            f"{sv[1] / max(sv[0], 1e-300):.2g} of the spread along it); an alignment needs cells spread over an "
+            "area of tissue. Choose the whole section's cells (not one row or a line scan)."
+        )
 
 
 def _nn_spacing(xy: np.ndarray) -> float:
@@ -181,7 +203,13 @@ def check_image(image: LoadedImage, *, name: str | None = None) -> list[str]:
             f"the image {label} is blank: every pixel has the value {lo:.3g} (fully transparent, black or "
             "empty?). Export the stained tissue image again."
         )
-    warnings = []
-    if hi - lo < 2.0 / 255.0:
-        warnings.append(f"the image {label} has almost no contrast (values {lo:.4f}–{hi:.4f}).")
+    warnings = [n for n in image.notes if "1-bit" in n or "stack of" in n or "series" in n]
+    sample = px[:: max(1, px.shape[0] // 512), :: max(1, px.shape[1] // 512)]
+    p_lo, p_hi = (float(v) for v in np.percentile(sample, [1, 99]))
+    if hi - lo < 2.0 / 255.0 or p_hi - p_lo < 2.0 / 255.0:
+        warnings.append(
+            f"the image {label} has almost no contrast (values {lo:.4f}–{hi:.4f}, 98% of pixels within "
+            f"{p_lo:.4f}–{p_hi:.4f}): the alignment is unreliable. Check the exposure, or pick another channel / "
+            "plane."
+        )
     return warnings

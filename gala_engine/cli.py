@@ -14,7 +14,7 @@ from typing import Any
 from . import constants
 from .errors import GalaInputError
 from .events import ProgressEvent
-from .features import FEATURE_KINDS
+from .features import FEATURE_CHOICES, check_feature
 
 __all__ = ["main"]
 
@@ -61,6 +61,14 @@ class _Bars:
             self.bar = None
 
 
+def _feature_option(value: str) -> str:
+    """argparse type of ``--feature``: a known feature or '+'-joined channels, else a usage error."""
+    try:
+        return check_feature(value)
+    except GalaInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="GALA: align spatial transcriptomics cells to their H&E image.")
     sub = p.add_subparsers(dest="command", required=True, metavar="{align,batch,params}")
@@ -85,18 +93,22 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--feature",
         default="auto",
-        choices=FEATURE_KINDS,
-        help="image feature raster (default auto: sobel for one-channel images, inverted for H&E colour)",
+        type=_feature_option,
+        help=f"image feature raster: {', '.join(FEATURE_CHOICES)} or channels joined by '+' (default auto: "
+        "nuclei (hematoxylin) + tissue for brightfield H&E/IHC, sobel for fluorescence such as DAPI)",
     )
     a.add_argument("--report", metavar="DIR", default=None, help="write a quality report (PNG + JSON) into DIR")
+    a.add_argument("--channel", type=int, default=None, help="image channel to align against (0-based; multi-channel images)")
+    a.add_argument("--series", type=int, default=None, help="TIFF series / image (0-based; default: the largest)")
+    a.add_argument("--plane", type=int, default=None, help="Z / time plane of a stack (0-based; default: first non-blank)")
     _landmark_options(a)
 
     b = sub.add_parser(
         "batch",
         help="align many sections on Dask",
         description="Align every row of a manifest CSV "
-        "(columns image,h5ad[,section][,params][,signal][,dx][,feature][,landmarks][,landmarks_mode][,init_transform]) "
-        "on Dask distributed.",
+        "(columns image,h5ad[,section][,params][,signal][,dx][,feature][,channel][,series][,plane]"
+        "[,landmarks][,landmarks_mode][,init_transform]) on Dask distributed.",
     )
     b.add_argument("manifest", help="manifest CSV; relative paths are relative to its folder")
     b.add_argument("--out", required=True, help="output folder (<section>.h5ad, summary.csv, reports/)")
@@ -120,6 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("out", help="TOML file to write ('-' for stdout)")
     t.add_argument("--tutorial", action="store_true", help="the published tutorial's settings")
     t.add_argument("--params", default=None, metavar="FILE.toml", help="start from this file")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing file")
     return p
 
 
@@ -162,6 +175,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default=None, metavar="FILE.toml", help="alignment parameters (AlignParams names)")
     p.add_argument("--device", default=None, choices=("cpu", "cuda"), help="compute device (default: CUDA if present)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files (never the inputs)")
 
 
 def _params(args: argparse.Namespace):
@@ -179,10 +193,11 @@ def _params(args: argparse.Namespace):
 
 def _cmd_align(args: argparse.Namespace) -> int:
     from .batch import align_files
+    from .io import path_problem
 
     for label, path in (("image", args.image), ("cells (--h5ad)", args.h5ad)):
-        if not Path(path).is_file():
-            raise GalaInputError(f"{label} file not found: {path}; check the path.")
+        if problem := path_problem(Path(path)):
+            raise GalaInputError(f"{label} file {problem}")
     params = _params(args)
     bars = _Bars(enabled=not args.quiet)
     try:
@@ -196,6 +211,11 @@ def _cmd_align(args: argparse.Namespace) -> int:
             feature=args.feature,
             report_dir=args.report,
             progress=bars,
+            overwrite=args.overwrite,
+            protect=[args.params],
+            channel=args.channel,
+            series=args.series,
+            plane=args.plane,
             landmarks=args.landmarks,
             landmarks_mode=args.landmarks_mode,
             landmarks_fit=args.landmarks_fit,
@@ -244,6 +264,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
             processes=not args.threads,
             report=args.report,
             on_done=done,
+            overwrite=args.overwrite,
+            protect=[args.manifest, args.params],
         )
     finally:
         if bar is not None:
@@ -261,6 +283,9 @@ def _cmd_params(args: argparse.Namespace) -> int:
     if args.out == "-":
         sys.stdout.write(dumps_params(params))
     else:
+        from .outputs import check_outputs
+
+        check_outputs([("output", args.out)], [args.params], overwrite=args.overwrite)
         write_params(params, args.out)
     return 0
 

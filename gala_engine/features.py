@@ -16,6 +16,9 @@ FeatureKind = str  # one of FEATURE_KINDS, or channels joined by "+", e.g. "hema
 CHANNEL_KINDS: tuple[str, ...] = ("sobel", "intensity", "inverted", "hematoxylin", "tissue")
 FEATURE_KINDS: tuple[str, ...] = ("auto", *CHANNEL_KINDS)
 AUTO_BRIGHTFIELD = "hematoxylin+tissue"
+# the choices a user is offered (app, CLI help); any '+'-joined combination of CHANNEL_KINDS is accepted
+FEATURE_CHOICES: tuple[str, ...] = ("auto", "hematoxylin+tissue", "hematoxylin", "tissue", "sobel", "intensity",
+                                    "inverted")
 AUTO_FLUORESCENCE = "sobel"
 
 
@@ -36,6 +39,11 @@ def resolve_feature(kind: str, pixels: np.ndarray) -> str:
         raise GalaInputError(f"Unknown image feature {kind!r}; use 'auto' or one or more of {CHANNEL_KINDS} "
                              "joined by '+'.")
     return kind
+
+
+def check_feature(kind: str) -> str:
+    """``kind`` if it names a feature (``"auto"``, a channel kind or several joined by ``+``), else a clear error."""
+    return kind if kind == "auto" else resolve_feature(kind, np.zeros((2, 2)))
 
 
 def describe_feature(kind: str) -> str:

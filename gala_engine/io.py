@@ -15,7 +15,7 @@ import struct
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,12 +74,16 @@ class LoadedImage:
         ``(H, W)`` of the full-resolution image, in pixels.
     source
         The file path, or ``"<bytes>"`` for in-memory data.
+    notes
+        What the reader chose or noticed (the series / plane used, a 1-bit image, an EXIF rotation),
+        one sentence each; :func:`gala_engine.checks.check_image` reports the warnings among them.
     """
 
     pixels: np.ndarray
     scale: float
     full_shape: tuple[int, int]
     source: str
+    notes: list[str] = field(default_factory=list)
 
     @property
     def is_gray(self) -> bool:
@@ -95,6 +99,8 @@ def read_image(
     *,
     max_side: int | None = 4096,
     channel: int | None = None,
+    series: int | None = None,
+    plane: int | None = None,
 ) -> LoadedImage:
     """Read a PNG, JPEG or TIFF (incl. 16-bit, float, pyramidal) as float32 in [0, 1].
 
@@ -109,6 +115,14 @@ def read_image(
     channel
         For multi-channel images (e.g. a fluorescence OME-TIFF), the 0-based channel to load as
         grayscale. ``None``: 1 channel → gray, 3 → RGB, others → error.
+    series
+        For TIFFs holding several images (OME-TIFF series, a thumbnail page, a label or macro image),
+        the 0-based series to load. ``None``: the largest full-resolution one.
+    plane
+        For Z-stacks / time series / multi-page stacks, the 0-based plane. ``None``: the first plane that
+        is not blank.
+
+    EXIF / TIFF orientation tags are applied: the pixels are as the image is displayed.
 
     Returns
     -------
@@ -123,13 +137,14 @@ def read_image(
     """
     if max_side is not None and (int(max_side) != max_side or max_side < _MIN_SIDE):
         raise GalaInputError(f"max_side must be an integer ≥ {_MIN_SIDE} or None, got {max_side!r}.")
-    if channel is not None and (int(channel) != channel or channel < 0):
-        raise GalaInputError(f"channel must be a non-negative integer or None, got {channel!r}.")
+    for label, value in (("channel", channel), ("series", series), ("plane", plane)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0):
+            raise GalaInputError(f"{label} must be a non-negative integer or None, got {value!r}.")
     with _open_source(source, "image") as (fh, name):
         head = fh.read(16)
         fh.seek(0)
         if head.startswith(_TIFF_MAGIC):
-            return _read_tiff(fh, name, max_side, channel)
+            return _read_tiff(fh, name, max_side, channel, series, plane)
         if head.startswith(_HDF5_MAGIC):
             raise GalaInputError(
                 f"{name} is an HDF5 file (an .h5ad?), not an image; give it as the cells file and "
@@ -150,14 +165,34 @@ def _open_source(source: Any, what: str) -> Iterator[tuple[Any, str]]:
     if not isinstance(source, str | os.PathLike):
         raise GalaInputError(f"{what} source must be a path or bytes, got {type(source).__name__}.")
     path = Path(source)
-    if path.is_dir():
-        raise GalaInputError(f"{path} is a folder; give the {what} file inside it.")
-    if not path.is_file():
-        raise GalaInputError(f"{what} file not found: {path}; check the path.")
+    problem = path_problem(path)
+    if problem:
+        raise GalaInputError(f"{what} file {problem}")
     if path.stat().st_size == 0:
         raise GalaInputError(f"{what} file {path} is empty (0 bytes); export it again.")
     with path.open("rb") as fh:
         yield fh, str(path)
+
+
+def path_problem(path: Path) -> str:
+    """Why ``path`` cannot be read as an input file ("" when it is a regular file), as the end of a sentence
+    that starts with the file's role ("image file ...")."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return f"not found: {path}; check the path."
+    except NotADirectoryError:
+        return f"not found: {path} (a part of the path is a file, not a folder); check the path."
+    except OSError as exc:
+        return f"{path} cannot be opened ({exc.strerror or exc}); check the path and its permissions."
+    if stat.S_ISDIR(mode):
+        return f"{path} is a folder; give the file inside it."
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        return f"{path} is {kind}, not a regular file; copy the data into a file and give that."
+    return ""
 
 
 def _check_side(h: int, w: int, name: str) -> None:
@@ -266,12 +301,13 @@ class _TiffFallback(Exception):
     """tifffile cannot decode this TIFF; Pillow may (if small enough)."""
 
 
-def _read_tiff(fh: Any, name: str, max_side: int | None, channel: int | None) -> LoadedImage:
+def _read_tiff(fh: Any, name: str, max_side: int | None, channel: int | None, series: int | None = None,
+               plane: int | None = None) -> LoadedImage:
     import tifffile
 
     try:
         with tifffile.TiffFile(fh) as tif:
-            return _read_tiff_open(tif, fh, name, max_side, channel)
+            return _read_tiff_open(tif, fh, name, max_side, channel, series, plane)
     except GalaInputError:
         raise
     except _TiffFallback as exc:
@@ -285,12 +321,70 @@ def _read_tiff(fh: Any, name: str, max_side: int | None, channel: int | None) ->
         raise GalaInputError(f"cannot read the TIFF {name} ({reason}); Pillow could not either: {exc}") from None
 
 
-def _read_tiff_open(tif: Any, fh: Any, name: str, max_side: int | None, channel: int | None) -> LoadedImage:
-    from tifffile import TIFF
+_SIDE_IMAGES = ("label", "macro", "thumbnail", "overview", "mask")
 
+
+def _pick_series(tif: Any, want: int | None, name: str) -> tuple[int, list[str]]:
+    """The series to read: ``want``, or the largest one that is not a label / macro / thumbnail image."""
+    all_series = list(tif.series)
+    if want is not None:
+        if want >= len(all_series):
+            raise GalaInputError(f"series={want} asked for, but {name} has {len(all_series)} series (0–"
+                                 f"{len(all_series) - 1}).")
+        return want, []
+
+    def rank(i: int) -> tuple[bool, int, int]:
+        s = all_series[i]
+        try:
+            h, w = _tiff_yx(s.axes, s.shape)
+        except _TiffFallback:
+            return (False, -1, -i)
+        side = str(getattr(s, "name", "") or "").lower()
+        return (not any(k in side for k in _SIDE_IMAGES), h * w, -i)
+
+    best = max(range(len(all_series)), key=rank)
+    notes = []
+    if len(all_series) > 1:
+        notes.append(f"{name} holds {len(all_series)} images (series); using series {best}, the largest "
+                     "full-resolution one (choose another with --series / the Series selector).")
+    return best, notes
+
+
+def _read_tiff_open(tif: Any, fh: Any, name: str, max_side: int | None, channel: int | None,
+                    want_series: int | None = None, plane: int | None = None) -> LoadedImage:
     if not tif.series:
         raise _TiffFallback("no image found in it; the file may be corrupt or truncated")
-    series = tif.series[0]
+    pick_series, notes = _pick_series(tif, want_series, name)
+    series = tif.series[pick_series]
+    n_planes = _n_planes(series)
+    if plane is not None and plane >= n_planes:
+        raise GalaInputError(f"plane={plane} asked for, but {name} has {n_planes} plane(s) (0–{n_planes - 1}).")
+    tries = [plane] if plane is not None else list(range(min(n_planes, 64)))
+    for p in tries:
+        image = _read_tiff_plane(tif, fh, series, pick_series, name, max_side, channel, p)
+        px = image.pixels
+        if plane is not None or float(px.max()) - float(px.min()) > 1e-6:
+            break
+    if n_planes > 1:
+        skipped = f" (planes 0–{p - 1} are blank)" if p > 0 and plane is None else ""
+        notes.append(f"{name} is a stack of {n_planes} planes; using plane {p}{skipped} (choose another with "
+                     "--plane / the Plane selector).")
+    image.notes[:0] = notes
+    return image
+
+
+def _n_planes(series: Any) -> int:
+    """Planes of the first axis that is not Y, X, samples or channels (Z, T, pages, …); 1 if none."""
+    for a, n in zip(series.axes, series.shape, strict=True):
+        if a not in "YXSC":
+            return int(n)
+    return 1
+
+
+def _read_tiff_plane(tif: Any, fh: Any, series: Any, pick_series: int, name: str, max_side: int | None,
+                     channel: int | None, plane: int) -> LoadedImage:
+    from tifffile import TIFF
+
     levels = list(series.levels)
     shapes = [_tiff_yx(lv.axes, lv.shape) for lv in levels]
     full_h, full_w = shapes[0]
@@ -310,10 +404,10 @@ def _read_tiff_open(tif: Any, fh: Any, name: str, max_side: int | None, channel:
             f"compression {kf.compression.name} needs the 'imagecodecs' package: pip install imagecodecs"
         ) from exc
     _check_chunks(kf, h, w, name)
-    index, layout = _tiff_layout(level, kf, channel, name)
+    index, layout = _tiff_layout(level, kf, channel, name, plane)
     k = _factor(max(h, w), max_side)
     scale = _level_factor(full_h, full_w, h, w) * k
-    array = _tiff_array(tif, fh, level, pick)
+    array = _tiff_array(tif, fh, level, pick, pick_series)
 
     def read_rows(r0: int, r1: int) -> np.ndarray:
         idx = tuple(slice(r0, r1) if i == "Y" else v for i, v in index)
@@ -323,7 +417,32 @@ def _read_tiff_open(tif: Any, fh: Any, name: str, max_side: int | None, channel:
         return part.transpose(order).reshape(part.shape[kept.index("Y")], w, -1)
 
     pixels = _reduce_banded(read_rows, h, w, layout, k)
-    return LoadedImage(pixels, float(scale), (int(full_h), int(full_w)), name)
+    notes = [_ONE_BIT.format(name=name)] if getattr(kf, "bitspersample", 8) == 1 else []
+    pixels, (full_h, full_w) = _orient(pixels, int(getattr(kf, "orientation", 1) or 1), (full_h, full_w), notes, name)
+    return LoadedImage(pixels, float(scale), (int(full_h), int(full_w)), name, notes)
+
+
+_ONE_BIT = ("{name} is a 1-bit (black and white) image: the alignment sees only its outlines and is often wrong; "
+            "load the original 8- or 16-bit grayscale or colour image")
+
+
+def _orient(pixels: np.ndarray, code: int, full: tuple[int, int], notes: list[str],
+            name: str) -> tuple[np.ndarray, tuple[int, int]]:
+    """Apply an EXIF / TIFF orientation (2–8) so the pixels are as displayed; returns (pixels, full (H, W))."""
+    if code not in range(2, 9):
+        return pixels, full
+    ops = {2: (False, False, True), 3: (False, True, True), 4: (False, True, False), 5: (True, False, False),
+           6: (True, False, True), 7: (True, True, True), 8: (True, True, False)}
+    transpose, flip_rows, flip_cols = ops[code]
+    if transpose:
+        pixels = pixels.transpose(1, 0, 2)
+        full = (full[1], full[0])
+    if flip_rows:
+        pixels = pixels[::-1]
+    if flip_cols:
+        pixels = pixels[:, ::-1]
+    notes.append(f"{name} carries an orientation tag ({code}); the image is used as displayed (rotated / flipped).")
+    return np.ascontiguousarray(pixels), full
 
 
 def _check_declared_size(h: int, w: int, name: str) -> None:
@@ -363,7 +482,8 @@ def _level_factor(full_h: int, full_w: int, h: int, w: int) -> float:
     return f
 
 
-def _tiff_layout(level: Any, kf: Any, channel: int | None, name: str) -> tuple[list[tuple[str, Any]], _Layout]:
+def _tiff_layout(level: Any, kf: Any, channel: int | None, name: str,
+                 plane: int = 0) -> tuple[list[tuple[str, Any]], _Layout]:
     """Index per axis (a slice keeps the axis) and the sample layout of one TIFF level."""
     from tifffile import PHOTOMETRIC
 
@@ -380,7 +500,8 @@ def _tiff_layout(level: Any, kf: Any, channel: int | None, name: str) -> tuple[l
             else:
                 index.append((a, slice(None)))
         else:
-            index.append((a, 0))  # first plane of Z / T / pages
+            index.append((a, plane))  # the plane of the first Z / T / pages axis, 0 of the others
+            plane = 0
     n = s if (s > 1 or c == 1) else c
     if s > 1 and c > 1:
         channel = None  # consumed by the C axis
@@ -412,7 +533,7 @@ def _tiff_layout(level: Any, kf: Any, channel: int | None, name: str) -> tuple[l
             return index, _Layout("graya", unit, assoc_alpha=alpha[0] == 1, invert=invert)
         raise GalaInputError(
             f"{name} has {n} channels; save the one to align against (e.g. DAPI) as a grayscale image, "
-            f"or an RGB image; from Python, read_image(..., channel=<0..{n - 1}>) picks one."
+            f"or an RGB image; or pick one with --channel (the app's Channel box; read_image(..., channel=<0..{n - 1}>) from Python)."
         )
     raise _TiffFallback(f"photometric {getattr(photometric, 'name', photometric)} is not handled")
 
@@ -423,7 +544,7 @@ def _check_channel(channel: int, n: int, name: str) -> int:
     return channel
 
 
-def _tiff_array(tif: Any, fh: Any, level: Any, pick: int) -> Any:
+def _tiff_array(tif: Any, fh: Any, level: Any, pick: int, series: int = 0) -> Any:
     """Something sliceable like the level's array: a memmap/buffer view, or a zarr array."""
     # dataoffset is set only for contiguous, uncompressed data
     offset = getattr(level, "dataoffset", None)
@@ -438,7 +559,7 @@ def _tiff_array(tif: Any, fh: Any, level: Any, pick: int) -> Any:
     import zarr
 
     # a store over a BytesIO is not marked read-only, so zarr refuses mode="r"; we only read
-    return zarr.open(tif.aszarr(series=0, level=pick))
+    return zarr.open(tif.aszarr(series=series, level=pick))
 
 
 # -- everything else (Pillow) --------------------------------------------------------------------
@@ -483,6 +604,8 @@ def _read_pil(fh: Any, name: str, max_side: int | None, channel: int | None) -> 
             pre = round(full_w / im.size[0])
             if im.size[0] * im.size[1] > limit:
                 raise GalaInputError(too_big)
+        orientation = _pil_orientation(im)
+        notes = [_ONE_BIT.format(name=name)] if im.mode == "1" else []
         im, layout = _pil_layout(im, name, channel)
         try:
             raw = np.asarray(im)
@@ -490,10 +613,21 @@ def _read_pil(fh: Any, name: str, max_side: int | None, channel: int | None) -> 
             raise GalaInputError(
                 f"the image data in {name} is corrupt or truncated ({exc}); export it again."
             ) from None
+    if orientation in range(2, 9):  # rotate the decoded samples (views), then reduce: as displayed, exactly
+        raw, (full_h, full_w) = _orient(raw if raw.ndim == 3 else raw[:, :, None], orientation, (full_h, full_w),
+                                        notes, name)
     h, w = raw.shape[:2]
     k = _factor(max(h, w), max_side)
     pixels = _reduce_banded(lambda r0, r1: raw[r0:r1], h, w, layout, k)
-    return LoadedImage(pixels, float(pre * k), (int(full_h), int(full_w)), name)
+    return LoadedImage(pixels, float(pre * k), (int(full_h), int(full_w)), name, notes)
+
+
+def _pil_orientation(im: Any) -> int:
+    """The EXIF orientation tag (1 = as stored) of a Pillow image; 1 when the EXIF block is unreadable."""
+    try:
+        return int(im.getexif().get(0x0112, 1) or 1)
+    except (OSError, SyntaxError, ValueError, TypeError, struct.error):
+        return 1
 
 
 def _pil_layout(im: Any, name: str, channel: int | None) -> tuple[Any, _Layout]:
@@ -575,6 +709,9 @@ def _read_h5ad(path: Path, name: str, head: bytes) -> Any:
             f"{name} is not an AnnData .h5ad file (it is not HDF5; it looks like {kind}). "
             "Save the cells with anndata: adata.write_h5ad('cells.h5ad')."
         )
+    from .h5safety import check_self_contained
+
+    check_self_contained(path, name)  # nothing outside the file is opened (external links, VDS, ...)
     try:
         return anndata.read_h5ad(path)
     except _READ_ERRORS as exc:
@@ -629,6 +766,11 @@ def _spatial_xy(adata: Any, name: str = "the AnnData") -> np.ndarray:
             msg += f". Store them as adata.obsm['{key}'] = xy (an n_cells × 2 array of x, y in µm) and save again"
         raise GalaInputError(msg + ".")
     raw = adata.obsm[key]
+    if sparse.issparse(raw):
+        raise GalaInputError(
+            f"obsm['{key}'] in {name} is a scipy sparse matrix {raw.shape}; cell centroids must be a dense "
+            f"(n_cells, 2) array of x, y in µm: adata.obsm['{key}'] = adata.obsm['{key}'].toarray(), then save again."
+        )
     arr = np.asarray(raw.to_numpy() if hasattr(raw, "to_numpy") else raw)
     if arr.ndim != 2 or arr.shape[1] != 2:
         msg = f"obsm['{key}'] in {name} has shape {arr.shape}; it must be (n_cells, 2): x, y in µm"
@@ -745,10 +887,14 @@ def write_h5ad_atomic(
         raise GalaInputError(f"output path {dest} is a folder; give a file name ending in .h5ad.")
     if not dest.parent.is_dir():
         raise GalaInputError(f"output folder {dest.parent} does not exist; create it first.")
+    from .outputs import clean_stale_temps, temp_prefix
+
+    clean_stale_temps(dest)
     mode = (dest.stat().st_mode & 0o777) if dest.exists() else 0o644
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(dest), suffix=".tmp", dir=dest.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    adata = _writable_uns(adata)
     try:
         adata.write_h5ad(tmp, compression="gzip")
         os.chmod(tmp, mode)
@@ -757,6 +903,34 @@ def write_h5ad_atomic(
         tmp.unlink(missing_ok=True)
         raise
     return dest
+
+
+def _writable_uns(adata: Any) -> Any:
+    """``adata``, or a copy whose ``uns`` has ragged / variable-length arrays (which h5ad cannot store as
+    arrays) as dicts of their rows ``{"0": row0, "1": row1, …}``; the caller's object is never changed."""
+    fixed, changed = _fix_uns(adata.uns)
+    if not changed:
+        return adata
+    out = adata.copy()
+    out.uns = fixed
+    return out
+
+
+def _fix_uns(value: Any) -> tuple[Any, bool]:
+    if isinstance(value, dict) or (hasattr(value, "keys") and hasattr(value, "items") and not hasattr(value, "dtype")):
+        out, changed = {}, False
+        for k, v in value.items():
+            out[k], c = _fix_uns(v)
+            changed |= c
+        return out, changed
+    if isinstance(value, np.ndarray) and value.dtype == object:
+        items = list(value.ravel())
+        if items and not all(isinstance(v, str) for v in items):
+            if all(isinstance(v, np.ndarray | list | tuple) for v in items):
+                rows = {str(i): np.asarray(v) for i, v in enumerate(items)}
+                return {k: _fix_uns(v)[0] for k, v in rows.items()}, True
+            return np.asarray([str(v) for v in items], dtype=object).reshape(value.shape), True
+    return value, False
 
 
 def _same_file(a: Path, b: Path) -> bool:

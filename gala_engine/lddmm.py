@@ -126,6 +126,8 @@ def run_lddmm(
     progress: ProgressCallback | None = None,
     should_stop: StopPredicate | None = None,
     repeat: int = 0,
+    padding: str = "zeros",
+    pixel_mask: torch.Tensor | None = None,
 ) -> LDDMMResult:
     """Optimise the velocity field ``v`` (``A`` fixed) so that ``I ∘ φ⁻¹ ∘ A⁻¹`` matches ``J``.
 
@@ -159,6 +161,7 @@ def run_lddmm(
     sigmaB = float(J.std()) if sigmaB is None else float(sigmaB)
     sigmaM, sigmaB = max(sigmaM, 1e-6), max(sigmaB, 1e-6)
     WM = torch.full(J.shape[1:], 0.5, dtype=dtype, device=device)
+    fitted = torch.ones_like(WM) if pixel_mask is None else pixel_mask.to(dtype)  # pixels the matching term sees
     WB = 1.0 - WM
     mu_b = torch.zeros(J.shape[0], dtype=dtype, device=device) if muB is None else torch.full(
         (J.shape[0],), float(muB), dtype=dtype, device=device)
@@ -177,9 +180,9 @@ def run_lddmm(
     def energies(vel: torch.Tensor):
         """Total, matching (differentiable in ``vel``) and regularisation energies, and the deformed source."""
         X = start_points + sample_planar(backward_shift(vel, xv, velocity_points), xv, start_points)
-        AI = sample_planar(I, xI, X, padding="border")
+        AI = sample_planar(I, xI, X, padding=padding)
         fAI = _apply_contrast(AI, c0, c1)
-        EM = (WM * (fAI - J) ** 2).sum() / (2.0 * sigmaM**2)
+        EM = (fitted * WM * (fAI - J) ** 2).sum() / (2.0 * sigmaM**2)
         with torch.no_grad():  # its gradient is in closed form (below): no autograd through the FFT
             vhat = torch.fft.fftn(vel, dim=(1, 2))
             ER = ((vhat.real.square() + vhat.imag.square()) * LL[None, :, :, None]).sum() * reg_scale
@@ -215,7 +218,7 @@ def run_lddmm(
             v -= step * (grad + reg_grad_scale * v)
             AI = AI.detach()
             if contrast:
-                c0, c1 = _fit_contrast(AI, J, WM)
+                c0, c1 = _fit_contrast(AI, J, WM * fitted)
             if it >= ESTEP_START:  # E-step, in log space
                 fAI = _apply_contrast(AI, c0, c1)
                 n = WM.numel()

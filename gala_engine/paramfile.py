@@ -73,9 +73,11 @@ def loads_params(text: str | bytes, *, source: str = "<text>", base: AlignParams
 
 def read_params(path: str | os.PathLike[str], *, base: AlignParams | None = None) -> AlignParams:
     """Read a TOML parameter file (see the module docstring for the layout)."""
+    from .io import path_problem
+
     p = Path(path)
-    if not p.is_file():
-        raise GalaInputError(f"parameter file not found: {p}; check the path.")
+    if problem := path_problem(p):
+        raise GalaInputError(f"parameter file {problem}")
     return loads_params(p.read_bytes(), source=str(p), base=base)
 
 
@@ -113,7 +115,9 @@ def write_params(params: AlignParams, path: str | os.PathLike[str]) -> Path:
     dest = Path(path)
     if not dest.parent.is_dir():
         raise GalaInputError(f"folder {dest.parent} does not exist; create it first.")
-    tmp = dest.with_name(f".{dest.name}.tmp")
+    from .outputs import temp_prefix
+
+    tmp = dest.with_name(f"{temp_prefix(dest)}params.tmp")
     tmp.write_text(dumps_params(params), encoding="utf-8")
     os.replace(tmp, dest)
     return dest

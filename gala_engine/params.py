@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from .errors import GalaInputError
 
@@ -26,7 +30,7 @@ class AlignParams:
     num_parents_mating: int = _p(50, "Parents selected for mating each generation.", "ga", min=2)
     mutation_probability: float = _p(0.2, "Probability that a gene mutates (re-sampled in its range).", "ga", min=0.0, max=1.0)
     crossover_probability: float = _p(0.8, "Probability that two parents cross over.", "ga", min=0.0, max=1.0)
-    fitness: str = _p("tissue", "How well a pose fits: the cells' raster is fitted as a non-negative mix of the image channels plus an offset (any contrast) and scored by the correlation R. 'tissue': where the cells are in full and the rest of the raster at a quarter weight (texture and tissue outline: evenly packed sections still have one best pose); 'ncc': every raster pixel equally; 'ncc_support': only where the cells are (image tissue without cells costs nothing, but a flat density leaves the shift free); 'sse': the published 1/(1+SSE).", "ga", choices=("tissue", "ncc", "ncc_support", "sse"))
+    fitness: str = _p("auto", "How well a pose fits: the cells' raster is fitted as a non-negative mix of the image channels plus an offset (any contrast) and scored by the correlation R. 'ncc': over the whole cell raster (texture and tissue outline: an evenly packed section still has one best pose); 'tissue': where the cells are, plus how much of the cells lie on the image's tissue (for an image filled with tissue beyond the cells, e.g. a crop); 'auto': search with 'tissue', then, if the image shows empty slide and the pose found puts nearly all of the image's tissue under the cells, finish on the whole raster ('ncc'); 'ncc_support': only where the cells are (a flat density leaves the shift free); 'sse': the published 1/(1+SSE).", "ga", choices=("auto", "tissue", "ncc", "ncc_support", "sse"))
     ga_restarts: int = _p(3, "Independent GA runs with seeds seed, seed+1, …; the best is kept.", "ga", min=1)
     ga_max_pixels: int = _p(64, "The GA works on rasters pooled to at most this many pixels a side.", "ga", min=8)
     max_anisotropy: float | None = _p(1.5, "Largest allowed ratio |sy|/|sx| (None = any, as published).", "ga", min=1.0)
@@ -40,27 +44,29 @@ class AlignParams:
     ga_operators: str = _p("vectorized", "How pygad runs each generation: 'vectorized' (steady-state selection, single-point crossover and gene-space mutation on whole arrays — the same distributions, another random stream — and the whole population scored in one call: several times less GA overhead per generation) or 'pygad' (pygad's own per-offspring loops and per-solution fitness bookkeeping, as published).", "ga", choices=("vectorized", "pygad"))
     # LDDMM (local deformation)
     num_iterations: int = _p(200, "LDDMM gradient iterations (0 = affine only).", "lddmm", min=0)
-    a: float | None = _p(None, "Smoothness scale of the deformation, in image pixels (None = 1/8 of the image extent).", "lddmm", min=0.0)
-    epV: float = _p(10.0, "LDDMM step size (halved automatically whenever a step raises the energy).", "lddmm", min=0.0)
-    sigmaR: float = _p(5e4, "Regularisation: larger allows larger deformations.", "lddmm", min=0.0)
-    sigmaM: float | None = _p(None, "Noise level of matched pixels (None = the target raster's std).", "lddmm", min=0.0)
-    sigmaB: float | None = _p(None, "Noise level of background pixels (None = the target raster's std).", "lddmm", min=0.0)
+    a: float | None = _p(None, "Smoothness scale of the deformation, in image pixels (None = 1/8 of the image extent).", "lddmm", gt=0.0)
+    epV: float = _p(10.0, "LDDMM step size (halved automatically whenever a step raises the energy).", "lddmm", gt=0.0)
+    sigmaR: float = _p(5e4, "Regularisation: larger allows larger deformations.", "lddmm", gt=0.0)
+    sigmaM: float | None = _p(None, "Noise level of matched pixels (None = the target raster's std).", "lddmm", gt=0.0)
+    sigmaB: float | None = _p(None, "Noise level of background pixels (None = the target raster's std).", "lddmm", gt=0.0)
     muB: float | None = _p(None, "Background intensity of the target (None = estimated).", "lddmm")
     nt: int = _p(3, "Time steps integrating the velocity field.", "lddmm", min=1)
     contrast: bool = _p(True, "Fit a linear contrast between the rasters at each LDDMM step.", "lddmm")
     lddmm_patience: int = _p(100, "Early stop: end LDDMM once the energy fell by less than lddmm_tol (relative) over this many iterations (0 = off: all iterations run, as published). On the seed-sized benchmark with the tutorial's 2000 iterations, stopping at the plateau was 10× faster and closer to the true warp (1.3 vs 2.3 px): the last iterations only fit noise.", "lddmm", min=0)
     lddmm_coarse: int = _p(1, "Coarse-to-fine LDDMM: run the first lddmm_coarse_fraction of the iterations on rasters pooled by this factor (matching noise scaled so the data term keeps its weight), then the rest at full resolution on the same velocity grid (1 = off, as published).", "lddmm", min=1)
     lddmm_coarse_fraction: float = _p(0.75, "Share of the LDDMM iterations run at the coarse level (only with lddmm_coarse > 1).", "lddmm", min=0.0, max=1.0)
+    lddmm_validate: bool = _p(True, "Keep the warp only if the data support it: LDDMM runs twice, each time on one half of the cells' raster (a checkerboard of 8-pixel squares), and each warp must improve the image–cells correlation on the half it never saw; then the two are averaged, otherwise the result stays affine (a warp that only fits noise makes cells land worse). Off: one LDDMM run on all pixels, as published.", "lddmm")
     lddmm_tol: float = _p(1e-4, "Relative energy decrease over lddmm_patience iterations below which LDDMM stops (only with lddmm_patience > 0).", "lddmm", min=0.0)
     # general
     num_repeats: int = _p(1, "Repeats of GA → LDDMM (the published method's restarts).", "general", min=1)
-    random_seed: int = _p(42, "Seed of the GA (runs with the same seed on CPU give the same result).", "general")
+    random_seed: int = _p(42, "Seed of the GA (runs with the same seed on CPU give the same result).", "general", min=0, max=2**32 - 1)
     dtype: str = _p("float32", "Floating point precision: 'float32' or 'float64'.", "general", choices=("float32", "float64"))
     device: str | None = _p(None, "'cpu', 'cuda' or None (CUDA when available).", "general")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
+            value = _coerce(f, getattr(self, f.name))
+            setattr(self, f.name, value)
             if value is None:
                 continue
             meta = f.metadata
@@ -70,8 +76,17 @@ class AlignParams:
                 continue
             if "min" in meta and value < meta["min"]:
                 raise GalaInputError(f"{f.name} must be ≥ {meta['min']}, got {value}. ({meta['help']})")
+            if "gt" in meta and value <= meta["gt"]:
+                raise GalaInputError(f"{f.name} must be > {meta['gt']}, got {value}. ({meta['help']})")
             if "max" in meta and value > meta["max"]:
                 raise GalaInputError(f"{f.name} must be ≤ {meta['max']}, got {value}. ({meta['help']})")
+        if self.device is not None and not _DEVICE.fullmatch(self.device):
+            raise GalaInputError(f"device must be 'cpu', 'cuda', 'cuda:<n>' or None (automatic), got {self.device!r}.")
+        if self.stop_criteria is not None and not _STOP.fullmatch(self.stop_criteria):
+            raise GalaInputError(
+                f"stop_criteria must be one of 'reach_<fitness>' or 'saturate_<generations>' (e.g. 'saturate_50'), "
+                f"or None, got {self.stop_criteria!r}."
+            )
         if self.num_parents_mating > self.sol_per_pop:
             raise GalaInputError("num_parents_mating cannot exceed sol_per_pop.")
 
@@ -94,7 +109,8 @@ class AlignParams:
         base = dict(num_generations=1000, num_iterations=2000, num_repeats=2, epV=10.0, a=20.0,
                     sigmaR=5e4, ga_restarts=1, seed_population=False,
                     gene_space_mode="compatible", fitness="sse", refine_iterations=0, contrast=False,
-                    max_anisotropy=None, ga_blur=0.0, ga_operators="pygad", ga_patience=0, lddmm_patience=0)
+                    max_anisotropy=None, ga_blur=0.0, ga_operators="pygad", ga_patience=0, lddmm_patience=0,
+                    lddmm_validate=False)
         base.update(overrides)
         return cls(**base)
 
@@ -107,3 +123,41 @@ class AlignParams:
     def group(name: str) -> list[str]:
         """Names of the parameters of one group ('ga', 'lddmm', 'general')."""
         return [f.name for f in dataclasses.fields(AlignParams) if f.metadata["group"] == name]
+
+
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+_STOP = re.compile(r"reach_-?\d+(\.\d+)?([eE][-+]?\d+)?|saturate_[1-9]\d*")
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    """``value`` as the field's type (bool, int, float or str; or None where allowed), strictly.
+
+    Whole floats (``30.0``) are accepted for integers; text is never converted ("30", "yes"), nor are
+    booleans taken as numbers; NaN and infinities are refused.
+    """
+    kind = str(f.type).replace(" ", "").replace("|None", "")
+    if value is None:
+        if "None" in str(f.type):
+            return None
+        raise GalaInputError(f"{f.name} cannot be empty (None); give a {kind} (default {f.default!r}).")
+    got = f"{value!r} ({type(value).__name__})"
+    if kind == "bool":
+        if isinstance(value, bool | np.bool_):
+            return bool(value)
+        raise GalaInputError(f"{f.name} must be true or false, got {got}. ({f.metadata['help']})")
+    if kind == "str":
+        if isinstance(value, str):
+            return value
+        raise GalaInputError(f"{f.name} must be text, got {got}. ({f.metadata['help']})")
+    numeric = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool | np.bool_)
+    if not numeric:
+        raise GalaInputError(f"{f.name} must be a number (not text or true/false), got {got}. ({f.metadata['help']})")
+    if not math.isfinite(float(value)):
+        raise GalaInputError(f"{f.name} must be a finite number, got {value}. ({f.metadata['help']})")
+    if kind == "int":
+        if isinstance(value, int | np.integer):
+            return int(value)
+        if float(value).is_integer():
+            return int(value)
+        raise GalaInputError(f"{f.name} must be a whole number, got {value}. ({f.metadata['help']})")
+    return float(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any
@@ -9,23 +10,27 @@ from typing import Any
 import numpy as np
 import torch
 
-from .affine import genes_to_matrix, grid_centre, matrix_to_genes
+from .affine import genes_to_matrix, grid_centre, grid_points, matrix_to_genes, sample
 from .device import device_name, resolve_device
 from .errors import GalaInputError
 from .events import ProgressCallback, ProgressEvent, StopPredicate, stopped
-from .features import normalize, tissue_extent
+from .features import normalize, tissue_extent, tissue_mask
 from .lddmm import default_a, run_lddmm, velocity_grid
 from .params import AlignParams
 from .search import (
     BatchedFitness,
     blur_raster,
     fill_gene_space,
+    pixel_weights,
     pool_raster,
     pose_grid,
     refine_genes,
     run_ga,
+    score_batch,
+    shows_glass,
     space_around,
 )
+from .transform import transform_image_source_to_target
 
 
 def _check_raster(name: str, R, x) -> np.ndarray:
@@ -115,7 +120,15 @@ def gala(
     t_start = time.perf_counter()
     p = AlignParams.from_dict(params)
     I_np, J_np = _check_raster("I (source)", I, xI), _check_raster("J (target)", J, xJ)
+    # fitness "auto": search with "tissue" (right for crops too); if the image shows empty slide and the found pose
+    # puts (nearly) all of the image's tissue under the cells, finish on the whole raster ("ncc": the outline counts)
+    outline = p.fitness == "auto" and shows_glass(I_np)
+    if p.fitness == "auto":
+        p.fitness = "tissue"
     xI, xJ = _axes(xI), _axes(xJ)
+    from .budget import check_arrays  # (local: keeps this edit to two lines)
+
+    check_arrays(I_np.shape, J_np.shape, xI, p)  # memory / time budget (gala_engine.budget) before any work
     device = resolve_device(p.device)
     dtype = torch.float64 if p.dtype == "float64" else torch.float32
     if verbose:
@@ -143,6 +156,8 @@ def gala(
 
     ga_history: list[dict] = []
     energy_history: list[list[float]] = []
+    validation: dict | None = None
+    fitness_used = p.fitness
     xv_full = velocity_grid(xI, p.a if p.a is not None else default_a(xI))  # shared by every LDDMM level
     v = None
     lddmm = None
@@ -198,18 +213,30 @@ def gala(
             best_genes, score = refine_genes(full, best_genes, space, iterations=per_level,
                                              progress=progress, should_stop=should_stop, repeat=repeat)
             was_stopped = stopped(should_stop)
+            if outline and not was_stopped and _tissue_covered(I_t, xI, J_t, xJ, best_genes, full) >= FULL_COVERAGE:
+                whole = dataclasses.replace(p, fitness="ncc")
+                for I_l, xI_l, J_l, xJ_l in ((I_c, xI_c, J_c, xJ_c), (I_t, xI, J_t, xJ)):
+                    best_genes, score = refine_genes(_fitness(I_l, xI_l, J_l, xJ_l, whole, space, xI, xJ), best_genes,
+                                                     space, iterations=per_level, progress=progress,
+                                                     should_stop=should_stop, repeat=repeat)
+                fitness_used = "tissue, then ncc"
+                was_stopped = stopped(should_stop)
         A = genes_to_matrix(torch.as_tensor(best_genes, dtype=dtype, device=device), full.cI, full.cJ)
         if p.num_iterations and not was_stopped:
-            for I_l, xI_l, J_l, xJ_l, iterations, noise in _lddmm_levels(I_t, xI, J_t, xJ, p):
-                lddmm = run_lddmm(I_l, xI_l, J_l, xJ_l, A, num_iterations=iterations, a=p.a, nt=p.nt,
-                                  epV=p.epV, sigmaR=p.sigmaR, sigmaM=noise[0], sigmaB=noise[1], muB=p.muB,
-                                  contrast=p.contrast, v0=v, xv=xv_full, patience=p.lddmm_patience,
-                                  tol=p.lddmm_tol, progress=progress, should_stop=should_stop, repeat=repeat)
-                v = lddmm.v
-                energy_history.extend(lddmm.energy_history)
+            folds = _checkerboard_folds(J_t.shape[1:], device) if p.lddmm_validate else [None]
+            fits = []
+            for mask in folds:
+                lddmm, fold_energy = _fit_lddmm(I_t, xI, J_t, xJ, A, p, v, xv_full, mask, progress, should_stop, repeat)
+                energy_history.extend(fold_energy)
+                fits.append(lddmm)
                 was_stopped = lddmm.stopped
                 if was_stopped:
                     break
+            if p.lddmm_validate and not was_stopped:
+                validation = _validate_warp(I_t, xI, J_t, xJ, A, fits, folds)
+                lddmm = fits[-1]
+                lddmm.v = (fits[0].v + fits[1].v) / 2.0 if validation["accepted"] else torch.zeros_like(fits[0].v)
+            v = lddmm.v
         if was_stopped:
             break
 
@@ -235,6 +262,8 @@ def gala(
         "device": device_name(device),
         "runtime_s": time.perf_counter() - t_start,
         "stopped": was_stopped,
+        "lddmm_validation": validation,
+        "fitness_used": fitness_used,
     }
 
 
@@ -248,11 +277,65 @@ def _init_genes(init_A, xI: list, xJ: list) -> np.ndarray:
     return matrix_to_genes(A, xI, xJ)
 
 
-def _lddmm_levels(I: torch.Tensor, xI: list, J: torch.Tensor, xJ: list, p: AlignParams):
-    """(I, xI, J, xJ, iterations, (sigmaM, sigmaB)) per LDDMM level: with ``lddmm_coarse`` = f > 1, first
-    both rasters pooled f× for ``lddmm_coarse_fraction`` of the iterations, with the noise levels divided
-    by f (the matching energy sums f² fewer pixels: its weight against the regulariser is kept), then the
-    full rasters for the rest."""
+FULL_COVERAGE = 0.8  # share of the image's tissue under the cells above which the whole raster is compared
+
+
+def _tissue_covered(I, xI, J, xJ, genes, fit: BatchedFitness) -> float:
+    """Share of the image's tissue mask that the pose ``genes`` puts inside the cells' support."""
+    A = genes_to_matrix(torch.as_tensor(genes, dtype=I.dtype, device=I.device), fit.cI, fit.cJ)
+    mask = torch.as_tensor(tissue_mask(I.cpu().numpy()), dtype=I.dtype, device=I.device)
+    support = pixel_weights(J, "ncc_support").reshape(1, *J.shape[1:])
+    points = grid_points(xI, dtype=I.dtype, device=I.device) @ A[:2, :2].T + A[:2, 2]
+    under_cells = sample(support, xJ, points)[0]
+    return float((mask * under_cells).sum() / mask.sum().clamp_min(1e-12))
+
+
+def _fit_lddmm(I, xI, J, xJ, A, p: AlignParams, v0, xv, mask, progress, should_stop, repeat):
+    """LDDMM over its levels (:func:`_lddmm_levels`) from ``v0``, matching only the target pixels of ``mask``
+    (None: all) → (the last level's result, the energy history)."""
+    history: list[list[float]] = []
+    lddmm = None
+    for I_l, xI_l, J_l, xJ_l, iterations, noise, mask_l in _lddmm_levels(I, xI, J, xJ, p, mask):
+        lddmm = run_lddmm(I_l, xI_l, J_l, xJ_l, A, num_iterations=iterations, a=p.a, nt=p.nt, epV=p.epV,
+                          sigmaR=p.sigmaR, sigmaM=noise[0], sigmaB=noise[1], muB=p.muB, contrast=p.contrast,
+                          v0=v0, xv=xv, patience=p.lddmm_patience, tol=p.lddmm_tol, progress=progress,
+                          should_stop=should_stop, repeat=repeat, pixel_mask=mask_l)
+        v0 = lddmm.v
+        history.extend(lddmm.energy_history)
+        if lddmm.stopped:
+            break
+    return lddmm, history
+
+
+VALIDATION_BLOCK = 8  # target pixels per side of the checkerboard squares that split the warp's data in two
+
+
+def _checkerboard_folds(shape, device) -> list[torch.Tensor]:
+    """Two complementary 0/1 masks of the target raster: squares of ``VALIDATION_BLOCK`` pixels, alternating."""
+    rows = torch.arange(shape[0], device=device)[:, None] // VALIDATION_BLOCK
+    cols = torch.arange(shape[1], device=device)[None, :] // VALIDATION_BLOCK
+    first = ((rows + cols) % 2 == 0).float()
+    return [first, 1.0 - first]
+
+
+def _validate_warp(I, xI, J, xJ, A, fits, folds) -> dict:
+    """Is the warp real? Each fold's warp, fitted on its half of the target pixels, must raise the image–cells
+    correlation (the contrast-invariant fitness) on the OTHER half, which it never saw, above what the affine
+    alone gives there; fitting noise lowers it. Accepted warps are averaged by the caller."""
+    support = pixel_weights(J, "ncc_support").reshape(J.shape[1:])
+    rows = []
+    for fit, mask in zip(fits, folds):
+        held = (support * (1.0 - mask)).flatten()
+        moved = [transform_image_source_to_target(fit.xv, vel, A, xI, I, xJ) for vel in (torch.zeros_like(fit.v), fit.v)]
+        rows.append(score_batch(torch.stack(moved), J, weights=held).tolist())
+    return {"accepted": all(after > before for before, after in rows), "held_out_fitness": rows}
+
+
+def _lddmm_levels(I: torch.Tensor, xI: list, J: torch.Tensor, xJ: list, p: AlignParams, mask=None):
+    """(I, xI, J, xJ, iterations, (sigmaM, sigmaB), mask) per LDDMM level: with ``lddmm_coarse`` = f > 1, first
+    both rasters (and the pixel mask) pooled f× for ``lddmm_coarse_fraction`` of the iterations, with the noise
+    levels divided by f (the matching energy sums f² fewer pixels: its weight against the regulariser is
+    kept), then the full rasters for the rest."""
     sigmas = (p.sigmaM if p.sigmaM is not None else float(J.std()),
               p.sigmaB if p.sigmaB is not None else float(J.std()))
     f = int(p.lddmm_coarse)
@@ -260,9 +343,10 @@ def _lddmm_levels(I: torch.Tensor, xI: list, J: torch.Tensor, xJ: list, p: Align
     if coarse_iterations:
         I_c, xI_c = pool_raster(I, xI, f)
         J_c, xJ_c = pool_raster(J, xJ, f)
-        yield I_c, xI_c, J_c, xJ_c, coarse_iterations, (sigmas[0] / f, sigmas[1] / f)
+        mask_c = None if mask is None else pool_raster(mask[None], xJ, f)[0][0]
+        yield I_c, xI_c, J_c, xJ_c, coarse_iterations, (sigmas[0] / f, sigmas[1] / f), mask_c
     if p.num_iterations - coarse_iterations:
-        yield I, xI, J, xJ, p.num_iterations - coarse_iterations, sigmas
+        yield I, xI, J, xJ, p.num_iterations - coarse_iterations, sigmas, mask
 
 
 def to_cpu(result: dict[str, Any]) -> dict[str, Any]:

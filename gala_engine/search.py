@@ -117,11 +117,23 @@ def space_around(space: GeneSpace, genes: np.ndarray, *, angle: float = 15.0, sc
 
 
 FITNESS_KINDS = ("tissue", "ncc", "ncc_support", "sse")
+GLASS_LEVEL, GLASS_FRACTION = 0.1, 0.1  # ≥ 10 % of the image below 10 % of its 99th percentile = empty slide
+
+
+def shows_glass(I: np.ndarray) -> bool:
+    """True when the image shows empty slide around the tissue: at least ``GLASS_FRACTION`` of the source raster
+    (channels summed) below ``GLASS_LEVEL`` of its 99th percentile. Only then can the tissue outline be
+    compared with the cells' outline (an image filled with tissue has none)."""
+    total = np.asarray(I, dtype=np.float64).sum(0)
+    top = float(np.percentile(total, 99.0))
+    return top > 0 and float((total < GLASS_LEVEL * top).mean()) >= GLASS_FRACTION
+
+
 SUPPORT_LEVEL = 0.02  # target pixels above this fraction of the maximum count as the cells' support
 OVERLAP_WEIGHT = 0.5  # "tissue": weight of the cells-on-tissue overlap next to the texture correlation
 
 
-def score_batch(AI: torch.Tensor, J: torch.Tensor, kind: str = "ncc") -> torch.Tensor:
+def score_batch(AI: torch.Tensor, J: torch.Tensor, kind: str = "ncc", weights: torch.Tensor | None = None) -> torch.Tensor:
     """Similarity of each resampled source (P, C, H, W) with the target (1, H, W) → (P,).
 
     All kinds but ``"sse"`` fit the target as a non-negative linear combination of the source channels plus an
@@ -133,13 +145,14 @@ def score_batch(AI: torch.Tensor, J: torch.Tensor, kind: str = "ncc") -> torch.T
     ``OVERLAP_WEIGHT`` × the density-weighted mean of the image's tissue mask under the cells: the cells'
     footprint must lie on tissue, which pins an evenly packed section (its footprint is the tissue's shape)
     and costs nothing where the image shows more tissue than the cells cover.
-    ``"sse"``: the published ``1 / (1 + Σ (AI − J)²)`` (needs as many channels as J).
+    ``"sse"``: the published ``1 / (1 + Σ (AI − J)²)`` (needs as many channels as J). ``weights`` (H·W,):
+    explicit pixel weights instead of the kind's.
     """
     if kind == "sse":
         return 1.0 / (1.0 + ((AI - J) ** 2).flatten(1).sum(1))
     if kind not in FITNESS_KINDS or kind == "tissue":
         raise GalaInputError(f"score_batch takes 'ncc', 'ncc_support' or 'sse', got {kind!r}.")
-    target = _FitTarget.of(J.to(AI.dtype), pixel_weights(J, kind))
+    target = _FitTarget.of(J.to(AI.dtype), pixel_weights(J, kind) if weights is None else weights.to(AI.dtype))
     return _fit_score(AI.flatten(2)[:, :, target.index], target)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from . import constants
+from .budget import check_prepare
 from .errors import GalaInputError
 from .events import ProgressCallback, StopPredicate
 from .features import FeatureKind, image_feature, resolve_feature
@@ -97,6 +98,7 @@ def prepare_section(
     spacing of the cells (at least 1), so sparse spots (Visium) merge into tissue rather than dots.
     """
     yx = spatial_yx(adata)
+    check_prepare(yx, image, dx=dx, image_reduce=image_reduce)  # memory / time budget before any work
     weights = cell_signal(adata, signal)
     if signal != constants.SIGNAL_DENSITY and not np.any(weights > 0):
         raise GalaInputError(f"Every cell has zero {signal}; choose 'cell density' or a gene as the signal.")
@@ -183,20 +185,15 @@ class AlignmentResult:
         Raises
         ------
         GalaInputError
-            Not a GALA transform ``.npz``, or one holding pickled objects.
+            Not a GALA transform ``.npz``, one holding pickled objects, a zip bomb, or a header of the wrong
+            shape (see :mod:`gala_engine.npzsafe`).
         """
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                header = json.loads(str(z["header"]))
-                return cls(A=z["A"], A_affine=z["A_affine"], v=z["v"], xv=[z["xv_rows"], z["xv_cols"]],
-                           genes=z["genes"], **header)
-        except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:
-            pickled = "allow_pickle" in str(exc) or "Object arrays" in str(exc)
-            why = "it holds pickled Python objects, which are never loaded" if pickled else f"{type(exc).__name__}: {exc}"
-            raise GalaInputError(
-                f"{path} is not a GALA transform .npz ({why}); use a file written by save_npz / the app's "
-                "'Download transform .npz'."
-            ) from None
+        from .npzsafe import read_transform_npz
+
+        z, header = read_transform_npz(path)  # sizes, dtypes and header schema checked before decompressing
+        return cls(A=z["A"].astype(np.float64), A_affine=z["A_affine"].astype(np.float64), v=z["v"].astype(np.float64),
+                   xv=[z["xv_rows"].astype(np.float64), z["xv_cols"].astype(np.float64)],
+                   genes=z["genes"].astype(np.float64), **header)
 
 
 def align_section(

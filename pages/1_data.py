@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from gala_engine.demo import DEMOS
-from gala_engine.features import FEATURE_KINDS
+from gala_engine.features import FEATURE_CHOICES
 from gala_engine.io import cell_signal, spatial_yx
 from ui import figures, state
 from ui.data import (
@@ -21,6 +21,22 @@ from ui.data import (
 )
 from ui.data import summary as data_summary
 from ui.data import warnings as data_warnings
+
+
+def _image_options(where: str) -> dict[str, int]:
+    """Channel / series / plane of the image to read (empty = automatic)."""
+    with st.expander("Image options (multi-channel, several images, Z-stacks)"):
+        cols = st.columns(3)
+        picks = {
+            "channel": cols[0].number_input("Channel", min_value=0, value=None, step=1, key=f"w_{where}_channel",
+                                            placeholder="auto", help="0-based channel of a multi-channel image."),
+            "series": cols[1].number_input("Series", min_value=0, value=None, step=1, key=f"w_{where}_series",
+                                           placeholder="auto (largest)",
+                                           help="0-based image of a TIFF holding several (OME series, label, macro)."),
+            "plane": cols[2].number_input("Plane", min_value=0, value=None, step=1, key=f"w_{where}_plane",
+                                          placeholder="auto", help="0-based Z / time plane of a stack."),
+        }
+    return {k: int(v) for k, v in picks.items() if v is not None}
 
 
 def _load(loader, *args) -> None:
@@ -42,15 +58,19 @@ with upload_tab:
     cells_up = c1.file_uploader("Cells (.h5ad with obsm['spatial'] in µm)", type=["h5ad"], key="up_cells")
     image_up = c2.file_uploader("Tissue image (PNG, JPEG, TIFF)", type=["png", "jpg", "jpeg", "tif", "tiff"],
                                 key="up_image")
+    up_options = _image_options("up")
     if st.button("Load uploaded files", disabled=not (cells_up and image_up), key="load_upload"):
-        _load(upload_dataset, cells_up.name, cells_up.getvalue(), image_up.name, image_up.getvalue())
+        _load(upload_dataset, cells_up.name, cells_up.getvalue(), image_up.name, image_up.getvalue(), up_options)
 with server_tab:
-    st.caption(f"Files too big to upload: give paths inside the data folder `{data_dir()}` "
-               "(set `GALA_DATA_DIR` to change it).")
+    if data_dir() is None:
+        st.caption("Reading files from the server is disabled here (`GALA_DATA_DIR` is empty).")
+    else:
+        st.caption("Files too big to upload: give paths inside the server's data folder (`GALA_DATA_DIR`).")
     cells_path = st.text_input("Cells file (.h5ad)", key="w_srv_cells")
     image_path = st.text_input("Image file", key="w_srv_image")
+    srv_options = _image_options("srv")
     if st.button("Load from server", key="load_server"):
-        _load(server_dataset, cells_path, image_path)
+        _load(server_dataset, cells_path, image_path, srv_options)
 
 if err := state.get(state.DATA_ERROR):
     st.error(err)
@@ -82,10 +102,12 @@ auto_dx = c2.checkbox("automatic dx", value=cfg["dx"] is None, key="w_dx_auto",
                       help="Pick the cell raster's pixel size from the data extent (about 200 pixels a side).")
 cfg["dx"] = None if auto_dx else float(c2.number_input("dx (µm per raster pixel)", min_value=0.1,
                                                          value=float(cfg["dx"] or 30.0), key="w_dx"))
-features = list(FEATURE_KINDS)
+features = list(FEATURE_CHOICES) + ([cfg["feature"]] if cfg["feature"] not in FEATURE_CHOICES else [])
 cfg["feature"] = c3.selectbox("Image feature", features, index=features.index(cfg["feature"]), key="w_feature",
-                              help="auto: sobel for one-channel images (DAPI), inverted for colour H&E; sobel: edge "
-                                   "strength; intensity: brightness; inverted: darkness (stained nuclei on white).")
+                              help="What of the image the cells are matched to. auto: for brightfield H&E/IHC the "
+                                   "nuclei (hematoxylin, by colour deconvolution) plus the tissue (all stain), for "
+                                   "fluorescence such as DAPI the edges (sobel); hematoxylin: nuclei only; tissue: "
+                                   "all stain; sobel: edge strength; intensity: brightness; inverted: darkness.")
 auto_reduce = c4.checkbox("automatic image downsampling", value=cfg["reduce"] is None, key="w_reduce_auto")
 cfg["reduce"] = None if auto_reduce else int(c4.number_input("downsampling factor (loaded px)", min_value=1,
                                                                value=int(cfg["reduce"] or 4), key="w_reduce"))

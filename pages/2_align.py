@@ -9,6 +9,7 @@ from gala_engine.errors import GalaInputError
 from gala_engine.io import spatial_yx
 from gala_engine.params import AlignParams
 from ui import figures, state
+from ui.budget import check_run
 from ui.data import DataError, rasters
 from ui.jobs import start_job
 from ui.params_form import auto_gene_space, gene_inputs, gene_space, params_inputs
@@ -84,6 +85,7 @@ if start:
     try:
         params = AlignParams.from_dict(values)
         space = gene_space(genes, auto)
+        check_run(r, params)  # the session's memory / time budget, before any work
     except (GalaInputError, ValueError) as err:
         st.error(f"Check the parameters: {err}")
     else:

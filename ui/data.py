@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 import streamlit as st
 
 from gala_engine import constants
+from gala_engine.budget import check_prepare
 from gala_engine.checks import check_cells, check_image
 from gala_engine.demo import load_demo
 from gala_engine.errors import GalaInputError
@@ -47,9 +49,13 @@ class DataError(Exception):
     """A user-facing loading problem (message ready for ``st.error``)."""
 
 
-def data_dir() -> Path:
-    """The server folder users may read from (``$GALA_DATA_DIR``, default ``./data``)."""
-    return Path(os.environ.get(DATA_DIR_ENV, Path.cwd() / "data")).expanduser().resolve()
+def data_dir() -> Path | None:
+    """The server folder users may read from (``$GALA_DATA_DIR``, default ``./data``); ``None`` when
+    ``GALA_DATA_DIR`` is set but empty (or blank): reading server files is then disabled."""
+    raw = os.environ.get(DATA_DIR_ENV)
+    if raw is not None and not raw.strip():
+        return None
+    return Path(raw.strip() if raw is not None else Path.cwd() / "data").expanduser().resolve()
 
 
 def session_tmpdir() -> Path:
@@ -78,28 +84,44 @@ def demo_dataset(name: str = DEFAULT_DEMO) -> Dataset:
     return Dataset(name=f"demo: {name}", origin="demo", adata=adata, image=image, truth=truth)
 
 
-def _read_pair(cells_path: Path, image_path: Path, *, cells_name: str,
-               image_name: str) -> tuple[Any, LoadedImage, list[str]]:
-    """Read and check both files; returns (cells, image, warnings) or raises :class:`DataError`."""
+def _scrub(text: str, path: Path, name: str) -> str:
+    """``text`` with the server path of a file (and of its folder, the session spool or data folder) replaced
+    by the user's name for it: messages never show server paths."""
+    text = text.replace(str(path), name).replace(str(path.parent), "<folder>")
+    root = data_dir()
+    if root is not None:
+        text = text.replace(str(root), "<data folder>")
+    return text.replace(tempfile.gettempdir(), "<tmp>")
+
+
+def _read_pair(cells_path: Path, image_path: Path, *, cells_name: str, image_name: str,
+               image_options: dict[str, Any] | None = None) -> tuple[Any, LoadedImage, list[str]]:
+    """Read and check both files; returns (cells, image, warnings) or raises :class:`DataError`.
+
+    ``image_options``: ``channel`` / ``series`` / ``plane`` for :func:`gala_engine.io.read_image`.
+    """
     try:
         adata = read_cells(cells_path)
         notes = check_cells(adata, signal=constants.SIGNAL_DENSITY, name=f"'{cells_name}'").warnings
     except GalaInputError as err:
-        raise DataError(f"Cells file '{cells_name}': {err}") from None
+        raise DataError(_scrub(f"Cells file '{cells_name}': {err}", cells_path, cells_name)) from None
     except Exception as err:  # noqa: BLE001 — any decoder failure is a bad file, not an app crash
         msg = f"Cells file '{cells_name}' could not be read as .h5ad ({type(err).__name__}: {err})."
-        raise DataError(msg) from None
+        raise DataError(_scrub(msg, cells_path, cells_name)) from None
     try:
-        image = read_image(image_path, max_side=MAX_IMAGE_SIDE)
-        notes += check_image(image, name=f"'{image_name}'")
+        image = read_image(image_path, max_side=MAX_IMAGE_SIDE, **(image_options or {}))
+        notes += [_scrub(n, image_path, image_name) for n in check_image(image, name=f"'{image_name}'")]
     except GalaInputError as err:
-        raise DataError(f"Image '{image_name}': {err}") from None
+        raise DataError(_scrub(f"Image '{image_name}': {err}", image_path, image_name)) from None
     except Exception as err:  # noqa: BLE001
-        raise DataError(f"Image '{image_name}' could not be read ({type(err).__name__}: {err}).") from None
+        msg = f"Image '{image_name}' could not be read ({type(err).__name__}: {err})."
+        raise DataError(_scrub(msg, image_path, image_name)) from None
+    notes = [_scrub(n, cells_path, cells_name) for n in notes]
     return adata, image, notes
 
 
-def upload_dataset(cells_name: str, cells_bytes: bytes, image_name: str, image_bytes: bytes) -> Dataset:
+def upload_dataset(cells_name: str, cells_bytes: bytes, image_name: str, image_bytes: bytes,
+                   image_options: dict[str, Any] | None = None) -> Dataset:
     """Spool two uploads to the session folder and read them."""
     folder = session_tmpdir() / uuid.uuid4().hex[:8]
     folder.mkdir()
@@ -108,7 +130,8 @@ def upload_dataset(cells_name: str, cells_bytes: bytes, image_name: str, image_b
     cells_path.write_bytes(cells_bytes)
     image_path.write_bytes(image_bytes)
     try:
-        adata, image, notes = _read_pair(cells_path, image_path, cells_name=cells_name, image_name=image_name)
+        adata, image, notes = _read_pair(cells_path, image_path, cells_name=cells_name, image_name=image_name,
+                                         image_options=image_options)
     except DataError:
         shutil.rmtree(folder, ignore_errors=True)  # nothing of a refused upload is kept
         raise
@@ -117,28 +140,39 @@ def upload_dataset(cells_name: str, cells_bytes: bytes, image_name: str, image_b
 
 
 def resolve_server_path(text: str, *, root: Path | None = None) -> Path:
-    """A path typed by the user, resolved inside the data folder; anything outside is refused."""
-    root = (root or data_dir()).resolve()
+    """A path typed by the user, resolved inside the data folder; anything outside is refused.
+
+    Messages never show the data folder's server path. With ``GALA_DATA_DIR`` empty, every path is refused.
+    """
+    root = root or data_dir()
+    if root is None:
+        raise DataError("Reading files from the server is disabled here (GALA_DATA_DIR is empty); upload the files.")
+    root = root.resolve()
     if not text.strip():
         raise DataError("Enter a path inside the data folder.")
     try:
         raw = Path(text.strip()).expanduser()
         path = (raw if raw.is_absolute() else root / raw).resolve()  # follows symlinks: no escape through one
     except (OSError, RuntimeError, ValueError):  # NUL bytes, symlink loops, unknown ~user
-        raise DataError(f"'{text}' is not a usable path; give a file inside the data folder {root}.") from None
+        raise DataError(f"'{text}' is not a usable path; give a file inside the data folder.") from None
     if not path.is_relative_to(root):
-        raise DataError(f"'{text}' is outside the data folder {root}; only files inside it can be opened.")
+        raise DataError(f"'{text}' is outside the data folder; only files inside it can be opened.")
+    if path.is_dir():
+        raise DataError(f"'{text}' is a folder in the data folder; give a file inside it.")
+    if path.exists() and not path.is_file():
+        raise DataError(f"'{text}' is not a regular file (a FIFO, socket or device); give a file.")
     if not path.is_file():
-        raise DataError(f"'{text}' does not exist in the data folder {root}.")
+        raise DataError(f"'{text}' does not exist in the data folder.")
     return path
 
 
-def server_dataset(cells_text: str, image_text: str, *, root: Path | None = None) -> Dataset:
+def server_dataset(cells_text: str, image_text: str, image_options: dict[str, Any] | None = None, *,
+                   root: Path | None = None) -> Dataset:
     """Read two files from the server's data folder."""
     cells_path = resolve_server_path(cells_text, root=root)
     image_path = resolve_server_path(image_text, root=root)
     adata, image, notes = _read_pair(cells_path, image_path, cells_name=cells_path.name,
-                                     image_name=image_path.name)
+                                     image_name=image_path.name, image_options=image_options)
     return Dataset(name=f"server: {cells_path.name} + {image_path.name}", origin="server", adata=adata, image=image,
                    notes=notes)
 
@@ -172,8 +206,6 @@ def warnings(data: Dataset) -> list[str]:
     """Plain-words warnings about the inputs (nothing blocking)."""
     s = summary(data)
     out = []
-    if s["cells"] < 50:
-        out.append(f"Only {s['cells']} cells: the cell raster will be sparse and the alignment may be unstable.")
     ex, ey = s["extent_um"]
     if max(ex, ey) < 50:
         out.append(f"The cells span only {ex:.0f} × {ey:.0f} µm. Are the coordinates in µm (not mm)?")
@@ -203,8 +235,12 @@ def rasters(data: Dataset, settings: dict[str, Any]) -> SectionRasters:
     cached = state.get(state.RASTERS)
     if cached is not None and cached[0] == key:
         return cached[1]
+    from .budget import session_budget
+
     try:
         found = check_cells(data.adata, signal=settings["signal"])
+        check_prepare(spatial_yx(data.adata), data.image, dx=settings["dx"], image_reduce=settings["reduce"],
+                      budget=session_budget())
         r = prepare_section(data.adata, data.image, signal=found.signal, dx=settings["dx"],
                             feature=settings["feature"], image_reduce=settings["reduce"])
     except GalaInputError as err:

@@ -117,3 +117,11 @@ def test_usage_error_exit_code(capsys: pytest.CaptureFixture) -> None:
     assert main(["align", "--image", "x.png"]) == 2
     assert "required" in capsys.readouterr().err
     assert main(["--help"]) == 0
+
+
+def test_align_with_only_the_readme_options_writes_the_output(tmp_path: Path) -> None:
+    """The README's command: --image, --h5ad, --out and nothing else (no --params: it was once passed on as a
+    None input path and crashed the write after the whole alignment)."""
+    out = tmp_path / "aligned.h5ad"
+    assert main(["align", "--image", str(DAPI), "--h5ad", str(MERFISH_H5AD), "--out", str(out), "-q"]) == 0
+    assert ad.read_h5ad(out).obsm[constants.ALIGNED_KEY].shape[1] == 2

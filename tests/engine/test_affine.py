@@ -203,3 +203,28 @@ def test_refinement_reports_every_step_in_order_and_ends_on_its_result(dapi_smal
     assert [e.step for e in events] == list(range(1, 13))
     assert events[-1].value == pytest.approx(score) and np.allclose(events[-1].genes, genes)
     assert all(b.value >= a.value for a, b in zip(events, events[1:]))  # the best so far never drops
+
+
+def test_multichannel_fitness_is_contrast_invariant_non_negative_and_one_channel_is_ncc():
+    g = torch.Generator().manual_seed(0)
+    J = torch.rand(1, 24, 32, generator=g, dtype=torch.float64)
+    noise = torch.rand(1, 24, 32, generator=g, dtype=torch.float64)
+    one = 0.7 * J + 0.3 * noise
+    ncc = torch.corrcoef(torch.stack([one.flatten(), J.flatten()]))[0, 1]
+    assert score_batch(one[None], J).item() == pytest.approx(ncc.item(), abs=1e-6)  # one channel: NCC
+    # J is any positive mix of the channels plus an offset: a perfect fit, whatever the contrast
+    parts = torch.cat([J + noise, J - noise])  # J = (first + second) / 2
+    assert score_batch(one[None], J).item() < 0.99
+    assert score_batch((parts * torch.tensor([2.0, 0.5])[:, None, None] + 3.0)[None], J).item() == pytest.approx(1.0, abs=1e-5)
+    # an anti-correlated channel cannot be used with a negative weight (the mix is non-negative)
+    with_negative = torch.cat([one, -J])
+    assert score_batch(with_negative[None], J).item() == pytest.approx(ncc.item(), abs=1e-6)
+
+
+def test_empty_slide_is_told_from_an_image_filled_with_tissue():
+    from gala_engine.search import shows_glass
+
+    tissue_everywhere = np.random.default_rng(0).uniform(0.3, 1.0, (1, 40, 40))
+    on_glass = tissue_everywhere.copy()
+    on_glass[:, :, :12] = 0.0  # 30 % empty slide
+    assert shows_glass(on_glass) and not shows_glass(tissue_everywhere)

@@ -13,6 +13,7 @@ from gala_engine.errors import GalaInputError
 from gala_engine.io import read_cells, read_image
 from gala_engine.section import prepare_section
 from tests.corpus import CASE_IDS, CASES, Case, build_pair
+from tests.corpus_security import ALL_CASES, ALL_IDS, SERVER_FILE_CASES, assert_server_files_unread, hashes
 
 
 def _load(case: Case, cells: Path, image: Path):
@@ -31,10 +32,15 @@ def test_corpus_is_large_and_mixed() -> None:
     assert {c.kind for c in CASES} == {"cells", "image"}
 
 
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_security_sibling_covers_issue_15() -> None:
+    assert len(ALL_CASES) >= len(CASES) + 15 and len(set(ALL_IDS)) == len(ALL_CASES)
+    assert len(SERVER_FILE_CASES) >= 4
+
+
+@pytest.mark.parametrize("case", ALL_CASES, ids=ALL_IDS)
 def test_engine_api(case: Case, tmp_path: Path) -> None:
     cells, image = build_pair(case, tmp_path)
-    before = {p: p.read_bytes() for p in (cells, image)}
+    before = hashes([cells, image])
     if not case.ok:
         with pytest.raises(GalaInputError, match=case.expect) as info:
             _load(case, cells, image)
@@ -49,4 +55,5 @@ def test_engine_api(case: Case, tmp_path: Path) -> None:
             assert not warnings, warnings
         if case.check:
             case.check(img if case.kind == "image" else adata)
-    assert {p: p.read_bytes() for p in (cells, image)} == before  # inputs are never modified
+    assert hashes([cells, image]) == before  # inputs are never modified
+    assert_server_files_unread(tmp_path)

@@ -166,3 +166,17 @@ def test_init_A_must_be_an_invertible_affine(dapi_small):
     pair = make_pair(dapi_small, 0, 1.0, 1.0, n_cells=500)
     with pytest.raises(GalaInputError, match="init_A"):
         gala(pair.xI, pair.I, pair.xJ, pair.J, init_A=np.zeros((3, 3)), num_iterations=0)
+
+
+def test_a_warp_the_data_do_not_support_is_rejected_and_a_real_one_kept(dapi_small):
+    """Cross-validated LDDMM: each fold's warp must raise the correlation on the pixels it never saw."""
+    plain = make_pair(dapi_small, 30, 0.8, 0.8, kind="intensity")  # an exact affine: any warp only fits noise
+    result = gala(plain.xI, plain.I, plain.xJ, plain.J, num_iterations=100)
+    assert result["lddmm_validation"]["accepted"] is False
+    assert float(to_cpu(result)["v"].abs().max()) == 0.0  # the affine result is returned unchanged
+    warped = make_pair(dapi_small, 30, 0.8, 0.8, warp=12.0, kind="intensity")
+    result = gala(warped.xI, warped.I, warped.xJ, warped.J, num_iterations=100)
+    check = result["lddmm_validation"]
+    assert check["accepted"] is True
+    assert all(after > before for before, after in check["held_out_fitness"])
+    assert _error(warped, result) < 0.6 * _error(warped, result, deformed=False)

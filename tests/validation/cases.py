@@ -19,6 +19,12 @@ default table and tests.
 
 Coordinates: image positions are (x, y) = (column, row) in pixels of ``Case.image`` (pixel centres at
 integers); ``obsm['spatial']`` is (x, y) in µm; ``Case.transform.forward`` maps the first to the second.
+
+Scale: ``CaseSpec.um_per_px`` is the known transform's scale, not the slide's physical pixel size
+(``SourceImage.real_um_per_px``). Above the physical size the tissue is stretched (a 1101-px tile at
+3 µm/px is a 3.3 mm section whose nuclei lie 30-90 µm apart), as in issue 11's held-out cases (an IHC
+tile at 2.75-3.6 µm/px); near it (0.5 µm/px on the Ki67 tile) spacing and size are physical. MERFISH
+cases keep their real µm.
 """
 
 from __future__ import annotations
@@ -401,12 +407,37 @@ def _nuclei(spec: CaseSpec, rng: np.random.Generator) -> Case:
     nuclei = detect_nuclei(image, r, src.stains)
     jitter_um = spec.option("jitter_um", 0.4)
     truth = nuclei + rng.normal(scale=jitter_um / spec.um_per_px, size=nuclei.shape)
+    truth = _realism(truth, spec, rng, image)
     stain = sample_at(_smoothed(nuclear_density(image, src.stains), r), truth)
     stain = np.clip(stain / max(stain.mean(), 1e-12), 0.05, None)
     library = 300.0 * np.exp(rng.normal(scale=0.5, size=len(truth))) * stain**0.5
     counts = make_counts(rng, library, modulation=stain)
     M = pose_matrix(spec.angle, spec.flip, spec.um_per_px, _centre(image), spec.shift)
     return _finish(spec, image, truth, M, rng, counts, {"generator": "nuclei (DoG peaks of the nuclear stain)"})
+
+
+def _realism(truth: np.ndarray, spec: CaseSpec, rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """Options that make cells differ from the image's nuclei as in real pairs: ``dropout`` (share of
+    nuclei without a transcriptomics cell), ``extra`` (share of cells added at random in the tissue mask:
+    cells whose nucleus the image does not show) and ``coverage`` (the cells cover only a rectangle of
+    this share of the image, placed at random: an assay region smaller than the slide image)."""
+    dropout, extra, coverage = spec.option("dropout", 0.0), spec.option("extra", 0.0), spec.option("coverage", 1.0)
+    if dropout:
+        truth = truth[rng.random(len(truth)) >= dropout]
+    if extra:
+        mask = tissue_mask(image, IMAGES[spec.image].mask)
+        rows, cols = np.nonzero(mask)
+        pick = rng.integers(0, len(rows), size=int(round(extra * len(truth))))
+        add = np.c_[cols[pick], rows[pick]] + rng.uniform(-0.5, 0.5, size=(len(pick), 2))
+        truth = np.r_[truth, add]
+    if coverage < 1.0:
+        h, w = image.shape[:2]
+        side = np.sqrt(coverage)
+        bw, bh = side * w, side * h
+        x0, y0 = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
+        inside = (truth[:, 0] >= x0) & (truth[:, 0] < x0 + bw) & (truth[:, 1] >= y0) & (truth[:, 1] < y0 + bh)
+        truth = truth[inside]
+    return truth
 
 
 def _smoothed(a: np.ndarray, sigma: float) -> np.ndarray:
@@ -477,6 +508,8 @@ def _merfish(spec: CaseSpec, rng: np.random.Generator) -> Case:
     k = int(spec.option("reduce", 4))
     demo = load_demo("merfish_mini")
     image = load_image(spec.image) if k == 4 else _merfish_dapi(k)
+    if spec.option("bits", 8.0) == 16:  # a 16-bit DAPI, as microscopes write them (same content × 257)
+        image = image.astype(np.uint16) * 257
     truth = (truth_px_xy(demo) + 0.5) / k - 0.5  # in the reduced image's pixels
     G = demo.um_to_px  # µm → full-res px
     # reduced px → original µm (affine), then the case's rotation/flip/shift about the cells' centre (µm)
@@ -528,14 +561,21 @@ SPECS: list[CaseSpec] = [
     _S("nuclei", "os2_ki67", 3.0, 20.0, True, warp_um=25.0),
     _S("nuclei", "os1_he", 4.0, 190.0, True),
     _S("nuclei", "merfish_dapi", 1.0, 75.0, True),
+    # cells from part of the slide only, some nuclei without a cell and some cells without a visible nucleus
+    _S("nuclei", "os2_ki67", 2.5, 225.0, True, options=(("coverage", 0.5), ("dropout", 0.15), ("extra", 0.05)),
+       fast=True),
+    _S("nuclei", "os1_he", 3.0, 100.0, False, warp_um=20.0, options=(("coverage", 0.6), ("dropout", 0.1))),
     # flat density inside a tissue mask
     # (sections of a few mm: the CLI then rasterises at 10-20 µm, about a cell spacing, like real sections)
     _S("uniform", "visium_tiny_he", 4.0, 200.0, True, options=(("spacing_um", 12.0),), fast=True),
     _S("uniform", "os2_ki67", 2.5, 45.0, False, options=(("spacing_um", 15.0),), fast=True),
+    _S("uniform", "visium_tiny_he", 4.0, 290.0, False, shift=(500.0, 80.0), warp_um=25.0,
+       options=(("spacing_um", 12.0),), fast=True),
     _S("uniform", "visium_tiny_he", 1.5, 200.0, True, options=(("spacing_um", 15.0),)),
     _S("uniform", "os2_ki67", 0.8, 45.0, False, options=(("spacing_um", 15.0),)),
     _S("uniform", "os2_ki67", 1.2, 300.0, True, warp_um=20.0, options=(("spacing_um", 12.0),)),
     _S("uniform", "visium_dg_he", 4.0, 100.0, False, options=(("spacing_um", 15.0),)),
+    _S("uniform", "os2_ki67", 4.0, 75.0, True, options=(("spacing_um", 10.0),)),  # seed-sized: ~160k cells
     # Visium-like spots
     _S("spots", "os2_ki67", 3.0, 170.0, True, options=(("pitch_um", 100.0),), fast=True),
     _S("spots", "visium_tiny_he", 4.0, 30.0, False, options=(("pitch_um", 55.0),), fast=True),
@@ -547,6 +587,8 @@ SPECS: list[CaseSpec] = [
     _S("merfish", "merfish_dapi", 0.0, 0.0, False, shift=(0.0, 0.0)),
     _S("merfish", "merfish_dapi", 0.0, 90.0, False, options=(("reduce", 8.0),)),
     _S("merfish", "merfish_dapi", 0.0, 150.0, True, options=(("reduce", 1.0),)),  # the full-res DAPI (4603×4143)
+    _S("merfish", "merfish_dapi", 0.0, 210.0, False, shift=(-600.0, 150.0), warp_um=25.0,
+       options=(("reduce", 2.0), ("bits", 16.0))),
     # held-out: the scikit-image IHC (the lead looks at it once, at the end) and local-only images
     _S("nuclei", "skimage_ihc", 2.75, 40.0, True),
     _S("nuclei", "skimage_ihc", 3.6, 215.0, False, warp_um=22.0),

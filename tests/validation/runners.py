@@ -25,6 +25,7 @@ from .cases import Case
 TUTORIAL_DX = 30.0
 TUTORIAL_GENERATIONS = 300
 TUTORIAL_ITERATIONS = 500
+TUTORIAL_CALL = dict(num_repeats=2, epV=10.0, a=20.0, sigmaR=5e4, random_seed=42)  # the tutorial's gala(...) keywords
 
 
 @dataclass
@@ -65,28 +66,44 @@ def write_image(image: np.ndarray, path: Path) -> None:
     from PIL import Image
 
     arr = np.asarray(image)
-    if arr.dtype == np.uint16:
-        Image.fromarray(arr, mode="I;16").save(path)
-    else:
-        Image.fromarray(arr.astype(np.uint8)).save(path)
+    Image.fromarray(arr if arr.dtype == np.uint16 else arr.astype(np.uint8)).save(path)  # uint16 → 16-bit PNG
 
 
-def run_cli_defaults(case: Case, *overrides: str | list[str], workdir: str | Path | None = None) -> Outcome:
-    """The README's CLI path with default parameters; ``overrides`` are extra CLI arguments, e.g.
-    ``["--signal", "cell density"]`` or ``["--params", "p.toml"]`` (strings or lists of strings)."""
+def run_cli_defaults(case: Case, *args: str | list[str], workdir: str | Path | None = None, **overrides) -> Outcome:
+    """The README's CLI path with default parameters.
+
+    Extra CLI arguments come as ``args`` (strings or lists, e.g. ``["--signal", "cell density"]``) or as
+    keywords: ``signal="cell density"`` → ``--signal "cell density"``, ``dx=15`` → ``--dx 15``, and
+    ``params={"num_iterations": 0}`` (a dict: written to a parameter file in the temporary folder) or
+    ``params="fast.toml"`` → ``--params``."""
     from gala_engine import constants
     from gala_engine.cli import main
     from gala_engine.io import read_cells
 
     extra: list[str] = []
-    for o in overrides:
+    for o in args:
         extra.extend([o] if isinstance(o, str) else list(o))
+    params = overrides.pop("params", None)
+    for key, value in overrides.items():
+        extra.extend([f"--{key.replace('_', '-')}", str(value)])
     label = "cli" + (" " + " ".join(extra) if extra else "")
+    if isinstance(params, dict):
+        label += " " + "; ".join(f"{k}={v}" for k, v in params.items())
+    elif params:
+        label += f" --params {params}"
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         tmp = Path(tmp)
         image, h5ad, out = tmp / "image.png", tmp / "cells.h5ad", tmp / "aligned.h5ad"
         try:
+            if isinstance(params, dict):
+                from gala_engine.paramfile import write_params
+                from gala_engine.params import AlignParams
+
+                write_params(AlignParams.from_dict({**AlignParams().to_dict(), **params}), tmp / "params.toml")
+                extra += ["--params", str(tmp / "params.toml")]
+            elif params:
+                extra += ["--params", str(params)]
             write_image(case.image, image)
             case.adata.write_h5ad(h5ad)
             stderr = io.StringIO()
@@ -125,11 +142,12 @@ def tutorial_source(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 
 def tutorial_gene_space(xI: list, xJ: list, *, scale_low: float = 0.01) -> list[dict]:
-    """Explicit ranges like the published tutorial's: angle −180…180, both scales from ``scale_low``
-    (positive: no flips) to the compatible default's upper bound, translations the compatible default.
+    """Explicit ranges like the published tutorial's: angle −180…180, both scales from −hi to hi (a negative
+    scale is a flip; |scale| down to ``scale_low`` is inside the range), hi the compatible default's upper
+    bound, translations the compatible default.
 
     The published notebook's own ``gene_space`` could not be retrieved here; this follows the issue's
-    description ("scale ranges starting at 0.01") and ``AlignParams.tutorial()``.
+    description ("scale ranges starting at 0.01") and the product's "negative scale = flip".
     """
     from gala_engine.search import fill_gene_space
 
@@ -137,21 +155,24 @@ def tutorial_gene_space(xI: list, xJ: list, *, scale_low: float = 0.01) -> list[
     out = [dict(d) for d in space]
     out[0] = {"low": -180.0, "high": 180.0}
     for k in (1, 2):
-        out[k] = {"low": scale_low, "high": float(max(abs(space[k]["low"]), abs(space[k]["high"])))}
+        hi = float(max(abs(space[k]["low"]), abs(space[k]["high"]), scale_low))
+        out[k] = {"low": -hi, "high": hi}
     return out
 
 
 def run_tutorial(case: Case, *, num_generations: int = TUTORIAL_GENERATIONS, num_iterations: int = TUTORIAL_ITERATIONS,
                  dx: float = TUTORIAL_DX, gene_space: list[dict] | str = "tutorial", **params) -> Outcome:
     """The published tutorial's recipe (see the module docstring). ``gene_space="tutorial"``: the explicit
-    ranges of :func:`tutorial_gene_space`; ``None``: the engine's derived ranges. ``params`` override
-    ``AlignParams.tutorial()`` fields."""
+    ranges of :func:`tutorial_gene_space`; ``None``: the engine's derived ranges. ``params`` add to or override
+    the tutorial's keywords (``TUTORIAL_CALL``; e.g. ``**AlignParams.tutorial().to_dict()`` for every published
+    setting)."""
     import torch
 
     from gala_engine import AlignParams, gala, rasterize, to_cpu, transform_points_target_to_source
     from gala_engine.io import cell_signal
 
-    label = "tutorial" + ("" if gene_space == "tutorial" else " (derived ranges)" if gene_space is None else " (ranges)")
+    derived = gene_space is None or (isinstance(gene_space, list) and all(not d for d in gene_space))
+    label = "tutorial" + ("" if gene_space == "tutorial" else " (derived ranges)" if derived else " (own ranges)")
     if params:
         label += " " + " ".join(f"{k}={v}" for k, v in params.items())
     t0 = time.perf_counter()
@@ -162,9 +183,11 @@ def run_tutorial(case: Case, *, num_generations: int = TUTORIAL_GENERATIONS, num
         XJ, YJ, J = rasterize(x, y, g=cell_signal(case.adata), dx=dx)
         xI, xJ = [YI, XI], [YJ, XJ]
         gs = tutorial_gene_space(xI, xJ) if gene_space == "tutorial" else gene_space
-        p = AlignParams.tutorial(num_generations=num_generations, num_iterations=num_iterations, device="cpu", **params)
-        kw = p.to_dict()
-        kw.update(sigmaM=float(I.std()), sigmaB=float(J.std()))
+        # the tutorial's call: only the parameters it names; every other one is the engine's default
+        kw = dict(TUTORIAL_CALL, num_generations=num_generations, num_iterations=num_iterations,
+                  sigmaM=float(I.std()), sigmaB=float(J.std()))
+        kw.update(params)
+        AlignParams.from_dict({k: v for k, v in kw.items()})  # checked like the engine does
         resu = to_cpu(gala(xI, I, xJ, J, gene_space=gs, **kw))
         pts = torch.as_tensor(np.stack([y, x], 1), dtype=torch.as_tensor(resu["A"]).dtype)
         rc = np.asarray(transform_points_target_to_source(resu["xv"], resu["v"], resu["A"], pts))
