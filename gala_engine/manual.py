@@ -29,12 +29,13 @@ _SWAP = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
 
 
 def affine_result(A: np.ndarray, *, image_shape: tuple[int, int] | None = None, source: str = "landmarks",
-                  params: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> AlignmentResult:
+                  note: str = "", params: dict[str, Any] | None = None) -> AlignmentResult:
     """An :class:`AlignmentResult` that is the affine ``A`` alone (no warp: ``v`` = 0).
 
-    ``source`` says where it came from ("landmarks", "manual", "xenium matrix"); it is kept in
-    ``params['source']`` with anything in ``extra``. ``image_shape`` (rows, cols, full resolution) sizes
-    the (zero) velocity grid; without it a unit grid is used (cells_to_image does not depend on it).
+    ``origin = {"source": source, "note": note}`` says where it came from ("landmarks", "manual",
+    "xenium matrix") and how; ``params`` (AlignParams names, default none) are kept as given.
+    ``image_shape`` (rows, cols, full resolution) sizes the (zero) velocity grid; without it a unit grid is
+    used (cells_to_image does not depend on it). ``fitness`` is NaN (no search ran), ``score`` 0.
     """
     from . import __version__
 
@@ -43,12 +44,9 @@ def affine_result(A: np.ndarray, *, image_shape: tuple[int, int] | None = None, 
         raise GalaInputError("the affine must be a finite, invertible 3×3 matrix (image px → µm).")
     h, w = image_shape if image_shape is not None else (1, 1)
     xv = [np.linspace(0.0, float(max(h - 1, 1)), 4), np.linspace(0.0, float(max(w - 1, 1)), 4)]
-    p = dict(params or {})
-    p["source"] = source
-    p.update(extra or {})
     return AlignmentResult(A=A.copy(), A_affine=A.copy(), v=np.zeros((1, 4, 4, 2)), xv=xv, genes=np.zeros(5),
-                           fitness=math.nan, score=math.nan, params=p, device="–", runtime_s=0.0,
-                           version=__version__)
+                           fitness=math.nan, score=0.0, params=dict(params or {}), device="–", runtime_s=0.0,
+                           version=__version__, origin={"source": source, "note": note})
 
 
 def nudge_matrix(*, rotate_deg: float = 0.0, flip_x: bool = False, flip_y: bool = False, scale: float = 1.0,
@@ -90,12 +88,11 @@ def nudge(result: Any, *, cells_xy: np.ndarray | None = None, rotate_deg: float 
                         centre_xy=centre_xy)
     C_rc = _SWAP @ C_xy @ _SWAP
     A_new = A @ np.linalg.inv(C_rc)  # new cells_to_image = C · old
-    base = dict(getattr(result, "params", {}) or {})
-    base.pop("source", None)
-    step = {"rotate_deg": float(rotate_deg), "flip_x": bool(flip_x), "flip_y": bool(flip_y), "scale": float(scale),
-            "shift_x": float(shift_xy[0]), "shift_y": float(shift_xy[1])}
-    return affine_result(A_new, image_shape=image_shape, source="manual", params=base,
-                         extra={"nudge": ", ".join(f"{k}={v}" for k, v in step.items())})
+    words = [f"rotate {rotate_deg:g}°" if rotate_deg else "", "flip ↔" if flip_x else "", "flip ↕" if flip_y else "",
+             f"scale ×{scale:g}" if scale != 1.0 else "",
+             f"shift ({shift_xy[0]:g}, {shift_xy[1]:g}) px" if any(shift_xy) else ""]
+    return affine_result(A_new, image_shape=image_shape, source="manual", params=getattr(result, "params", None),
+                         note=", ".join(w for w in words if w) or "no change")
 
 
 @dataclass
@@ -150,11 +147,9 @@ def refine_from_landmarks(
     """
     fit = fit_landmarks(lm, kind=kind, image_shape=rasters.image_full_shape)
     refined = align_section(rasters, params, init_A=fit.A, progress=progress, should_stop=should_stop)
-    refined.params = {**refined.params, "source": "landmarks + refine", "landmark_kind": kind}
-    affine_part = dataclasses.replace(refined, A=refined.A_affine.copy(), v=np.zeros_like(refined.v),
-                                      params={**refined.params, "source": "landmarks + refine (affine part)"})
+    affine_part = dataclasses.replace(refined, A=refined.A_affine.copy(), v=np.zeros_like(refined.v))
     from_landmarks = affine_result(fit.A, image_shape=rasters.image_full_shape, source="landmarks",
-                                   extra={"landmark_kind": kind})
+                                   params=refined.params)
     candidates = {"refined": refined, "refined affine": affine_part, "landmarks": from_landmarks}
     errors = {k: float(np.median(landmark_errors(r, lm))) for k, r in candidates.items()}
     tol = landmark_tolerance(fit, slack_px=slack_px)
@@ -171,4 +166,7 @@ def refine_from_landmarks(
         msg = (f"Kept the landmark affine ({errors['landmarks']:.1f} px): the image-based refinement moved the "
                f"landmarks to {errors['refined']:.1f} px, more than the {tol:.1f} px allowed (the landmark affine's "
                "own error + 0.5 px).")
-    return LandmarkRefinement(candidates[kept], kept, fit, tol, errors, msg)
+    result = candidates[kept]
+    result.origin = {"source": {"refined": "landmarks + refine", "refined affine": "landmarks + refine (affine)",
+                                "landmarks": "landmarks"}[kept], "note": msg}
+    return LandmarkRefinement(result, kept, fit, tol, errors, msg)

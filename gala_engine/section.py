@@ -137,6 +137,7 @@ class AlignmentResult:
     stopped: bool = False
     dx: float = 0.0
     version: str = ""
+    origin: dict = field(default_factory=dict)  # not from a search: {"source": "landmarks" | "manual" | …, "note": …}
 
     @classmethod
     def from_gala(cls, result: dict, *, dx: float = 0.0) -> AlignmentResult:
@@ -164,7 +165,7 @@ class AlignmentResult:
     def metadata(self) -> dict[str, Any]:
         """JSON-friendly summary (no arrays but the small matrices) for ``uns['gala']`` and reports."""
         return {
-            "version": self.version, "device": self.device, "runtime_s": self.runtime_s,
+            "version": self.version, "device": self.device, "runtime_s": self.runtime_s, "origin": dict(self.origin),
             "fitness": self.fitness, "score": self.score, "stopped": self.stopped, "dx_um": self.dx,
             "genes": self.genes.tolist(), "A": self.A.tolist(), "A_affine": self.A_affine.tolist(),
             "params": self.params, "python": platform.python_version(), "torch": str(torch.__version__),

@@ -24,7 +24,7 @@ ids = sorted(runs, reverse=True)
 chosen = state.get(state.SELECTED_RUN)
 c1, c2, c3, c4 = st.columns([1, 2, 2, 1.5])
 rid = c1.selectbox("Run", ids, index=ids.index(chosen) if chosen in ids else 0, key="w_view_run",
-                   format_func=lambda i: f"#{i}" + (f" · {runs[i].params['source']}" if runs[i].params.get("source")
+                   format_func=lambda i: f"#{i}" + (f" · {runs[i].origin['source']}" if runs[i].origin.get("source")
                                                     else ""))
 st.session_state[state.SELECTED_RUN] = rid
 result = runs[rid]
@@ -49,11 +49,11 @@ if "ground truth" in layers:
 lm_err = lm.result_landmark_error(data, result)
 if lm_err is not None:
     m[4].metric("Median landmark error", f"{lm_err:.2f} px", help="Over the pairs on the Landmarks page.")
-if (note := result.params.get("message") or result.params.get("nudge")):
-    st.caption(f"Run #{rid} ({result.params.get('source', 'GALA')}): {note}")
+if (note := result.origin.get("note")):
+    st.caption(f"Run #{rid} ({result.origin.get('source', 'GALA')}): {note}")
 
 with st.expander("Manual correction: rotate, flip, shift, scale (each step makes a new run; earlier runs stay)",
-                 expanded=result.params.get("source") == "manual"):
+                 expanded=result.origin.get("source") == "manual"):
     n = st.columns(len(lm.NUDGES))
     for col, (label, step) in zip(n, lm.NUDGES.items()):
         col.button(label, key=f"nudge_{label}", on_click=lm.nudge_callback, args=(data, result, step),

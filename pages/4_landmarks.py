@@ -95,7 +95,7 @@ if b[4].button("Clear", disabled=not rows and pend["image"] is None and pend["ce
 lm.refine_status(every=1.0 if busy else None)
 if result is not None and rows and (err := lm.result_landmark_error(data, result)) is not None:
     st.metric("Median landmark error", f"{err:.2f} px", help=f"Of run #{rid}, over the complete pairs.")
-if result is not None and result.params.get("message"):
-    st.caption(f"Run #{rid}: {result.params['message']}")
+if result is not None and result.origin.get("note"):
+    st.caption(f"Run #{rid} ({result.origin.get('source')}): {result.origin['note']}")
 
 lm.files_panel(data, rows)

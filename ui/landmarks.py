@@ -165,7 +165,8 @@ def align_from_landmarks(data: Dataset, *, kind: str) -> tuple[int, float]:
     """The landmark affine as a new run; returns (run id, median landmark residual in px)."""
     lm = to_landmarks(pairs(data))
     fit = fit_landmarks(lm, kind=kind, image_shape=data.image.full_shape)  # type: ignore[arg-type]
-    res = affine_result(fit.A, image_shape=data.image.full_shape, source="landmarks", extra={"landmark_kind": kind})
+    note = f"{kind} fit to {len(lm)} pairs, median residual {fit.median_px:.2f} px" + (", mirrored" if fit.mirrored else "")
+    res = affine_result(fit.A, image_shape=data.image.full_shape, source="landmarks", note=note)
     rid = record_result(res, data, label="landmarks" + (" (mirrored)" if fit.mirrored else ""))
     return rid, fit.median_px
 
@@ -175,7 +176,6 @@ def refine_runner(lm: Landmarks, kind: str):
     def run(rasters, params, *, gene_space=None, progress=None, should_stop=None) -> AlignmentResult:
         out = refine_from_landmarks(rasters, lm, params, kind=kind, progress=progress,  # type: ignore[arg-type]
                                     should_stop=should_stop)
-        out.result.params = {**out.result.params, "message": out.message}
         return out.result
 
     return run
@@ -270,7 +270,7 @@ def refine_status(*, every: float | None) -> None:
             if job.error:
                 st.session_state[MESSAGE] = ("error", job.error)
             elif job.result is not None:
-                st.session_state[MESSAGE] = ("success", f"Run #{job.run_id}: {job.result.params.get('message', '')}")
+                st.session_state[MESSAGE] = ("success", f"Run #{job.run_id}: {job.result.origin.get('note', '')}")
             st.rerun()
 
     _draw()

@@ -108,7 +108,7 @@ def test_refine_from_landmarks_runs_a_job_and_keeps_a_good_result(app):
     assert not app.exception
     row = app.session_state[state.HISTORY][-1]
     assert row["state"] == "done" and row["error_px (vs truth)"] <= 3.0  # guarded: never worse than the landmarks
-    assert "Kept" in job.result.params["message"]
+    assert "Kept" in job.result.origin["note"]
 
 
 def test_viewer_nudges_make_new_runs_and_downloads_carry_landmarks(app):

@@ -87,7 +87,7 @@ def test_three_pairs_align_visium_tiny(page: Page, app_url: str, tmp_path):
     page.get_by_text("Manual correction").click()
     page.get_by_role("button", name="↻ 1°").click()
     _settled(page)
-    expect(page.get_by_text("Run #2 (manual): rotate_deg=1.0")).to_be_visible()
+    expect(page.get_by_text("Run #2 (manual): rotate 1°")).to_be_visible()
     expect(page.get_by_role("button", name="↻ 1°")).to_be_visible()  # the panel stays open for the next step
     page.wait_for_timeout(1000)
     page.screenshot(path=SCREENSHOTS / "4_viewer_nudged.png", full_page=True)
@@ -96,7 +96,7 @@ def test_three_pairs_align_visium_tiny(page: Page, app_url: str, tmp_path):
     path = tmp_path / "corrected.h5ad"
     info.value.save_as(path)
     adata = anndata.read_h5ad(path)
-    assert adata.uns["gala"]["params"]["source"] == "manual"
+    assert adata.uns["gala"]["origin"]["source"] == "manual"
     assert len(adata.uns["gala"]["landmarks"]["error_px"]) == 3
     with page.expect_download() as info:
         page.get_by_role("button", name="Download Xenium Explorer matrix .csv").click()

@@ -282,7 +282,7 @@ def test_affine_result_maps_like_its_matrix_and_round_trips_npz(tmp_path):
     np.testing.assert_allclose(res.cells_to_image(cells), apply_matrix(M, cells), atol=1e-9)
     back = AlignmentResult.load_npz(res.save_npz(tmp_path / "t.npz"))
     np.testing.assert_allclose(back.cells_to_image(cells), apply_matrix(M, cells), atol=1e-9)
-    assert back.params["source"] == "landmarks"
+    assert back.origin["source"] == "landmarks"
 
 
 def test_nudges_move_the_cells_on_the_image_as_named():
