@@ -25,6 +25,7 @@ pages = [
     st.Page("pages/1_data.py", title="Data", icon=":material/folder_open:", default=True),
     st.Page("pages/2_align.py", title="Align", icon=":material/tune:"),
     st.Page("pages/3_viewer.py", title="Viewer", icon=":material/visibility:"),
+    st.Page("pages/4_landmarks.py", title="Landmarks", icon=":material/my_location:"),
 ]
 nav = st.navigation(pages)
 sidebar()

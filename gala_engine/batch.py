@@ -64,6 +64,12 @@ def align_files(
     channel: int | None = None,
     series: int | None = None,
     plane: int | None = None,
+    landmarks: str | os.PathLike[str] | None = None,
+    landmarks_mode: str = "init",
+    landmarks_fit: str = "similarity",
+    init_transform: str | os.PathLike[str] | None = None,
+    pixel_size: float | None = None,
+    xenium_matrix: bool = True,
 ) -> dict[str, Any]:
     """Align the cells in ``h5ad`` (µm) to ``image`` and write the aligned ``.h5ad`` to ``out``.
 
@@ -75,6 +81,14 @@ def align_files(
     folder. Should the write still fail at the end, the result is kept in the temporary folder and the
     error says where. ``channel`` / ``series`` / ``plane`` choose what of the image is read
     (:func:`gala_engine.io.read_image`).
+
+    Landmarks and imported transforms (:mod:`gala_engine.landmarks`): ``landmarks`` is a pairs CSV (GALA's
+    or Xenium Explorer's keypoints); ``landmarks_mode="init"`` starts from their affine (``landmarks_fit``
+    "similarity" or "affine") and keeps the refinement only where it fits them about as well
+    (:func:`gala_engine.manual.refine_from_landmarks`); ``"check"`` only reports their error.
+    ``init_transform`` is a Xenium Explorer transformation-matrix CSV to start from (``pixel_size`` µm per
+    Xenium pixel, 0.2125 by default). With ``xenium_matrix``, the result's affine is written next to
+    ``out`` as ``<out stem>_xenium_matrix.csv`` (Xenium Explorer's format; checked like ``out``).
 
     The inputs are checked first (:func:`gala_engine.checks.check_cells` / ``check_image``): blocking
     problems raise :class:`GalaInputError` before any work; all-zero counts fall back to cell density.
@@ -90,10 +104,14 @@ def align_files(
 
     image, h5ad, out = Path(image), Path(h5ad), Path(out)
     outputs: list[tuple[str, Path]] = [("--out", out)]
+    if xenium_matrix:
+        from .landmarks import xenium_matrix_path
+
+        outputs.append(("the Xenium Explorer matrix beside --out (--no-xenium-matrix: none)", xenium_matrix_path(out)))
     if report_dir is not None:
         _report_folder(Path(report_dir), "--report")
         outputs += [("--report", p) for p in report_paths(report_dir, report_name)]
-    inputs = [p for p in (image, h5ad, *protect) if p is not None]
+    inputs = [p for p in (image, h5ad, *protect, landmarks, init_transform) if p is not None]
     check_outputs(outputs, inputs, overwrite=overwrite)
     check_feature(feature)
     if dx is not None and not dx > 0:
@@ -103,9 +121,20 @@ def align_files(
     img = io.read_image(image, max_side=max_side, channel=channel, series=series, plane=plane)
     found = checks.check_cells(adata, signal=signal, name=h5ad.name)
     warnings = found.warnings + checks.check_image(img, name=image.name)
+    from . import landmarks as lmk
+
+    extra = lmk.prepare_inputs(img.full_shape, landmarks=landmarks, mode=landmarks_mode, fit=landmarks_fit,
+                               init_transform=init_transform, pixel_size=pixel_size, out=out,
+                               protect=inputs, write_matrix=xenium_matrix)
     rasters = section.prepare_section(adata, img, signal=found.signal, dx=dx, feature=feature)  # type: ignore[arg-type]
-    result = section.align_section(rasters, params, progress=progress)
-    write_or_rescue(lambda p: section.write_aligned(adata, result, p, protect=inputs), out,
+    if extra.refine_from is not None:
+        from .manual import refine_from_landmarks
+
+        refinement = refine_from_landmarks(rasters, extra.refine_from, params, kind=extra.fit, progress=progress)
+        result, extra.message = refinement.result, refinement.message
+    else:
+        result = section.align_section(rasters, params, init_A=extra.init_A, progress=progress)
+    write_or_rescue(lambda p: section.write_aligned(adata, result, p, protect=inputs, landmarks=extra.pairs), out,
                     what="the aligned .h5ad")
     summary: dict[str, Any] = {
         "fitness": result.fitness,
@@ -114,6 +143,7 @@ def align_files(
         "device": result.device,
         "output": str(out),
         "warnings": warnings,
+        **extra.outputs(result, adata),
     }
     if report_dir is not None:
         from .report import write_report
@@ -127,6 +157,7 @@ def align_files(
                 report_dir,
                 name=report_name,
                 inputs={"image": str(image), "h5ad": str(h5ad), "output": str(out)},
+                landmarks=extra.pairs,
             )
         except OSError as exc:
             raise GalaInputError(
@@ -191,7 +222,8 @@ def read_manifest(path: str | os.PathLike[str], *, base: AlignParams | None = No
     Columns: ``image``, ``h5ad`` (required; relative paths are relative to the manifest's folder),
     ``section`` (optional name; default the ``.h5ad`` file's stem), ``params`` (optional: a ``.toml``
     file, or inline ``name=value; name=value`` in TOML syntax), and optional ``signal``, ``dx``,
-    ``feature``, ``channel``, ``series``, ``plane``. The file may be UTF-8, UTF-16 (with BOM) or
+    ``feature``, ``channel``, ``series``, ``plane``, ``landmarks`` (a pairs CSV), ``landmarks_mode``
+    (init / check) and ``init_transform`` (a Xenium Explorer matrix CSV). The file may be UTF-8, UTF-16 (with BOM) or
     Windows-1252; section names are made unique (case-insensitively). A row with a problem (bad parameters, empty path) is kept with its ``error`` set, so
     it fails alone; a manifest without the required columns raises.
     """
@@ -208,7 +240,7 @@ def read_manifest(path: str | os.PathLike[str], *, base: AlignParams | None = No
         if missing:
             raise GalaInputError(
                 f"manifest {path} lacks column(s) {missing}; it needs a header row with image,h5ad "
-                "(and optionally section,params,signal,dx,feature)."
+                "(and optionally section,params,signal,dx,feature,landmarks,landmarks_mode,init_transform)."
             )
         raw_rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in r.items()} for r in reader]
     if not raw_rows:
@@ -238,6 +270,12 @@ def read_manifest(path: str | os.PathLike[str], *, base: AlignParams | None = No
                 row.options["signal"] = r["signal"]
             if r.get("feature"):
                 row.options["feature"] = r["feature"]
+            for key in ("landmarks", "init_transform"):  # landmark pairs / a Xenium Explorer matrix per section
+                if r.get(key):
+                    p = Path(r[key])
+                    row.options[key] = str(p if p.is_absolute() else path.parent / p)
+            if r.get("landmarks_mode"):
+                row.options["landmarks_mode"] = r["landmarks_mode"]
             for key in ("channel", "series", "plane"):  # which part of the image (read_image)
                 if r.get(key):
                     if not r[key].isdigit():
@@ -269,9 +307,11 @@ def _check_batch_outputs(rows: list[ManifestRow], out: Path, *, report: bool, ov
         if row.error:
             continue
         outputs.append((f"section {row.section!r}: output", out / f"{row.section}.h5ad"))
+        outputs.append((f"section {row.section!r}: Xenium matrix", out / f"{row.section}_xenium_matrix.csv"))
         if report:
             outputs += [(f"section {row.section!r}: report", p) for p in report_paths(out / "reports", row.section)]
-    inputs = [p for row in rows for p in (row.image, row.h5ad, row.params_path)] + list(protect)
+    inputs = [p for row in rows for p in (row.image, row.h5ad, row.params_path, row.options.get("landmarks"),
+                                          row.options.get("init_transform"))] + list(protect)
     check_outputs(outputs, inputs, overwrite=overwrite)
 
 

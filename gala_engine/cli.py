@@ -101,13 +101,14 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--channel", type=int, default=None, help="image channel to align against (0-based; multi-channel images)")
     a.add_argument("--series", type=int, default=None, help="TIFF series / image (0-based; default: the largest)")
     a.add_argument("--plane", type=int, default=None, help="Z / time plane of a stack (0-based; default: first non-blank)")
+    _landmark_options(a)
 
     b = sub.add_parser(
         "batch",
         help="align many sections on Dask",
         description="Align every row of a manifest CSV "
-        "(columns image,h5ad[,section][,params][,signal][,dx][,feature][,channel][,series][,plane]) on Dask "
-        "distributed.",
+        "(columns image,h5ad[,section][,params][,signal][,dx][,feature][,channel][,series][,plane]"
+        "[,landmarks][,landmarks_mode][,init_transform]) on Dask distributed.",
     )
     b.add_argument("manifest", help="manifest CSV; relative paths are relative to its folder")
     b.add_argument("--out", required=True, help="output folder (<section>.h5ad, summary.csv, reports/)")
@@ -133,6 +134,41 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--params", default=None, metavar="FILE.toml", help="start from this file")
     t.add_argument("--overwrite", action="store_true", help="replace an existing file")
     return p
+
+
+def _landmark_options(a: argparse.ArgumentParser) -> None:
+    """Landmarks, a starting transform and the Xenium Explorer matrix written next to --out."""
+    from .landmarks import XENIUM_PIXEL_SIZE
+
+    g = a.add_argument_group("landmarks and transforms")
+    g.add_argument("--landmarks", metavar="PAIRS.csv", default=None,
+                   help="landmark pairs: GALA's CSV (image_x,image_y,cells_x,cells_y: full-resolution image pixels, "
+                   "cell µm) or Xenium Explorer's keypoints CSV (fixedX,fixedY in µm, alignmentX,alignmentY in "
+                   "image pixels); at least 3 pairs spread over the tissue")
+    g.add_argument("--landmarks-mode", choices=("init", "check"), default="init",
+                   help="init (default): start from the landmarks' affine and keep the refinement only while it "
+                   "agrees with them; check: align as usual and only report the landmarks' error")
+    g.add_argument("--landmarks-fit", choices=("similarity", "affine"), default="similarity",
+                   help="landmark affine: similarity (rotation, one scale, shift, flip detected; default) or "
+                   "affine (also shear / two scales; needs more well-spread pairs)")
+    g.add_argument("--init-transform", metavar="MATRIX.csv", default=None,
+                   help="start from Xenium Explorer's transformation-matrix CSV (H&E pixels → Xenium pixels)")
+    g.add_argument("--pixel-size", type=float, default=XENIUM_PIXEL_SIZE, metavar="UM",
+                   help=f"µm per Xenium pixel for Xenium Explorer matrices (default {XENIUM_PIXEL_SIZE}, "
+                   "'pixel_size' in experiment.xenium)")
+    g.add_argument("--no-xenium-matrix", action="store_true",
+                   help="do not write <out stem>_xenium_matrix.csv (the result as a Xenium Explorer matrix)")
+
+
+def _landmark_line(res: dict[str, Any]) -> str:
+    """The landmark part of the CLI's closing message (empty without landmarks)."""
+    lm = res.get("landmarks")
+    if not lm:
+        return ""
+    worst = max(lm["pairs"], key=lambda p: p["error_px"])
+    line = (f"; landmarks ({lm['mode']}): median error {lm['median_px']:.2f} px, worst pair "
+            f"{worst['name']} {worst['error_px']:.2f} px")
+    return line + (f" ({lm['message']})" if lm.get("message") else "")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -180,6 +216,12 @@ def _cmd_align(args: argparse.Namespace) -> int:
             channel=args.channel,
             series=args.series,
             plane=args.plane,
+            landmarks=args.landmarks,
+            landmarks_mode=args.landmarks_mode,
+            landmarks_fit=args.landmarks_fit,
+            init_transform=args.init_transform,
+            pixel_size=args.pixel_size,
+            xenium_matrix=not args.no_xenium_matrix,
         )
     finally:
         bars.close()
@@ -189,6 +231,9 @@ def _cmd_align(args: argparse.Namespace) -> int:
     if "report" in res:
         rep = res["report"]
         line += f"; report {rep['png']} (overlap {rep['overlap_before']:.3f} → {rep['overlap_after']:.3f})"
+    line += _landmark_line(res)
+    if "xenium_matrix" in res:
+        line += f"; Xenium Explorer matrix {res['xenium_matrix']}"
     print(line, file=sys.stderr)
     return 0
 

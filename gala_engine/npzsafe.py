@@ -40,6 +40,7 @@ _SCHEMA: dict[str, tuple[type, ...]] = {
     "stopped": (bool,),
     "dx": (int, float),
     "version": (str,),
+    "origin": (dict,),
 }
 _REQUIRED = ("fitness", "score", "params")
 

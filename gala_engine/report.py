@@ -195,6 +195,22 @@ def _overlay(image: LoadedImage, xy_px: np.ndarray, title: str, color) -> np.nda
     return panel
 
 
+def _landmark_marks(panel: np.ndarray, image: LoadedImage, summary: dict[str, Any]) -> None:
+    """Numbered landmarks on an overlay panel: a ring at each clicked image point and an arrow from it to
+    where the alignment puts the pair's cell point (the residual; drawn at least 6 panel px long)."""
+    _, f, off = _background(image)
+    for k, pair in enumerate(summary["pairs"]):
+        a = np.array([pair["image_x"] * f + off[1], pair["image_y"] * f + off[0]])
+        b = np.array([pair["mapped_x"] * f + off[1], pair["mapped_y"] * f + off[0]])
+        pa, pb = tuple(int(round(v)) for v in a), tuple(int(round(v)) for v in b)
+        cv2.circle(panel, pa, 6, (0, 200, 255), 2, cv2.LINE_AA)
+        if np.hypot(*(b - a)) >= 1.0:
+            cv2.arrowedLine(panel, pa, pb, (0, 0, 230), 2, cv2.LINE_AA, tipLength=0.3)
+        _text(panel, str(pair.get("name", k + 1))[:6], (pa[0] + 7, pa[1] - 7), scale=0.45, color=(0, 90, 160), thick=1)
+    _text(panel, f"landmarks: median {summary['median_px']:.1f} px (ring = image point, arrow = residual)",
+          (8, _PANEL - 10), scale=0.38, color=(0, 0, 160))
+
+
 def _grid_panel(image: LoadedImage, result: AlignmentResult, jac: tuple[float, float], disp: float) -> np.ndarray:
     panel, f, off = _background(image)
     n = 17
@@ -304,11 +320,13 @@ def _metrics_panel(m: dict[str, Any]) -> np.ndarray:
         ("generations x restarts", f"{m['params'].get('num_generations')} x {m['params'].get('ga_restarts')}"),
         ("LDDMM iterations", str(m["params"].get("num_iterations"))),
     ]
+    if "landmarks" in m:
+        rows.append(("landmark error (median)", f"{m['landmarks']['median_px']:.2f} px, n={m['landmarks']['n']}"))
     y = 50
     for k, v in rows:
         _text(panel, k, (10, y), scale=0.45)
         _text(panel, v, (220, y), scale=0.45, color=(0, 0, 0))
-        y += 26
+        y += 25
     return panel
 
 
@@ -321,6 +339,7 @@ def write_report(
     *,
     name: str = "gala_report",
     inputs: dict[str, str] | None = None,
+    landmarks: Any = None,
 ) -> dict[str, Any]:
     """Write ``{name}.png`` and ``{name}.json`` into ``out_dir`` (created if missing).
 
@@ -328,6 +347,9 @@ def write_report(
     the deformation grid, GA fitness and LDDMM energy curves, and the metrics. The JSON: the metrics of
     :func:`quality_metrics` (fitness, overlap NCC before/after, Jacobian determinant range of the
     deformation, runtime, device, parameters, package versions) plus ``inputs`` and the file names.
+    With ``landmarks`` (a :class:`gala_engine.landmarks.Landmarks`), the "after" panel marks them with
+    their residual arrows and the JSON holds ``"landmarks": {"median_px": …, "pairs": [...]}``
+    (:func:`gala_engine.landmarks.landmark_summary`).
 
     Returns
     -------
@@ -348,6 +370,11 @@ def write_report(
     after = _overlay(
         image, result.cells_to_image(xy_um), f"after (GALA)  NCC {metrics['overlap_after']:.3f}", (30, 170, 30)
     )
+    if landmarks is not None and len(landmarks):
+        from .landmarks import landmark_summary
+
+        metrics["landmarks"] = landmark_summary(result, landmarks)
+        _landmark_marks(after, image, metrics["landmarks"])
     grid = _grid_panel(
         image, result, (metrics["jacobian_det_min"], metrics["jacobian_det_max"]), metrics["max_displacement_px"]
     )

@@ -152,6 +152,7 @@ class AlignmentResult:
     stopped: bool = False
     dx: float = 0.0
     version: str = ""
+    origin: dict = field(default_factory=dict)  # not from a search: {"source": "landmarks" | "manual" | …, "note": …}
 
     @classmethod
     def from_gala(cls, result: dict, *, dx: float = 0.0) -> AlignmentResult:
@@ -179,7 +180,7 @@ class AlignmentResult:
     def metadata(self) -> dict[str, Any]:
         """JSON-friendly summary (no arrays but the small matrices) for ``uns['gala']`` and reports."""
         return {
-            "version": self.version, "device": self.device, "runtime_s": self.runtime_s,
+            "version": self.version, "device": self.device, "runtime_s": self.runtime_s, "origin": dict(self.origin),
             "fitness": self.fitness, "score": self.score, "stopped": self.stopped, "dx_um": self.dx,
             "genes": self.genes.tolist(), "A": self.A.tolist(), "A_affine": self.A_affine.tolist(),
             "params": self.params, "python": platform.python_version(), "torch": str(torch.__version__),
@@ -230,9 +231,11 @@ def align_section(
     return AlignmentResult.from_gala(result, dx=rasters.dx)
 
 
-def aligned_adata(adata: Any, result: AlignmentResult) -> Any:
+def aligned_adata(adata: Any, result: AlignmentResult, *, landmarks: Any = None) -> Any:
     """A copy of ``adata`` with ``obsm['spatial_he']`` (x, y full-resolution pixels), the affine-only
-    positions and ``uns['gala']``; the input's own fields are untouched."""
+    positions and ``uns['gala']``; the input's own fields are untouched. With ``landmarks`` (a
+    :class:`gala_engine.landmarks.Landmarks`), ``uns['gala']['landmarks']`` holds the pairs and their
+    errors under this result (:func:`gala_engine.landmarks.landmarks_uns`)."""
     out = adata.copy()
     xy = np.asarray(out.obsm[constants.SPATIAL_KEY], dtype=np.float64)[:, :2]
     out.obsm[constants.ALIGNED_KEY] = result.cells_to_image(xy)
@@ -244,13 +247,18 @@ def aligned_adata(adata: Any, result: AlignmentResult) -> Any:
     meta["fitness_history"] = np.asarray(best[-1] if best else [], dtype=np.float64)
     meta["energy_history"] = np.asarray(result.energy_history, dtype=np.float64).reshape(-1, 3)
     meta["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    if landmarks is not None and len(landmarks):
+        from .landmarks import landmarks_uns
+
+        meta["landmarks"] = landmarks_uns(result, landmarks)
     out.uns[constants.UNS_KEY] = meta
     return out
 
 
-def write_aligned(adata: Any, result: AlignmentResult, path: str | Path, *, protect=()) -> Path:
-    """Write the aligned ``.h5ad`` atomically (never over a path in ``protect``)."""
-    return write_h5ad_atomic(aligned_adata(adata, result), path, protect=protect)
+def write_aligned(adata: Any, result: AlignmentResult, path: str | Path, *, protect=(), landmarks: Any = None) -> Path:
+    """Write the aligned ``.h5ad`` atomically (never over a path in ``protect``); ``landmarks``: see
+    :func:`aligned_adata`."""
+    return write_h5ad_atomic(aligned_adata(adata, result, landmarks=landmarks), path, protect=protect)
 
 
 def median_error_px(predicted_xy: np.ndarray, truth_xy: np.ndarray) -> float:

@@ -207,3 +207,71 @@ def overlay_figure(image: LoadedImage, layers: dict[str, np.ndarray], values: np
                                    hovertemplate="x=%{x:.0f} px<br>y=%{y:.0f} px<extra>" + name + "</extra>"))
     fig.update_layout(legend=dict(orientation="h", y=1.04, x=0), dragmode="zoom")
     return _image_axes(fig, height)
+
+
+# ------------------------------------------------------------------------------------- landmarks
+
+_PAIR_COLOUR = "#ffd400"
+_PENDING_COLOUR = "#ff2d95"
+
+
+def _click_grid(x0: float, x1: float, y0: float, y1: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """An n × n grid of points over a rectangle (invisible click targets: a click anywhere returns a point)."""
+    xs, ys = np.linspace(x0, x1, n, dtype=np.float32), np.linspace(y0, y1, n, dtype=np.float32)
+    gx, gy = np.meshgrid(xs, ys)
+    return gx.ravel(), gy.ravel()
+
+
+def _pair_markers(fig: go.Figure, xy: np.ndarray, names: list[str], pending: tuple[float, float] | None,
+                  unit: str) -> None:
+    if len(xy):
+        fig.add_trace(go.Scatter(
+            x=xy[:, 0], y=xy[:, 1], mode="markers+text", text=names, textposition="top right", name="pairs",
+            textfont=dict(color=_PAIR_COLOUR, size=15), hovertemplate="pair %{text}<extra></extra>",
+            marker=dict(size=13, symbol="circle-open", color=_PAIR_COLOUR, line=dict(width=3))))
+    if pending is not None:
+        fig.add_trace(go.Scatter(
+            x=[pending[0]], y=[pending[1]], mode="markers", name="picked", hoverinfo="skip",
+            marker=dict(size=16, symbol="x-thin-open", color=_PENDING_COLOUR, line=dict(width=3))))
+    fig.update_layout(showlegend=False, dragmode="zoom", clickmode="event+select",
+                      margin=dict(l=50, r=10, t=40, b=40))
+
+
+def landmark_image_figure(image: LoadedImage, pairs_xy: np.ndarray, names: list[str],
+                          pending: tuple[float, float] | None, *, overlay_xy: np.ndarray | None = None,
+                          height: int = 520, grid: int = 220) -> go.Figure:
+    """The image (full-resolution pixel axes) with numbered landmark rings, the point picked so far, an
+    optional overlay of the cells, and an invisible grid of click targets (``grid`` × ``grid``)."""
+    h, w = image.full_shape
+    fig = go.Figure(image_trace(image))
+    gx, gy = _click_grid(0.0, w - 1.0, 0.0, h - 1.0, grid)
+    fig.add_trace(go.Scattergl(x=gx, y=gy, mode="markers", marker=dict(size=6, opacity=0.0), name="click",
+                               hovertemplate="x=%{x:.0f} px<br>y=%{y:.0f} px<extra></extra>"))
+    if overlay_xy is not None and len(overlay_xy):
+        xy = np.asarray(overlay_xy, np.float32)
+        fig.add_trace(go.Scattergl(x=xy[:, 0], y=xy[:, 1], mode="markers", hoverinfo="skip", name="cells",
+                                   marker=dict(size=4, color="#00e5ff", opacity=0.6)))
+    _pair_markers(fig, np.asarray(pairs_xy, np.float64).reshape(-1, 2), names, pending, "px")
+    fig.update_layout(title="Image: click a point (or drag a small box)")
+    return _image_axes(fig, height)
+
+
+def landmark_cells_figure(xy_um: np.ndarray, values: np.ndarray, pairs_xy: np.ndarray, names: list[str],
+                          pending: tuple[float, float] | None, *, height: int = 520,
+                          max_points: int = 20_000) -> go.Figure:
+    """The cells in µm (y down, like the image), with numbered landmark rings and the point picked so far;
+    a click selects a cell (a drawn box: its centre)."""
+    idx = np.arange(len(xy_um))
+    if len(idx) > max_points:
+        idx = np.random.default_rng(0).choice(idx, max_points, replace=False)
+    xy = np.asarray(xy_um, np.float32)[idx]
+    v = np.asarray(values, np.float32)[idx]
+    trace = go.Scattergl if len(xy) > 5000 else go.Scatter
+    fig = go.Figure(trace(x=xy[:, 0], y=xy[:, 1], mode="markers", name="cells",
+                          marker=dict(size=6, color=v, colorscale="Viridis", showscale=False),
+                          hovertemplate="x=%{x:.1f} µm<br>y=%{y:.1f} µm<extra></extra>"))
+    _pair_markers(fig, np.asarray(pairs_xy, np.float64).reshape(-1, 2), names, pending, "µm")
+    fig.update_yaxes(autorange="reversed", scaleanchor="x", scaleratio=1, title="y (µm)")
+    fig.update_xaxes(title="x (µm)")
+    fig.update_layout(title="Cells: click the matching cell", height=height)
+    return fig

@@ -79,8 +79,9 @@ def grid_lines(result, data: Dataset, *, n: int = 12, samples: int = 80) -> list
     return np.split(pts, len(lines))
 
 
-def aligned_h5ad_bytes(result, data: Dataset) -> bytes:
-    """The aligned ``.h5ad`` (input + obsm['spatial_he'] + uns['gala']) as bytes, via a temp file."""
+def aligned_h5ad_bytes(result, data: Dataset, *, landmarks=None) -> bytes:
+    """The aligned ``.h5ad`` (input + obsm['spatial_he'] + uns['gala'], with ``landmarks`` their pairs and
+    errors in uns['gala']['landmarks']) as bytes, via a temp file."""
     import tempfile
     from pathlib import Path
 
@@ -89,7 +90,7 @@ def aligned_h5ad_bytes(result, data: Dataset) -> bytes:
     from .data import session_tmpdir
 
     with tempfile.TemporaryDirectory(dir=session_tmpdir()) as tmp:
-        return write_aligned(data.adata, result, Path(tmp) / "aligned.h5ad").read_bytes()
+        return write_aligned(data.adata, result, Path(tmp) / "aligned.h5ad", landmarks=landmarks).read_bytes()
 
 
 def transform_npz_bytes(result) -> bytes:
@@ -101,3 +102,11 @@ def transform_npz_bytes(result) -> bytes:
 
     with tempfile.TemporaryDirectory(dir=session_tmpdir()) as tmp:
         return result.save_npz(Path(tmp) / "transform.npz").read_bytes()
+
+
+def xenium_matrix_bytes(result, data: Dataset, *, pixel_size: float = 0.2125) -> bytes:
+    """The run as Xenium Explorer's transformation-matrix CSV (image px → Xenium px of ``pixel_size`` µm)."""
+    from gala_engine.landmarks import result_affine, xenium_matrix_text
+
+    A = result_affine(result, spatial_yx(data.adata)[:, ::-1])
+    return xenium_matrix_text(A, pixel_size=pixel_size).encode("utf-8")

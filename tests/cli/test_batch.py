@@ -46,6 +46,7 @@ def test_batch_two_ok_one_failure(synth: Synth, tmp_path: Path) -> None:
         um_per_px = np.sqrt(abs(np.linalg.det(s.A[:2, :2])))
         err_um = np.median(np.linalg.norm(xy - s.truth_xy, axis=1)) * um_per_px
         assert err_um < 5.0, f"{name}: median error {err_um:.2f} µm (2 cell-raster pixels)"
+        assert (out / f"{name}_xenium_matrix.csv").is_file()  # every run's Xenium Explorer matrix
     assert not (out / "broken.h5ad").exists()
 
 
