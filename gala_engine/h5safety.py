@@ -48,10 +48,7 @@ def check_self_contained(path: str | os.PathLike[str], name: str | None = None) 
         raise
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
         if "truncated" in str(exc).lower():
-            raise GalaInputError(
-                f"{label} is truncated or damaged (the HDF5 file ends early: {exc}); an interrupted copy, "
-                "download or upload? Copy or export it again."
-            ) from None
+            raise truncated_error(label, exc) from None
         raise GalaInputError(
             f"{label} is HDF5 but its structure cannot be read ({type(exc).__name__}: {exc}); "
             "re-save it with adata.write_h5ad(...)."
@@ -112,3 +109,9 @@ def _check_dataset(dset: Any, label: str, where: str) -> None:
         code = dcpl.get_filter(i)[0]
         if code not in _BUILTIN_FILTERS:
             raise _refuse(label, where, f"compressed with HDF5 filter {code}, which loads a plugin library")
+
+
+def truncated_error(label: str, exc: BaseException) -> GalaInputError:
+    """The message for an HDF5 file that ends early (an interrupted copy, download or upload)."""
+    return GalaInputError(f"{label} is truncated or damaged (the HDF5 file ends early: {exc}); an interrupted copy, "
+                          "download or upload? Copy or export it again.")

@@ -709,17 +709,14 @@ def _read_h5ad(path: Path, name: str, head: bytes) -> Any:
             f"{name} is not an AnnData .h5ad file (it is not HDF5; it looks like {kind}). "
             "Save the cells with anndata: adata.write_h5ad('cells.h5ad')."
         )
-    from .h5safety import check_self_contained
+    from .h5safety import check_self_contained, truncated_error
 
     check_self_contained(path, name)  # nothing outside the file is opened (external links, VDS, ...)
     try:
         return anndata.read_h5ad(path)
     except _READ_ERRORS as exc:
         if "truncated" in str(exc).lower():
-            raise GalaInputError(
-                f"{name} is truncated or damaged (the HDF5 file ends early: {exc}); an interrupted copy, "
-                "download or upload? Copy or export it again."
-            ) from None
+            raise truncated_error(name, exc) from None
         raise GalaInputError(
             f"{name} is HDF5 but not a readable AnnData .h5ad ({type(exc).__name__}: {exc}); "
             "re-save it with adata.write_h5ad(...)."
