@@ -43,7 +43,8 @@ def test_tutorial_runner_runs_the_recipe():
     assert o.dx_um == 30.0 and np.isfinite(o.median_um) and o.affine_median_um is not None
 
 
-def test_tutorial_gene_space_has_positive_scales_from_001():
+def test_tutorial_gene_space_allows_flips_and_scales_down_to_001():
     space = tutorial_gene_space([np.arange(100.0), np.arange(120.0)], [np.arange(0, 300.0, 30), np.arange(0, 360.0, 30)])
     assert space[0] == {"low": -180.0, "high": 180.0}
-    assert space[1]["low"] == space[2]["low"] == 0.01 and space[1]["high"] > 1
+    for k in (1, 2):  # a negative scale is a flip; |scale| from 0 (so 0.01 included) to the compatible bound
+        assert space[k]["low"] == -space[k]["high"] and space[k]["high"] > 1
