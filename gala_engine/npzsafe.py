@@ -41,6 +41,7 @@ _SCHEMA: dict[str, tuple[type, ...]] = {
     "dx": (int, float),
     "version": (str,),
     "origin": (dict,),
+    "diagnostics": (dict,),
 }
 _REQUIRED = ("fitness", "score", "params")
 

@@ -153,6 +153,8 @@ class AlignmentResult:
     dx: float = 0.0
     version: str = ""
     origin: dict = field(default_factory=dict)  # not from a search: {"source": "landmarks" | "manual" | …, "note": …}
+    # how the run decided: {"fitness_used": "tissue, then ncc" | …, "lddmm_validation": {"accepted", "held_out_fitness"}}
+    diagnostics: dict = field(default_factory=dict)
 
     @classmethod
     def from_gala(cls, result: dict, *, dx: float = 0.0) -> AlignmentResult:
@@ -166,6 +168,8 @@ class AlignmentResult:
             fitness=float(r["fitness"]), score=float(r["score"]), params=dict(r["params"]),
             ga_history=list(r["ga_history"]), energy_history=list(r["energy_history"]), device=r["device"],
             runtime_s=float(r["runtime_s"]), stopped=bool(r["stopped"]), dx=float(dx), version=__version__,
+            diagnostics={"fitness_used": str(r.get("fitness_used", "")),
+                         "lddmm_validation": dict(r.get("lddmm_validation") or {})},
         )
 
     def cells_to_image(self, xy_um: np.ndarray, *, deformed: bool = True) -> np.ndarray:
@@ -181,6 +185,7 @@ class AlignmentResult:
         """JSON-friendly summary (no arrays but the small matrices) for ``uns['gala']`` and reports."""
         return {
             "version": self.version, "device": self.device, "runtime_s": self.runtime_s, "origin": dict(self.origin),
+            "diagnostics": dict(self.diagnostics),
             "fitness": self.fitness, "score": self.score, "stopped": self.stopped, "dx_um": self.dx,
             "genes": self.genes.tolist(), "A": self.A.tolist(), "A_affine": self.A_affine.tolist(),
             "params": self.params, "python": platform.python_version(), "torch": str(torch.__version__),

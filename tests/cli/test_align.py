@@ -125,3 +125,12 @@ def test_align_with_only_the_readme_options_writes_the_output(tmp_path: Path) ->
     out = tmp_path / "aligned.h5ad"
     assert main(["align", "--image", str(DAPI), "--h5ad", str(MERFISH_H5AD), "--out", str(out), "-q"]) == 0
     assert ad.read_h5ad(out).obsm[constants.ALIGNED_KEY].shape[1] == 2
+
+
+def test_the_output_says_which_fitness_ran_and_whether_the_warp_was_kept(tmp_path: Path) -> None:
+    out = tmp_path / "aligned.h5ad"
+    assert main(["align", "--image", str(DAPI), "--h5ad", str(MERFISH_H5AD), "--out", str(out), "-q"]) == 0
+    diagnostics = ad.read_h5ad(out).uns[constants.UNS_KEY]["diagnostics"]
+    assert diagnostics["fitness_used"] in ("tissue", "tissue, then ncc", "ncc_support")
+    check = diagnostics["lddmm_validation"]
+    assert isinstance(check["accepted"], (bool, np.bool_)) and np.asarray(check["held_out_fitness"]).shape == (2, 2)
