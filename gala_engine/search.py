@@ -142,7 +142,8 @@ def score_batch(AI: torch.Tensor, J: torch.Tensor, kind: str = "ncc", weights: t
     the target pixels they weigh (:func:`pixel_weights`): ``"ncc"`` every pixel equally; ``"ncc_support"``
     the cells' support only (image tissue the cells don't cover costs nothing, but a flat density inside it
     leaves the shift free). ``"tissue"`` (:class:`BatchedFitness` only) adds to the support's correlation
-    ``OVERLAP_WEIGHT`` × the density-weighted mean of the image's tissue mask under the cells: the cells'
+    ``OVERLAP_WEIGHT`` × the density-weighted mean of the image's tissue mask under the cells (divided by
+    1 + ``OVERLAP_WEIGHT``: at most 1, like the others): the cells'
     footprint must lie on tissue, which pins an evenly packed section (its footprint is the tissue's shape)
     and costs nothing where the image shows more tissue than the cells cover.
     ``"sse"``: the published ``1 / (1 + Σ (AI − J)²)`` (needs as many channels as J). ``weights`` (H·W,):
@@ -284,7 +285,8 @@ class BatchedFitness:
         if self._target is None:
             return 1.0 / (1.0 + ((a - self._j) ** 2).flatten(1).sum(1))
         if self.kind == "tissue":
-            return _fit_score(a[:, :-1].contiguous(), self._target) + OVERLAP_WEIGHT * (a[:, -1] @ self._target.density)
+            overlap = a[:, -1] @ self._target.density  # the density-weighted share of the cells on tissue
+            return (_fit_score(a[:, :-1].contiguous(), self._target) + OVERLAP_WEIGHT * overlap) / (1.0 + OVERLAP_WEIGHT)
         return _fit_score(a, self._target)
 
     def _resample(self, theta: torch.Tensor) -> torch.Tensor:
