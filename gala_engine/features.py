@@ -12,22 +12,20 @@ from .errors import GalaInputError
 from .stain import estimate_stains, hematoxylin_density, is_brightfield, optical_density
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
-FeatureKind = str  # one of FEATURE_KINDS, or channels joined by "+", e.g. "hematoxylin+tissue"
+FeatureKind = str  # "auto", one of CHANNEL_KINDS, or several joined by "+", e.g. "hematoxylin+tissue"
 CHANNEL_KINDS: tuple[str, ...] = ("sobel", "intensity", "inverted", "hematoxylin", "tissue")
-FEATURE_KINDS: tuple[str, ...] = ("auto", *CHANNEL_KINDS)
 AUTO_BRIGHTFIELD = "hematoxylin+tissue"
+AUTO_FLUORESCENCE = "sobel"
 # the choices a user is offered (app, CLI help); any '+'-joined combination of CHANNEL_KINDS is accepted
 FEATURE_CHOICES: tuple[str, ...] = ("auto", "hematoxylin+tissue", "hematoxylin", "tissue", "sobel", "intensity",
                                     "inverted")
-AUTO_FLUORESCENCE = "sobel"
 
 
 def resolve_feature(kind: str, pixels: np.ndarray) -> str:
     """``"auto"`` → from the image's content (:func:`stain.is_brightfield`), not its channel count: brightfield
     (stained tissue on a bright slide, H&E/IHC) → ``"hematoxylin+tissue"`` (the nuclei channel of a colour
     deconvolution, and the total stain), ``"inverted"`` for a grey brightfield image; fluorescence (DAPI) →
-    ``"sobel"``. Other kinds (one channel or
-    several joined by ``+``) are checked and returned unchanged."""
+    ``"sobel"``. Other kinds (one channel or several joined by ``+``) are checked and returned unchanged."""
     channels = str(kind).split("+")
     if kind == "auto":
         if not is_brightfield(pixels):
@@ -44,13 +42,6 @@ def resolve_feature(kind: str, pixels: np.ndarray) -> str:
 def check_feature(kind: str) -> str:
     """``kind`` if it names a feature (``"auto"``, a channel kind or several joined by ``+``), else a clear error."""
     return kind if kind == "auto" else resolve_feature(kind, np.zeros((2, 2)))
-
-
-def describe_feature(kind: str) -> str:
-    """A plain-words description of a resolved feature, for messages and reports."""
-    words = {"sobel": "edges (Sobel gradient)", "intensity": "brightness", "inverted": "darkness",
-             "hematoxylin": "nuclei (hematoxylin by colour deconvolution)", "tissue": "tissue (total stain)"}
-    return " + ".join(words[c] for c in kind.split("+"))
 
 
 def normalize(values: ArrayT) -> ArrayT:
