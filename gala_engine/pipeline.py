@@ -220,21 +220,21 @@ def gala(
             best_genes, score = refine_genes(full, best_genes, space, iterations=per_level,
                                              progress=progress, should_stop=should_stop, repeat=repeat)
             was_stopped = stopped(should_stop)
+            finish = p  # the fitness the last refinements use
             if outline and not was_stopped and _tissue_covered(I_t, xI, J_t, xJ, best_genes, full) >= FULL_COVERAGE:
-                whole = dataclasses.replace(p, fitness="ncc")
+                finish = dataclasses.replace(p, fitness="ncc")
                 for I_l, xI_l, J_l, xJ_l in ((I_c, xI_c, J_c, xJ_c), (I_t, xI, J_t, xJ)):
-                    best_genes, score = refine_genes(_fitness(I_l, xI_l, J_l, xJ_l, whole, space, xI, xJ), best_genes,
+                    best_genes, score = refine_genes(_fitness(I_l, xI_l, J_l, xJ_l, finish, space, xI, xJ), best_genes,
                                                      space, iterations=per_level, progress=progress,
                                                      should_stop=should_stop, repeat=repeat)
                 fitness_used = "tissue, then ncc"
                 was_stopped = stopped(should_stop)
-            kind = dataclasses.replace(p, fitness="ncc" if fitness_used != p.fitness else p.fitness)
             for xI_f, I_f, xJ_f, J_f in fine_levels or ():  # sub-pixel: finer rasters of the same section
                 if was_stopped:
                     break
                 I_f = torch.as_tensor(np.stack([normalize(c) for c in np.asarray(I_f)]), dtype=dtype, device=device)
                 J_f = torch.as_tensor(np.stack([normalize(c) for c in np.asarray(J_f)]), dtype=dtype, device=device)
-                best_genes, score = refine_genes(_fitness(I_f, _axes(xI_f), J_f, _axes(xJ_f), kind, space, xI, xJ),
+                best_genes, score = refine_genes(_fitness(I_f, _axes(xI_f), J_f, _axes(xJ_f), finish, space, xI, xJ),
                                                  best_genes, space, iterations=per_level, progress=progress,
                                                  should_stop=should_stop, repeat=repeat)
                 was_stopped = stopped(should_stop)
@@ -343,11 +343,12 @@ def _validate_warp(I, xI, J, xJ, A, fits, folds) -> dict:
     correlation (the contrast-invariant fitness) on the OTHER half, which it never saw, above what the affine
     alone gives there; fitting noise lowers it. Accepted warps are averaged by the caller."""
     support = pixel_weights(J, "ncc_support").reshape(J.shape[1:])
+    affine_only = transform_image_source_to_target(fits[0].xv, torch.zeros_like(fits[0].v), A, xI, I, xJ)
     rows = []
     for fit, mask in zip(fits, folds):
         held = (support * (1.0 - mask)).flatten()
-        moved = [transform_image_source_to_target(fit.xv, vel, A, xI, I, xJ) for vel in (torch.zeros_like(fit.v), fit.v)]
-        rows.append(score_batch(torch.stack(moved), J, weights=held).tolist())
+        warped = transform_image_source_to_target(fit.xv, fit.v, A, xI, I, xJ)
+        rows.append(score_batch(torch.stack([affine_only, warped]), J, weights=held).tolist())
     return {"accepted": all(after > before for before, after in rows), "held_out_fitness": rows}
 
 

@@ -142,10 +142,10 @@ def score_batch(AI: torch.Tensor, J: torch.Tensor, kind: str = "ncc", weights: t
     the target pixels they weigh (:func:`pixel_weights`): ``"ncc"`` every pixel equally; ``"ncc_support"``
     the cells' support only (image tissue the cells don't cover costs nothing, but a flat density inside it
     leaves the shift free). ``"tissue"`` (:class:`BatchedFitness` only) adds to the support's correlation
-    ``OVERLAP_WEIGHT`` × the density-weighted mean of the image's tissue mask under the cells (divided by
-    1 + ``OVERLAP_WEIGHT``: at most 1, like the others): the cells'
-    footprint must lie on tissue, which pins an evenly packed section (its footprint is the tissue's shape)
-    and costs nothing where the image shows more tissue than the cells cover.
+    ``OVERLAP_WEIGHT`` × the density-weighted mean of the image's tissue mask under the cells, divided by
+    1 + ``OVERLAP_WEIGHT`` (at most 1, like the others): the cells' footprint must lie on tissue, which pins an
+    evenly packed section (its footprint is the tissue's shape) and costs nothing where the image shows more
+    tissue than the cells cover.
     ``"sse"``: the published ``1 / (1 + Σ (AI − J)²)`` (needs as many channels as J). ``weights`` (H·W,):
     explicit pixel weights instead of the kind's.
     """
