@@ -20,7 +20,7 @@ from . import constants
 from .budget import check_prepare
 from .errors import GalaInputError
 from .events import ProgressCallback, StopPredicate
-from .features import FeatureKind, image_feature, resolve_feature
+from .features import FeatureKind, feature_planes, image_feature, resolve_feature
 from .io import LoadedImage, cell_signal, spatial_yx, write_h5ad_atomic
 from .params import AlignParams
 from .pipeline import gala, to_cpu
@@ -113,12 +113,14 @@ def prepare_section(
         blur = max(1.0, 0.5 * spacing / (2.0 * dx))
     g = None if signal == constants.SIGNAL_DENSITY else weights
     feature = resolve_feature(feature, image.pixels)
+    planes = feature_planes(image.pixels, feature)  # once: every level blurs and reduces the same planes
 
     def pair(dx_l: float, blur_l: float, reduce_l: int | None):
         XJ, YJ, J = rasterize(yx[:, 1], yx[:, 0], g=g, dx=dx_l, blur=blur_l)
         reduce_l = default_image_reduce(image, J.shape) if reduce_l is None else reduce_l
         smooth = matched_image_blur(image, yx, 2.0 * blur_l * dx_l) if match_blur else 0.0
-        YI, XI, I = image_feature(image.pixels, reduce=reduce_l, scale=image.scale, kind=feature, smooth=smooth)
+        YI, XI, I = image_feature(image.pixels, reduce=reduce_l, scale=image.scale, kind=feature, smooth=smooth,
+                                  planes=planes)
         return [YI, XI], I, [YJ, XJ], J.astype(np.float32), reduce_l
 
     xI, I, xJ, J, reduce = pair(dx, blur, None if image_reduce is None else int(image_reduce))
