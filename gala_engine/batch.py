@@ -97,7 +97,8 @@ def align_files(
     -------
     dict
         ``fitness``, ``score``, ``runtime_s`` (the engine's), ``device``, ``output``, ``warnings``
-        (list of str) and, with a report, ``report`` (the metrics).
+        (list of str), ``qc`` (the quality flags, :func:`gala_engine.qc.quality_flags`) and, with a report,
+        ``report`` (the metrics).
     """
     from . import checks, io, section
     from .outputs import check_outputs, write_or_rescue
@@ -134,8 +135,11 @@ def align_files(
         result, extra.message = refinement.result, refinement.message
     else:
         result = section.align_section(rasters, params, init_A=extra.init_A, progress=progress)
-    write_or_rescue(lambda p: section.write_aligned(adata, result, p, protect=inputs, landmarks=extra.pairs), out,
-                    what="the aligned .h5ad")
+    from .qc import assess
+
+    quality = assess(rasters, result, io.spatial_yx(adata)[:, ::-1])  # flags + per-cell confidence, after the fact
+    write_or_rescue(lambda p: section.write_aligned(adata, result, p, protect=inputs, landmarks=extra.pairs,
+                                                    quality=quality), out, what="the aligned .h5ad")
     summary: dict[str, Any] = {
         "fitness": result.fitness,
         "score": result.score,
@@ -143,6 +147,7 @@ def align_files(
         "device": result.device,
         "output": str(out),
         "warnings": warnings,
+        "qc": quality["qc"],
         **extra.outputs(result, adata),
     }
     if report_dir is not None:
@@ -158,6 +163,7 @@ def align_files(
                 name=report_name,
                 inputs={"image": str(image), "h5ad": str(h5ad), "output": str(out)},
                 landmarks=extra.pairs,
+                quality=quality,
             )
         except OSError as exc:
             raise GalaInputError(
