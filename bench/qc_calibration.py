@@ -102,7 +102,7 @@ def row(name, pose, adata, rasters, result, truth_xy, upp) -> dict:
             "verdict": qc["verdict"],
             "out_img": f["outside_image"]["fraction"], "out_tis": f["outside_tissue"].get("fraction", np.nan),
             "dice": f["dice"].get("dice", np.nan), "fp_tis": f.get("scale", {}).get("footprint_over_tissue", np.nan),
-            "fp_img": f["footprint_vs_image"]["fraction"], "margin": f["margin"]["margin"],
+            "fp_img": f["footprint_vs_image"]["fraction"], "margin": f["margin"].get("margin", np.nan), "texture": f["margin"]["texture"],
             "def_rel": f["deformation"]["relative"], "jmin": f["deformation"]["jacobian_min"],
             "verdicts": {k: v["verdict"] for k, v in f.items()}}
 
@@ -119,7 +119,7 @@ def main() -> None:
     torch.set_num_threads(1)
     short = {"ok": "ok", "check": "CHK", "likely wrong": "WRONG"}
     print(f"{'case':58s} {'pose':11s} {'med µm':>8s} {'rel':>6s} {'out_i':>5s} {'out_t':>5s} {'dice':>5s} "
-          f"{'fp/t':>5s} {'fp/i':>6s} {'margin':>7s} {'def':>5s} {'jmin':>5s} verdict")
+          f"{'fp/t':>5s} {'fp/i':>6s} {'margin':>7s} {'tex':>5s} {'def':>5s} {'jmin':>5s} verdict")
     for name, adata, img, signal, truth, upp, A, _warp in sections(args.fast):
         rasters = section.prepare_section(adata, img, signal=signal)
         xy_um = io.spatial_yx(adata)[:, ::-1]
@@ -132,7 +132,7 @@ def main() -> None:
             bad = ",".join(k for k, v in r["verdicts"].items() if v != "ok")
             print(f"{name[:58]:58s} {pose:11s} {r['median_um']:8.1f} {r['rel_err']:6.3f} {r['out_img']:5.2f} "
                   f"{r['out_tis']:5.2f} {r['dice']:5.2f} {r['fp_tis']:5.2f} {r['fp_img']:6.3f} {r['margin']:7.3f} "
-                  f"{r['def_rel']:5.3f} {r['jmin']:5.2f} {short[r['verdict']]} {bad}", flush=True)
+                  f"{r['texture']:5.2f} {r['def_rel']:5.3f} {r['jmin']:5.2f} {short[r['verdict']]} {bad}", flush=True)
             if args.jsonl:
                 with open(args.jsonl, "a") as fh:
                     fh.write(json.dumps(r) + "\n")
