@@ -25,6 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gala_engine import io, section  # noqa: E402
+from gala_engine.manual import affine_result  # noqa: E402
 from gala_engine.qc import quality_flags  # noqa: E402
 from gala_engine.section import AlignmentResult  # noqa: E402
 
@@ -41,9 +42,7 @@ def affine_from_xy(M: np.ndarray) -> np.ndarray:
 
 def pose_result(A: np.ndarray, rasters) -> AlignmentResult:
     """An affine-only :class:`AlignmentResult` at ``A`` (no search run)."""
-    xv = [np.array([a[0], a[-1]], np.float64) for a in rasters.xI]
-    return AlignmentResult(A=A, A_affine=A.copy(), v=np.zeros((1, 2, 2, 2)), xv=xv, genes=np.zeros(5),
-                           fitness=float("nan"), score=float("nan"), params={}, dx=rasters.dx)
+    return affine_result(A, image_shape=rasters.image_full_shape, source="calibration")
 
 
 def about_centre(A: np.ndarray, xy_um: np.ndarray, L: np.ndarray, shift: np.ndarray | None = None) -> np.ndarray:
@@ -102,7 +101,8 @@ def row(name, pose, adata, rasters, result, truth_xy, upp) -> dict:
             "verdict": qc["verdict"],
             "out_img": f["outside_image"]["fraction"], "out_tis": f["outside_tissue"].get("fraction", np.nan),
             "dice": f["dice"].get("dice", np.nan), "fp_tis": f.get("scale", {}).get("footprint_over_tissue", np.nan),
-            "fp_img": f["footprint_vs_image"]["fraction"], "margin": f["margin"].get("margin", np.nan), "texture": f["margin"]["texture"],
+            "fp_img": f["footprint_vs_image"]["fraction"], "margin": f["margin"]["margin"], "texture": f["margin"]["texture"],
+            "outline_margin": f["margin"]["outline_margin"],
             "def_rel": f["deformation"]["relative"], "jmin": f["deformation"]["jacobian_min"],
             "verdicts": {k: v["verdict"] for k, v in f.items()}}
 
@@ -119,7 +119,7 @@ def main() -> None:
     torch.set_num_threads(1)
     short = {"ok": "ok", "check": "CHK", "likely wrong": "WRONG"}
     print(f"{'case':58s} {'pose':11s} {'med µm':>8s} {'rel':>6s} {'out_i':>5s} {'out_t':>5s} {'dice':>5s} "
-          f"{'fp/t':>5s} {'fp/i':>6s} {'margin':>7s} {'tex':>5s} {'def':>5s} {'jmin':>5s} verdict")
+          f"{'fp/t':>5s} {'fp/i':>6s} {'margin':>7s} {'tex':>5s} {'o_mrg':>6s} {'def':>5s} {'jmin':>5s} verdict")
     for name, adata, img, signal, truth, upp, A, _warp in sections(args.fast):
         rasters = section.prepare_section(adata, img, signal=signal)
         xy_um = io.spatial_yx(adata)[:, ::-1]
@@ -132,7 +132,7 @@ def main() -> None:
             bad = ",".join(k for k, v in r["verdicts"].items() if v != "ok")
             print(f"{name[:58]:58s} {pose:11s} {r['median_um']:8.1f} {r['rel_err']:6.3f} {r['out_img']:5.2f} "
                   f"{r['out_tis']:5.2f} {r['dice']:5.2f} {r['fp_tis']:5.2f} {r['fp_img']:6.3f} {r['margin']:7.3f} "
-                  f"{r['texture']:5.2f} {r['def_rel']:5.3f} {r['jmin']:5.2f} {short[r['verdict']]} {bad}", flush=True)
+                  f"{r['texture']:5.2f} {r['outline_margin']:6.3f} {r['def_rel']:5.3f} {r['jmin']:5.2f} {short[r['verdict']]} {bad}", flush=True)
             if args.jsonl:
                 with open(args.jsonl, "a") as fh:
                     fh.write(json.dumps(r) + "\n")

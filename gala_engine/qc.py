@@ -24,7 +24,7 @@ from .section import AlignmentResult, SectionRasters, cell_spacing
 from .transform import transform_image_source_to_target
 
 __all__ = ["CHECK", "OK", "THRESHOLDS", "VERDICTS", "WRONG", "Geometry", "alternative_poses", "assess",
-           "pose_score", "quality_flags", "section_geometry", "verdict_lines", "worst"]
+           "pose_score", "pose_terms", "quality_flags", "section_geometry", "verdict_lines", "worst"]
 
 OK, CHECK, WRONG = "ok", "check", "likely wrong"
 VERDICTS: tuple[str, ...] = (OK, CHECK, WRONG)
@@ -38,7 +38,8 @@ THRESHOLDS: dict[str, tuple[float, float]] = {
     "footprint_vs_tissue_low": (0.35, 0.0),  # the same, too small: "check" only (part of a section is normal)
     "footprint_vs_image": (0.10, 0.005),  # footprint area / image area (low is bad)
     "margin": (0.03, -np.inf),  # pose score at the result − the best turned/mirrored alternative: "check" only
-    "texture": (0.15, -np.inf),  # below this texture correlation at the result the margin says nothing
+    "texture": (0.15, -np.inf),  # below: the image texture does not confirm the pose (then the outline must)
+    "outline_margin": (0.01, -np.inf),  # share on tissue at the result − the best alternative's
     "deformation": (0.08, 0.20),  # largest LDDMM displacement of a cell / the section's size
     "jacobian_min": (0.2, 0.0),  # smallest Jacobian determinant of the warp (≤ 0: folds)
 }
@@ -205,45 +206,52 @@ def alternative_poses(A: np.ndarray, xy_um: np.ndarray) -> list[tuple[str, np.nd
     return out
 
 
-def pose_score(rasters: SectionRasters, A: np.ndarray, *, glass: bool | None = None) -> float:
-    """The alignment's kind of score at an affine pose: the contrast-invariant fit of the image channels to the
-    cells over their support, plus (when the image shows an outline, ``glass``) the share of cells on tissue,
-    weighted as the ``"tissue"`` fitness weighs them; ``glass=False``: the texture fit alone."""
+def pose_terms(rasters: SectionRasters, A: np.ndarray) -> tuple[float, float]:
+    """The two terms of the alignment's ``"tissue"`` fitness at an affine pose: ``(texture, outline)`` = the
+    contrast-invariant fit of the image channels to the cells over their support (−1…1), and the cells' density-
+    weighted share on the image's tissue mask (0…1)."""
     I = np.asarray(rasters.I, np.float64)
-    glass = shows_glass(I) if glass is None else glass
     stack = np.concatenate([I, tissue_mask(I)[None].astype(np.float64)])
     xv = [np.array([a[0], a[-1]], np.float64) for a in rasters.xI]
     moved = transform_image_source_to_target(xv, np.zeros((1, 2, 2, 2)), np.asarray(A, np.float64), rasters.xI,
                                              stack, rasters.xJ)
     J = np.asarray(rasters.J, np.float64)
-    fit = float(score_batch(torch.as_tensor(moved[:-1])[None], torch.as_tensor(J), "ncc_support")[0])
-    if not glass:
-        return fit
+    texture = float(score_batch(torch.as_tensor(moved[:-1])[None], torch.as_tensor(J), "ncc_support")[0])
     density = J[0] / max(float(J[0].sum()), 1e-12)
-    overlap = float((moved[-1] * density).sum())
-    return (fit + OVERLAP_WEIGHT * overlap) / (1.0 + OVERLAP_WEIGHT)
+    return texture, float((moved[-1] * density).sum())
+
+
+def pose_score(rasters: SectionRasters, A: np.ndarray, *, glass: bool | None = None) -> float:
+    """The alignment's kind of score at an affine pose: the texture fit (:func:`pose_terms`) plus, when the image
+    shows an outline (``glass``), the outline term weighted as the ``"tissue"`` fitness weighs it."""
+    texture, outline = pose_terms(rasters, A)
+    glass = shows_glass(np.asarray(rasters.I)) if glass is None else glass
+    return (texture + OVERLAP_WEIGHT * outline) / (1.0 + OVERLAP_WEIGHT) if glass else texture
 
 
 def _margin(rasters: SectionRasters, result: AlignmentResult, xy_um: np.ndarray, glass: bool) -> dict[str, Any]:
-    texture = pose_score(rasters, result.A_affine, glass=False)
-    if texture < THRESHOLDS["texture"][0]:
-        # the cells' signal shows no image texture at the result (e.g. sparse spots with total counts): a margin
-        # between poses is then noise; the outline flags judge the pose
-        return _flag({"texture": texture, "skipped": True}, OK,
-                     f"the cells' signal does not follow the image's texture (correlation {texture:.2f}): the pose "
-                     "rests on the tissue outline, judged by the flags above", "")
-    own = pose_score(rasters, result.A_affine, glass=glass)
-    alts = [(name, pose_score(rasters, A, glass=glass)) for name, A in alternative_poses(result.A_affine, xy_um)]
-    best_name, best = max(alts, key=lambda a: a[1])
+    """Is the pose unambiguous? Its score against the turned/mirrored alternatives, and whether either term of the
+    score (the image texture, the tissue outline) singles it out."""
+    w = OVERLAP_WEIGHT if glass else 0.0
+    texture, outline = pose_terms(rasters, result.A_affine)
+    alts = [(name, *pose_terms(rasters, A)) for name, A in alternative_poses(result.A_affine, xy_um)]
+    own = (texture + w * outline) / (1.0 + w)
+    scored = [(name, (t + w * o) / (1.0 + w)) for name, t, o in alts]
+    best_name, best = max(scored, key=lambda a: a[1])
     margin = own - best
-    check, wrong = THRESHOLDS["margin"]
-    verdict = _grade(margin, check, wrong, low_is_bad=True)
+    outline_margin = outline - max(o for _, _, o in alts) if glass else 0.0
+    check = THRESHOLDS["margin"][0]
+    textured = texture >= THRESHOLDS["texture"][0]
+    verdict = CHECK if margin < check or (not textured and outline_margin < THRESHOLDS["outline_margin"][0]) else OK
     text = (f"pose score {own:.3f}; the best turned/mirrored alternative ({best_name}) scores {best:.3f} "
-            f"(margin {margin:+.3f})")
-    return _flag({"texture": texture, "score": own, "best_alternative": best_name, "alternative_score": best,
-                  "margin": margin},
-                 verdict, text, f"the pose is ambiguous: the cells turned {best_name} fit about as well; confirm the "
-                 "orientation by eye or with 3+ landmarks, or try another --signal (a gene with a clear pattern)")
+            f"(margin {margin:+.3f}); texture correlation {texture:.2f}"
+            + (f", outline margin {outline_margin:+.3f}" if glass else ""))
+    if not textured and verdict == CHECK:
+        text += ": neither the image's texture nor the tissue outline singles out this pose"
+    return _flag({"texture": texture, "outline": outline, "score": own, "best_alternative": best_name,
+                  "alternative_score": best, "margin": margin, "outline_margin": outline_margin},
+                 verdict, text, f"the pose is ambiguous (e.g. turned {best_name}): confirm the orientation by eye or "
+                 "with 3+ landmarks, or try another --signal ('cell density', or a gene with a clear pattern)")
 
 
 def _deformation(result: AlignmentResult, g: Geometry) -> dict[str, Any]:
