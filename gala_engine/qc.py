@@ -4,7 +4,9 @@ the section's rasters (nothing here changes an alignment).
 Each flag measures one thing, gets a verdict ``"ok"`` / ``"check"`` / ``"likely wrong"`` and, unless ok, what
 to try; the overall verdict is the worst. The thresholds (:data:`THRESHOLDS`) were set from the measurements
 of ``bench/qc_calibration.py`` (validation cases and bundled demos at their true pose, deliberately wrong poses,
-and the engine's own results): see that script's docstring for the numbers.
+and the engine's own results): see that script's docstring for the numbers. What it cannot see: a pose the
+fitness prefers over the truth that also sits on the tissue (a mirrored, nearly symmetric section) reads "ok" or
+"check", never "likely wrong".
 
 Geometry: ``A`` maps full-resolution image pixels (row, col) to µm (row, col); cells come as (x, y) µm.
 """
