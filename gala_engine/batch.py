@@ -25,7 +25,7 @@ from .params import AlignParams
 
 __all__ = ["SUMMARY_COLUMNS", "ManifestRow", "align_files", "read_manifest", "run_batch", "write_summary"]
 
-SUMMARY_COLUMNS = ("section", "status", "fitness", "runtime_s", "error", "output")
+SUMMARY_COLUMNS = ("section", "status", "fitness", "qc", "runtime_s", "error", "output")  # qc: the quality verdict
 
 
 def report_paths(report_dir: str | os.PathLike[str], name: str) -> list[Path]:
@@ -323,7 +323,8 @@ def _check_batch_outputs(rows: list[ManifestRow], out: Path, *, report: bool, ov
 
 def _failed(section: str, error: str) -> dict[str, Any]:
     """A summary row for a section that did not align (the summary CSV's columns, all present)."""
-    return {"section": section, "status": "failed", "fitness": "", "runtime_s": "", "error": error, "output": ""}
+    return {"section": section, "status": "failed", "fitness": "", "qc": "", "runtime_s": "", "error": error,
+            "output": ""}
 
 
 def _align_row(row: ManifestRow, out_dir: str, report: bool, torch_threads: int | None,
@@ -349,7 +350,7 @@ def _align_row(row: ManifestRow, out_dir: str, report: bool, torch_threads: int 
             overwrite=overwrite,
             **row.options,
         )
-        rec.update(status="ok", fitness=f"{res['fitness']:.6g}", error="", output=res["output"])
+        rec.update(status="ok", fitness=f"{res['fitness']:.6g}", qc=res["qc"]["verdict"], error="", output=res["output"])
     except GalaInputError as exc:
         rec["error"] = str(exc)
     except Exception as exc:  # noqa: BLE001 - one section must never stop the others
