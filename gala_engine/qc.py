@@ -145,11 +145,11 @@ def _tissue_flags(g: Geometry, rasters: SectionRasters) -> list[tuple[str, dict[
     out.append(("footprint_vs_image", _flag(
         {"fraction": fp_image, "um_per_px": g.um_per_px}, _grade(fp_image, low, wrong_low, low_is_bad=True),
         f"the cells cover {100 * fp_image:.1f} % of the image at {g.um_per_px:.3g} µm/px",
-        "the implied scale looks too coarse: check the cells' units (µm) and the image's pixel size, or give "
-        "landmarks")))
+        "the cells cover a small part of the image: fine for a small region of a large slide, otherwise the scale "
+        "is off (check that the cells are in µm), or give 3+ landmarks")))
     if not g.glass or tissue.sum() < 4:
         note = "the image is filled with tissue (no empty slide): no outline to compare the cells with"
-        for name in ("outside_tissue", "dice"):
+        for name in ("outside_tissue", "dice", "scale"):
             out.append((name, _flag({"skipped": True}, OK, note, "")))
         return out
     r, c = _to_grid(g.xy_px, rasters.xI)

@@ -168,5 +168,9 @@ def test_verdict_helpers() -> None:
     xy = io.spatial_yx(d.adata)[:, ::-1]
     q = assess(rasters, affine_result(_moved(A, xy, 2.5 * np.eye(2)), image_shape=rasters.image_full_shape), xy)
     assert q["qc"]["verdict"] == WRONG and q["confidence"].shape == (d.adata.n_obs,)
+    # the same flags whether or not the image shows an outline (visium_dg's does not: those are skipped, ok)
+    assert set(q["qc"]["flags"]) == {"outside_image", "footprint_vs_image", "outside_tissue", "dice", "scale",
+                                     "margin", "deformation"}
+    assert q["qc"]["flags"]["dice"].get("skipped") is True
     lines = verdict_lines(q["qc"])
     assert lines[0].startswith("quality: likely wrong") and any("try:" in line for line in lines[1:])
