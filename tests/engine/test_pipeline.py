@@ -53,7 +53,9 @@ def test_float32_and_float64_agree(dapi_small):
     P = pair.cells_um[:200]
     p32 = transform_points_target_to_source(r32["xv"], r32["v"], r32["A"], P)
     p64 = transform_points_target_to_source(r64["xv"], r64["v"], r64["A"], P)
-    assert np.median(np.linalg.norm(p32 - p64, axis=1)) < 0.25  # image pixels (~0.1 target pixel)
+    target_px = np.sqrt(abs(np.linalg.det(pair.A[:2, :2]))) / pair.dx  # target pixels per image pixel
+    # the two precisions end their refinements a small fraction of a target pixel apart (each ~0.25 from the truth)
+    assert np.median(np.linalg.norm(p32 - p64, axis=1)) * target_px < 0.15
 
 
 def test_same_seed_gives_the_same_result_on_cpu(dapi_small):
