@@ -70,6 +70,8 @@ def align_files(
     init_transform: str | os.PathLike[str] | None = None,
     pixel_size: float | None = None,
     xenium_matrix: bool = True,
+    csv: str | os.PathLike[str] | None = None,
+    zarr: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Align the cells in ``h5ad`` (µm) to ``image`` and write the aligned ``.h5ad`` to ``out``.
 
@@ -89,6 +91,11 @@ def align_files(
     ``init_transform`` is a Xenium Explorer transformation-matrix CSV to start from (``pixel_size`` µm per
     Xenium pixel, 0.2125 by default). With ``xenium_matrix``, the result's affine is written next to
     ``out`` as ``<out stem>_xenium_matrix.csv`` (Xenium Explorer's format; checked like ``out``).
+
+    ``out`` also holds the image for scanpy / squidpy (``uns['spatial']['gala_he']``,
+    :func:`gala_engine.exports.add_spatial_image`) and what a replay needs (``uns['gala']['replay']``,
+    :mod:`gala_engine.replay`). ``csv``: also write the cells as CSV (:func:`gala_engine.exports.cells_csv_text`);
+    ``zarr``: also a SpatialData store (:func:`gala_engine.sdata.write_spatialdata`).
 
     The inputs are checked first (:func:`gala_engine.checks.check_cells` / ``check_image``): blocking
     problems raise :class:`GalaInputError` before any work; all-zero counts fall back to cell density.
@@ -111,8 +118,16 @@ def align_files(
     if report_dir is not None:
         _report_folder(Path(report_dir), "--report")
         outputs += [("--report", p) for p in report_paths(report_dir, report_name)]
+    if csv is not None:
+        outputs.append(("--csv", Path(csv)))
     inputs = [p for p in (image, h5ad, *protect, landmarks, init_transform) if p is not None]
     check_outputs(outputs, inputs, overwrite=overwrite)
+    if zarr is not None:
+        from .outputs import check_store_output
+
+        if any(Path(zarr).resolve() == Path(p).resolve() for _, p in outputs):
+            raise GalaInputError(f"--zarr {zarr} is also another output; give it its own name.")
+        check_store_output("--zarr", zarr, inputs, overwrite=overwrite)
     check_feature(feature)
     if dx is not None and not dx > 0:
         raise GalaInputError(f"dx must be a positive pixel size in µm, got {dx}.")
@@ -134,8 +149,11 @@ def align_files(
         result, extra.message = refinement.result, refinement.message
     else:
         result = section.align_section(rasters, params, init_A=extra.init_A, progress=progress)
-    write_or_rescue(lambda p: section.write_aligned(adata, result, p, protect=inputs, landmarks=extra.pairs), out,
-                    what="the aligned .h5ad")
+    aligned = _aligned_outputs(adata, img, rasters, result, image=image, h5ad=h5ad, signal=signal, dx=dx,
+                               feature=feature, max_side=max_side, channel=channel, series=series, plane=plane,
+                               landmarks=(landmarks, landmarks_mode, landmarks_fit, init_transform, pixel_size),
+                               pairs=extra.pairs, warnings=warnings)
+    write_or_rescue(lambda p: io.write_h5ad_atomic(aligned, p, protect=inputs), out, what="the aligned .h5ad")
     summary: dict[str, Any] = {
         "fitness": result.fitness,
         "score": result.score,
@@ -145,6 +163,14 @@ def align_files(
         "warnings": warnings,
         **extra.outputs(result, adata),
     }
+    if csv is not None:
+        from .exports import write_cells_csv
+
+        summary["csv"] = str(write_cells_csv(aligned, csv, protect=inputs))
+    if zarr is not None:
+        from .sdata import write_spatialdata
+
+        summary["zarr"] = str(write_spatialdata(aligned, img, result, zarr, overwrite=overwrite))
     if report_dir is not None:
         from .report import write_report
 
@@ -165,6 +191,31 @@ def align_files(
                 "free space or fix the folder, then run again with --report elsewhere."
             ) from None
     return summary
+
+
+def _aligned_outputs(adata, img, rasters, result, *, image: Path, h5ad: Path, signal: str, dx, feature: str,
+                     max_side, channel, series, plane, landmarks: tuple, pairs, warnings: list[str]):
+    """The aligned AnnData to write: :func:`gala_engine.section.aligned_adata` + the image for scanpy/squidpy
+    (``uns['spatial']['gala_he']``) + the replay record (``uns['gala']['replay']``); appends to ``warnings``."""
+    from . import section
+    from .exports import add_spatial_image
+    from .replay import file_record, run_record
+
+    lm_path, lm_mode, lm_fit, init_path, pixel_size = landmarks
+    lm_rec = None
+    if lm_path is not None or init_path is not None:
+        lm_rec = {"mode": lm_mode, "fit": lm_fit, "pixel_size": pixel_size,
+                  "landmarks": file_record(lm_path) if lm_path is not None else {},
+                  "init_transform": file_record(init_path) if init_path is not None else {}}
+    aligned = section.aligned_adata(adata, result, landmarks=pairs)
+    aligned.uns[constants.UNS_KEY]["replay"] = run_record(
+        image=file_record(image), cells=file_record(h5ad), image_full_shape=img.full_shape,
+        image_loaded_shape=img.pixels.shape, image_scale=img.scale, max_side=max_side, channel=channel,
+        series=series, plane=plane, signal=signal, signal_used=rasters.signal, feature=feature,
+        feature_used=rasters.feature, dx=dx, dx_used=rasters.dx, seed=int(result.params.get("random_seed", 0)),
+        n_cells=adata.n_obs, landmarks=lm_rec)
+    warnings += add_spatial_image(aligned, img, result.A)
+    return aligned
 
 
 # ------------------------------------------------------------------------------------- manifest
