@@ -10,9 +10,10 @@ image pixels, so::
     sc.pl.spatial(adata, basis="spatial_he", img_key="hires", library_id="gala_he")
     sq.pl.spatial_scatter(adata, spatial_key="spatial_he", img_res_key="hires", library_id="gala_he")
 
-draw the aligned cells on the H&E with no extra code. GALA's library is ``"gala_he"``
-(:data:`LIBRARY_ID`): an input (e.g. Visium) that already has ``uns['spatial']`` for its own image keeps
-it untouched — then pass ``library_id="gala_he"`` to choose GALA's image.
+draw the aligned cells on the H&E with no extra code (squidpy reads the image from ``uns[spatial_key]``, so
+the library is also in ``uns['spatial_he']``). GALA's library is ``"gala_he"`` (:data:`LIBRARY_ID`): an
+input (e.g. Visium) that already has ``uns['spatial']`` for its own image keeps it untouched — then pass
+``library_id="gala_he"`` to choose GALA's image.
 """
 
 from __future__ import annotations
@@ -87,7 +88,9 @@ def spot_diameter_px(xy_um: np.ndarray, A: np.ndarray) -> float:
 
 
 def add_spatial_image(adata: Any, image: LoadedImage, A: np.ndarray, *, library_id: str = LIBRARY_ID) -> list[str]:
-    """Put the image and its scale factors in ``adata.uns['spatial'][library_id]`` (in place).
+    """Put the image and its scale factors in ``adata.uns['spatial'][library_id]`` (in place), and the same in
+    ``adata.uns['spatial_he'][library_id]``: scanpy reads the former, squidpy ``uns[spatial_key]`` (so
+    ``spatial_key='spatial_he'`` needs the latter; the images are small, see :data:`HIRES_MAX_SIDE`).
 
     Parameters
     ----------
@@ -99,19 +102,22 @@ def add_spatial_image(adata: Any, image: LoadedImage, A: np.ndarray, *, library_
     A
         The result's affine, image pixels (row, col) → µm (row, col): sets ``spot_diameter_fullres``.
     library_id
-        The key under ``uns['spatial']``. Other libraries there (an input's own Visium image) are kept.
+        The key under ``uns['spatial']`` / ``uns['spatial_he']``. Other libraries there (an input's own Visium
+        image) are kept.
 
     Returns
     -------
     list of str
-        Warnings (an input ``uns['spatial']`` that is not a mapping is left as it is, and no image is added).
+        Warnings (an input ``uns['spatial']`` or ``uns['spatial_he']`` that is not a mapping is left as it is,
+        and no image is added).
     """
     if constants.ALIGNED_KEY not in adata.obsm:
         raise GalaInputError(f"the AnnData has no obsm['{constants.ALIGNED_KEY}']; align it first.")
-    existing = adata.uns.get("spatial")
-    if existing is not None and not hasattr(existing, "keys"):
-        return [f"uns['spatial'] of the cells file is not a mapping ({type(existing).__name__}); it was kept as it "
-                "is and the H&E image was not added for scanpy/squidpy."]
+    keys = ("spatial", constants.ALIGNED_KEY)  # scanpy reads uns['spatial'], squidpy uns[spatial_key]
+    warnings = [f"uns['{key}'] of the cells file is not a mapping ({type(adata.uns[key]).__name__}); it was kept "
+                "as it is" for key in keys if key in adata.uns and not hasattr(adata.uns[key], "keys")]
+    if warnings:
+        return [w + " and the image was not added for scanpy/squidpy." for w in warnings]
     hires, s_hi = downsample(image, HIRES_MAX_SIDE)
     lowres, s_lo = downsample(image, LOWRES_MAX_SIDE)
     xy_um = np.asarray(adata.obsm[constants.SPATIAL_KEY], dtype=np.float64)[:, :2]
@@ -126,9 +132,10 @@ def add_spatial_image(adata: Any, image: LoadedImage, A: np.ndarray, *, library_
                      "full_resolution_shape": np.asarray(image.full_shape, dtype=np.int64),
                      "coordinates": f"obsm['{constants.ALIGNED_KEY}'] (x, y) in full-resolution image pixels"},
     }
-    spatial = dict(existing) if existing is not None else {}
-    spatial[library_id] = library
-    adata.uns["spatial"] = spatial
+    for key in keys:
+        libraries = dict(adata.uns[key]) if key in adata.uns else {}
+        libraries[library_id] = library
+        adata.uns[key] = libraries
     return []
 
 
