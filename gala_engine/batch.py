@@ -152,7 +152,7 @@ def align_files(
     aligned = _aligned_outputs(adata, img, rasters, result, image=image, h5ad=h5ad, signal=signal, dx=dx,
                                feature=feature, max_side=max_side, channel=channel, series=series, plane=plane,
                                landmarks=(landmarks, landmarks_mode, landmarks_fit, init_transform, pixel_size),
-                               pairs=extra.pairs, warnings=warnings)
+                               pairs=extra.pairs, params=params, warnings=warnings)
     write_or_rescue(lambda p: io.write_h5ad_atomic(aligned, p, protect=inputs), out, what="the aligned .h5ad")
     summary: dict[str, Any] = {
         "fitness": result.fitness,
@@ -194,7 +194,8 @@ def align_files(
 
 
 def _aligned_outputs(adata, img, rasters, result, *, image: Path, h5ad: Path, signal: str, dx, feature: str,
-                     max_side, channel, series, plane, landmarks: tuple, pairs, warnings: list[str]):
+                     max_side, channel, series, plane, landmarks: tuple, pairs, params: AlignParams,
+                     warnings: list[str]):
     """The aligned AnnData to write: :func:`gala_engine.section.aligned_adata` + the image for scanpy/squidpy
     (``uns['spatial']['gala_he']``) + the replay record (``uns['gala']['replay']``); appends to ``warnings``."""
     from . import section
@@ -213,7 +214,7 @@ def _aligned_outputs(adata, img, rasters, result, *, image: Path, h5ad: Path, si
         image_loaded_shape=img.pixels.shape, image_scale=img.scale, max_side=max_side, channel=channel,
         series=series, plane=plane, signal=signal, signal_used=rasters.signal, feature=feature,
         feature_used=rasters.feature, dx=dx, dx_used=rasters.dx, seed=int(result.params.get("random_seed", 0)),
-        n_cells=adata.n_obs, landmarks=lm_rec)
+        n_cells=adata.n_obs, landmarks=lm_rec, params=params.to_dict())
     warnings += add_spatial_image(aligned, img, result.A)
     return aligned
 

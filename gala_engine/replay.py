@@ -3,8 +3,8 @@
 :func:`run_record` is stored as ``uns['gala']['replay']`` by every aligned ``.h5ad`` the CLI, the batch and
 the API write: the inputs' names, sizes and sha256 checksums, the image's size and how it was read
 (``max_side``, channel, series, plane), the signal, feature and raster pixel ``dx`` asked for and used,
-landmarks / starting transform files, the seed, and the package versions. The parameters themselves are
-``uns['gala']['params']`` and the device ``uns['gala']['device']``.
+landmarks / starting transform files, the parameters as asked (``uns['gala']['params']`` holds them as the
+run resolved them), the seed, and the package versions; the device is ``uns['gala']['device']``.
 
 :func:`replay` checks the given files against the checksums (a clear error when they differ), runs the
 alignment again with the recorded settings, and compares the new ``obsm['spatial_he']`` with the recorded
@@ -94,10 +94,13 @@ def run_record(
     dx_used: float,
     seed: int,
     n_cells: int,
+    params: dict[str, Any],
     landmarks: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What ``uns['gala']['replay']`` holds (h5ad-safe: no None; ``""`` stands for "not given").
 
+    ``params``: the :class:`~gala_engine.params.AlignParams` as asked (``uns['gala']['params']`` holds them as
+    the run resolved them, e.g. ``fitness="auto"`` became ``"tissue"``; a replay must ask the same).
     ``image`` / ``cells``: :func:`file_record` of the inputs. ``signal`` / ``feature`` / ``dx``: as asked (the
     replay asks the same); ``*_used``: what the run used (e.g. cell density when every count was zero, the
     feature ``auto`` chose, the ``dx`` chosen from the data). ``landmarks``: ``{"landmarks": file_record,
@@ -111,6 +114,7 @@ def run_record(
         "cells": {**cells, "n_cells": int(n_cells)},
         "signal": signal, "signal_used": signal_used, "feature": feature, "feature_used": feature_used,
         "dx": _opt(dx), "dx_used": float(dx_used), "seed": int(seed),
+        "params": {k: _opt(v) for k, v in params.items()},
         "versions": package_versions(),
     }
     if landmarks:
@@ -163,9 +167,10 @@ def read_record(aligned: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
 
 
 def _params_from(meta: dict[str, Any], device: str | None):
+    """The parameters the recorded run asked for (``device`` replaces the recorded device choice)."""
     from .params import AlignParams
 
-    raw = {k: _none(v) for k, v in dict(meta.get("params", {})).items()}
+    raw = {k: _none(v) for k, v in dict(meta[REPLAY_KEY]["params"]).items()}
     if device is not None:
         raw["device"] = device
     return AlignParams.from_dict(raw)
