@@ -81,16 +81,21 @@ def grid_lines(result, data: Dataset, *, n: int = 12, samples: int = 80) -> list
 
 def aligned_h5ad_bytes(result, data: Dataset, *, landmarks=None) -> bytes:
     """The aligned ``.h5ad`` (input + obsm['spatial_he'] + uns['gala'], with ``landmarks`` their pairs and
-    errors in uns['gala']['landmarks']) as bytes, via a temp file."""
+    errors in uns['gala']['landmarks'], + the image for scanpy/squidpy in uns['spatial']['gala_he']) as bytes,
+    via a temp file."""
     import tempfile
     from pathlib import Path
 
-    from gala_engine.section import write_aligned
+    from gala_engine.exports import add_spatial_image
+    from gala_engine.io import write_h5ad_atomic
+    from gala_engine.section import aligned_adata
 
     from .data import session_tmpdir
 
+    aligned = aligned_adata(data.adata, result, landmarks=landmarks)
+    add_spatial_image(aligned, data.image, result.A)
     with tempfile.TemporaryDirectory(dir=session_tmpdir()) as tmp:
-        return write_aligned(data.adata, result, Path(tmp) / "aligned.h5ad", landmarks=landmarks).read_bytes()
+        return write_h5ad_atomic(aligned, Path(tmp) / "aligned.h5ad").read_bytes()
 
 
 def transform_npz_bytes(result) -> bytes:
