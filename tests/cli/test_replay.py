@@ -143,3 +143,23 @@ def test_replay_validation_case(tmp_path: Path, capsys) -> None:
     a = ad.read_h5ad(out).obsm[constants.ALIGNED_KEY]
     b = ad.read_h5ad(tmp_path / "again.h5ad").obsm[constants.ALIGNED_KEY]
     assert np.abs(a - b).max() < MATCH_TOLERANCE_PX
+
+
+def test_replay_with_landmarks(tmp_path: Path, capsys) -> None:
+    """A run started from landmarks (init mode) replays only with the same landmarks file."""
+    from gala_engine.demo import DEMO_DIR, load_demo, truth_px_xy
+    from gala_engine.landmarks import Landmarks, write_landmarks
+
+    demo = load_demo("visium_tiny")
+    image, h5ad = DEMO_DIR / "visium_tiny" / "tissue_lowres_image.png", DEMO_DIR / "visium_tiny" / "squidpy_visium_tiny.h5ad"
+    idx = [3, 27, 55, 81]
+    lm = Landmarks(truth_px_xy(demo)[idx] + np.random.default_rng(0).normal(0, 1.0, (4, 2)),
+                   np.asarray(demo.adata.obsm["spatial"], np.float64)[idx])
+    pairs = write_landmarks(tmp_path / "pairs.csv", lm)
+    out = _align(image, h5ad, tmp_path, "--landmarks", str(pairs))
+    rec = ad.read_h5ad(out).uns[constants.UNS_KEY]["replay"]["landmarks"]
+    assert rec["mode"] == "init" and rec["landmarks"]["sha256"] == _sha(pairs)
+    code, err = _replay(out, image, h5ad, tmp_path / "again.h5ad", capsys)
+    assert code == 2 and "give it with --landmarks" in err
+    code, err = _replay(out, image, h5ad, tmp_path / "again.h5ad", capsys, "--landmarks", str(pairs))
+    assert code == 0 and "replay matches" in err, err
