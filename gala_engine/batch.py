@@ -153,7 +153,9 @@ def align_files(
                                feature=feature, max_side=max_side, channel=channel, series=series, plane=plane,
                                landmarks=(landmarks, landmarks_mode, landmarks_fit, init_transform, pixel_size),
                                pairs=extra.pairs, params=params, warnings=warnings)
-    write_or_rescue(lambda p: io.write_h5ad_atomic(aligned, p, protect=inputs), out, what="the aligned .h5ad")
+    from .exports import write_aligned_h5ad
+
+    write_or_rescue(lambda p: write_aligned_h5ad(aligned, p, protect=inputs), out, what="the aligned .h5ad")
     summary: dict[str, Any] = {
         "fitness": result.fitness,
         "score": result.score,

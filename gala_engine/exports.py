@@ -39,6 +39,8 @@ __all__ = [
     "add_spatial_image",
     "cells_csv_text",
     "downsample",
+    "spot_diameter_px",
+    "write_aligned_h5ad",
     "write_cells_csv",
 ]
 
@@ -137,6 +139,51 @@ def add_spatial_image(adata: Any, image: LoadedImage, A: np.ndarray, *, library_
         libraries[library_id] = library
         adata.uns[key] = libraries
     return []
+
+
+def _shared_images(adata: Any) -> list[tuple[str, str]]:
+    """``(library, image)`` whose array in ``uns['spatial_he']`` is the very object in ``uns['spatial']`` (as
+    :func:`add_spatial_image` puts them)."""
+    spatial, he = adata.uns.get("spatial"), adata.uns.get(constants.ALIGNED_KEY)
+    if not (hasattr(spatial, "keys") and hasattr(he, "keys")):
+        return []
+    out = []
+    for lib, entry in he.items():
+        other = spatial.get(lib)
+        if hasattr(entry, "get") and hasattr(other, "get") and hasattr(entry.get("images"), "items"):
+            out += [(str(lib), str(name)) for name, img in entry["images"].items()
+                    if hasattr(other.get("images"), "get") and other["images"].get(name) is img]
+    return out
+
+
+def write_aligned_h5ad(adata: Any, path: str | os.PathLike[str], *,
+                       protect: Iterable[str | os.PathLike[str]] = ()) -> Path:
+    """:func:`gala_engine.io.write_h5ad_atomic`, with each image that ``uns['spatial']`` and ``uns['spatial_he']``
+    share stored once: the second name is an HDF5 hard link to the first (anndata, scanpy and squidpy read
+    both as usual; the file is not twice the images' size)."""
+    from .io import write_h5ad_atomic
+
+    shared = _shared_images(adata)
+    if not shared:
+        return write_h5ad_atomic(adata, path, protect=protect)
+    he = adata.uns[constants.ALIGNED_KEY]
+    saved = {lib: he[lib] for lib in {lib for lib, _ in shared}}
+
+    def link(tmp: Path) -> None:
+        import h5py
+
+        with h5py.File(tmp, "r+") as f:
+            for lib, name in shared:
+                group = f[f"uns/{constants.ALIGNED_KEY}/{lib}/images"]
+                group[name] = f[f"uns/spatial/{lib}/images/{name}"]  # a hard link: the same dataset
+
+    try:
+        for lib, entry in saved.items():  # written without the shared images; linked before the rename
+            he[lib] = {**entry, "images": {k: v for k, v in entry["images"].items() if (lib, k) not in shared}}
+        return write_h5ad_atomic(adata, path, protect=protect, before_rename=link)
+    finally:
+        for lib, entry in saved.items():
+            he[lib] = entry
 
 
 def _cells_frame(adata: Any):

@@ -86,8 +86,7 @@ def aligned_h5ad_bytes(result, data: Dataset, *, landmarks=None) -> bytes:
     import tempfile
     from pathlib import Path
 
-    from gala_engine.exports import add_spatial_image
-    from gala_engine.io import write_h5ad_atomic
+    from gala_engine.exports import add_spatial_image, write_aligned_h5ad
     from gala_engine.section import aligned_adata
 
     from .data import session_tmpdir
@@ -95,7 +94,7 @@ def aligned_h5ad_bytes(result, data: Dataset, *, landmarks=None) -> bytes:
     aligned = aligned_adata(data.adata, result, landmarks=landmarks)
     add_spatial_image(aligned, data.image, result.A)
     with tempfile.TemporaryDirectory(dir=session_tmpdir()) as tmp:
-        return write_h5ad_atomic(aligned, Path(tmp) / "aligned.h5ad").read_bytes()
+        return write_aligned_h5ad(aligned, Path(tmp) / "aligned.h5ad").read_bytes()
 
 
 def transform_npz_bytes(result) -> bytes:

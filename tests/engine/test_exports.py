@@ -27,6 +27,7 @@ from gala_engine.exports import (
     add_spatial_image,
     cells_csv_text,
     downsample,
+    write_aligned_h5ad,
     write_cells_csv,
 )
 from gala_engine.io import read_image, write_h5ad_atomic
@@ -62,7 +63,7 @@ def _section(folder: Path, *, shape=(2300, 2700), max_side: int | None = None):
     np.testing.assert_allclose(aligned.obsm[constants.ALIGNED_KEY], xy_px, atol=1e-6)
     assert add_spatial_image(aligned, image, A) == []
     out = folder / "aligned.h5ad"
-    write_h5ad_atomic(aligned, out)  # through the file, as users get it
+    write_aligned_h5ad(aligned, out)  # through the file, as users get it
     return ad.read_h5ad(out), image, path
 
 
@@ -147,6 +148,37 @@ def test_cells_fall_on_the_image(section, plot) -> None:
     for key in ("spatial", constants.ALIGNED_KEY):  # scanpy reads the first, squidpy the second
         bad.uns[key][LIBRARY_ID]["scalefactors"]["tissue_hires_scalef"] *= 0.9
     assert plot(bad) < 0.5
+
+
+def test_images_stored_once(section, tmp_path: Path) -> None:
+    """uns['spatial'] and uns['spatial_he'] hold the same images: one dataset in the file, two names."""
+    import h5py
+
+    adata, image, _ = section
+    fresh = adata.copy()
+    for key in ("spatial", constants.ALIGNED_KEY):
+        del fresh.uns[key]
+    add_spatial_image(fresh, image, np.eye(3))
+    once, twice = tmp_path / "once.h5ad", tmp_path / "twice.h5ad"
+    write_aligned_h5ad(fresh, once)
+    write_h5ad_atomic(fresh, twice)  # the plain writer stores them twice
+    with h5py.File(once, "r") as f:
+        for name in ("hires", "lowres"):
+            assert f[f"uns/spatial/{LIBRARY_ID}/images/{name}"] == f[f"uns/spatial_he/{LIBRARY_ID}/images/{name}"]
+    hires = fresh.uns["spatial"][LIBRARY_ID]["images"]["hires"]
+    single, bare = tmp_path / "single.h5ad", tmp_path / "bare.h5ad"  # the images under one key; none
+    meta = {constants.UNS_KEY: fresh.uns[constants.UNS_KEY]}
+    write_h5ad_atomic(ad.AnnData(fresh.X, obsm=dict(fresh.obsm), uns={"spatial": fresh.uns["spatial"], **meta}), single)
+    write_h5ad_atomic(ad.AnnData(fresh.X, obsm=dict(fresh.obsm), uns=meta), bare)
+    size = {p.stem: p.stat().st_size for p in (once, twice, single, bare)}
+    images = size["single"] - size["bare"]
+    assert images > 50_000 and size["twice"] - size["single"] > 0.8 * images  # the plain writer: twice
+    assert size["once"] - size["single"] < 0.1 * images  # hard links: once
+    back = ad.read_h5ad(once)
+    for key in ("spatial", constants.ALIGNED_KEY):
+        np.testing.assert_array_equal(back.uns[key][LIBRARY_ID]["images"]["hires"], hires)
+    assert fresh.uns[constants.ALIGNED_KEY][LIBRARY_ID]["images"]["hires"] is hires  # the caller's object restored
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_downsampled_image_and_existing_library(tmp_path: Path) -> None:
