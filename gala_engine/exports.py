@@ -92,7 +92,7 @@ def spot_diameter_px(xy_um: np.ndarray, A: np.ndarray) -> float:
 def add_spatial_image(adata: Any, image: LoadedImage, A: np.ndarray, *, library_id: str = LIBRARY_ID) -> list[str]:
     """Put the image and its scale factors in ``adata.uns['spatial'][library_id]`` (in place), and the same in
     ``adata.uns['spatial_he'][library_id]``: scanpy reads the former, squidpy ``uns[spatial_key]`` (so
-    ``spatial_key='spatial_he'`` needs the latter; the images are small, see :data:`HIRES_MAX_SIDE`).
+    ``spatial_key='spatial_he'`` needs the latter; :func:`write_aligned_h5ad` stores the images once).
 
     Parameters
     ----------
