@@ -134,6 +134,9 @@ def align_files(
     params = params or AlignParams()
     adata = io.read_cells(h5ad)
     img = io.read_image(image, max_side=max_side, channel=channel, series=series, plane=plane)
+    from .replay import file_record
+
+    files = {"image": file_record(image), "cells": file_record(h5ad)}  # the files as read (for a replay)
     found = checks.check_cells(adata, signal=signal, name=h5ad.name)
     warnings = found.warnings + checks.check_image(img, name=image.name)
     from . import landmarks as lmk
@@ -152,7 +155,7 @@ def align_files(
     aligned = _aligned_outputs(adata, img, rasters, result, image=image, h5ad=h5ad, signal=signal, dx=dx,
                                feature=feature, max_side=max_side, channel=channel, series=series, plane=plane,
                                landmarks=(landmarks, landmarks_mode, landmarks_fit, init_transform, pixel_size),
-                               pairs=extra.pairs, params=params, warnings=warnings)
+                               pairs=extra.pairs, params=params, files=files, warnings=warnings)
     from .exports import write_aligned_h5ad
 
     write_or_rescue(lambda p: write_aligned_h5ad(aligned, p, protect=inputs), out, what="the aligned .h5ad")
@@ -165,14 +168,9 @@ def align_files(
         "warnings": warnings,
         **extra.outputs(result, adata),
     }
-    if csv is not None:
-        from .exports import write_cells_csv
-
-        summary["csv"] = str(write_cells_csv(aligned, csv, protect=inputs))
-    if zarr is not None:
-        from .sdata import write_spatialdata
-
-        summary["zarr"] = str(write_spatialdata(aligned, img, result, zarr, overwrite=overwrite))
+    if csv is not None or zarr is not None:
+        summary.update(_extra_outputs(aligned, img, result, out, csv=csv, zarr=zarr, protect=inputs,
+                                      overwrite=overwrite))
     if report_dir is not None:
         from .report import write_report
 
@@ -195,9 +193,30 @@ def align_files(
     return summary
 
 
+def _extra_outputs(aligned, img, result, out: Path, *, csv, zarr, protect: list, overwrite: bool) -> dict[str, str]:
+    """Write the cells CSV and / or the SpatialData store; a late failure says what was written already."""
+    from .exports import write_cells_csv
+    from .sdata import write_spatialdata
+
+    done: dict[str, str] = {}
+    for key, path, write in (("csv", csv, lambda: write_cells_csv(aligned, csv, protect=protect)),
+                             ("zarr", zarr, lambda: write_spatialdata(aligned, img, result, zarr, overwrite=overwrite))):
+        if path is None:
+            continue
+        try:
+            done[key] = str(write())
+        except (OSError, ValueError, TypeError, KeyError) as exc:  # disk full; spatialdata refusing the table
+            if isinstance(exc, GalaInputError):
+                raise
+            reason = getattr(exc, "strerror", None) or f"{type(exc).__name__}: {exc}"
+            raise GalaInputError(f"wrote {out}, but --{key} {path} could not be written ({reason}); fix that and "
+                                 f"run again, or drop --{key}.") from None
+    return done
+
+
 def _aligned_outputs(adata, img, rasters, result, *, image: Path, h5ad: Path, signal: str, dx, feature: str,
                      max_side, channel, series, plane, landmarks: tuple, pairs, params: AlignParams,
-                     warnings: list[str]):
+                     files: dict[str, dict], warnings: list[str]):
     """The aligned AnnData to write: :func:`gala_engine.section.aligned_adata` + the image for scanpy/squidpy
     (``uns['spatial']['gala_he']``) + the replay record (``uns['gala']['replay']``); appends to ``warnings``."""
     from . import section
@@ -212,7 +231,7 @@ def _aligned_outputs(adata, img, rasters, result, *, image: Path, h5ad: Path, si
                   "init_transform": file_record(init_path) if init_path is not None else {}}
     aligned = section.aligned_adata(adata, result, landmarks=pairs)
     aligned.uns[constants.UNS_KEY]["replay"] = run_record(
-        image=file_record(image), cells=file_record(h5ad), image_full_shape=img.full_shape,
+        image=files["image"], cells=files["cells"], image_full_shape=img.full_shape,
         image_loaded_shape=img.pixels.shape, image_scale=img.scale, max_side=max_side, channel=channel,
         series=series, plane=plane, signal=signal, signal_used=rasters.signal, feature=feature,
         feature_used=rasters.feature, dx=dx, dx_used=rasters.dx, seed=int(result.params.get("random_seed", 0)),

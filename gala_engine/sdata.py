@@ -23,7 +23,7 @@ and these elements:
     ``he_pixels``: identity, ``global``: the affine back to µm (so they sit on the image in both systems).
 ``table``
     The AnnData (``X``, ``obs``, ``var``, ``obsm``, ``uns['gala']``; not the plotting images) annotating
-    ``cells_he`` through ``obs['cell_index']`` (and ``obs['region']``).
+    ``cells_he`` through ``obs['gala_cell_index']`` (and ``obs['gala_region']``).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ __all__ = ["GLOBAL", "IMAGE_PX", "affine_px_to_um_xy", "spatialdata_object", "wr
 GLOBAL = "global"  # coordinate system of the cells: µm
 IMAGE_PX = "he_pixels"  # coordinate system of the image: full-resolution pixels (obsm['spatial_he'])
 IMAGE_KEY, POINTS_KEY, SHAPES_KEY, TABLE_KEY = "he_image", "cells", "cells_he", "table"
-INSTANCE_KEY, REGION_KEY = "cell_index", "region"
+INSTANCE_KEY, REGION_KEY = "gala_cell_index", "gala_region"  # prefixed: never a user's obs column
 
 
 def affine_px_to_um_xy(A: np.ndarray) -> np.ndarray:

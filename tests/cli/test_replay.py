@@ -163,3 +163,32 @@ def test_replay_with_landmarks(tmp_path: Path, capsys) -> None:
     assert code == 2 and "give it with --landmarks" in err
     code, err = _replay(out, image, h5ad, tmp_path / "again.h5ad", capsys, "--landmarks", str(pairs))
     assert code == 0 and "replay matches" in err, err
+
+
+def test_zarr_refusals_and_late_failure(tmp_path: Path, capsys, monkeypatch) -> None:
+    """--zarr is checked before any work (never a folder that is not a store, never the other outputs); a late
+    failure says that the .h5ad was written and why the store was not."""
+    from gala_engine import sdata
+    from gala_engine.demo import DEMO_DIR
+
+    image, h5ad = DEMO_DIR / "visium_tiny" / "tissue_lowres_image.png", DEMO_DIR / "visium_tiny" / "squidpy_visium_tiny.h5ad"
+    (tmp_path / "results").mkdir()
+    (tmp_path / "replay.toml").write_text(REPLAY_TOML)
+    base = ["align", "--image", str(image), "--h5ad", str(h5ad), "--params", str(tmp_path / "replay.toml"), "-q",
+            "--device", "cpu", "--no-xenium-matrix"]
+    for zarr, extra, message in ((tmp_path / "results", ["--overwrite"], "is not a zarr store"),
+                                 (tmp_path / "a.h5ad", [], "also another output"),
+                                 (tmp_path / "nowhere" / "x.zarr", [], "does not exist")):
+        capsys.readouterr()
+        assert main([*base, "--out", str(tmp_path / "a.h5ad"), "--zarr", str(zarr), *extra]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "a.h5ad").exists()
+
+    def full_disk(*args, **kw):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sdata, "write_spatialdata", full_disk)
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "a.h5ad"), "--zarr", str(tmp_path / "a.zarr")]) == 2
+    err = capsys.readouterr().err
+    assert "wrote " in err and "--zarr" in err and "No space left on device" in err and "Traceback" not in err
+    assert ad.read_h5ad(tmp_path / "a.h5ad").n_obs == 100 and not (tmp_path / "a.zarr").exists()

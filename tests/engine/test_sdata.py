@@ -45,14 +45,14 @@ def test_round_trip_positions(warped) -> None:
     he = sd.transform(sdata["cells_he"], to_coordinate_system=IMAGE_PX)
     np.testing.assert_allclose(np.c_[he.geometry.x, he.geometry.y], adata.obsm[constants.ALIGNED_KEY], atol=0.01)
     # cells (points, µm): identity to global, the alignment's affine to image pixels
-    pts = sd.transform(sdata["cells"], to_coordinate_system=IMAGE_PX).compute().sort_values("cell_index")
+    pts = sd.transform(sdata["cells"], to_coordinate_system=IMAGE_PX).compute().sort_values("gala_cell_index")
     np.testing.assert_allclose(pts[["x", "y"]].to_numpy(), adata.obsm[constants.ALIGNED_AFFINE_KEY], atol=0.01)
-    glob = sd.transform(sdata["cells"], to_coordinate_system=GLOBAL).compute().sort_values("cell_index")
+    glob = sd.transform(sdata["cells"], to_coordinate_system=GLOBAL).compute().sort_values("gala_cell_index")
     np.testing.assert_allclose(glob[["x", "y"]].to_numpy(), adata.obsm[constants.SPATIAL_KEY], atol=1e-9)
     # the table annotates the circles, cell for cell
     table = sdata["table"]
     assert table.uns["spatialdata_attrs"]["region"] == "cells_he"
-    np.testing.assert_array_equal(table.obs["cell_index"].to_numpy(), np.asarray(he.index))
+    np.testing.assert_array_equal(table.obs["gala_cell_index"].to_numpy(), np.asarray(he.index))
     np.testing.assert_array_equal(table.obs_names, adata.obs_names)
     assert "spatial" not in table.uns and constants.UNS_KEY in table.uns
 
