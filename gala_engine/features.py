@@ -74,9 +74,18 @@ def sobel_magnitude(gray: np.ndarray) -> np.ndarray:
     return cv2.magnitude(gx, gy)
 
 
+def reproducible_cv2() -> None:
+    """Turn off OpenCV's Intel IPP paths in this thread (the flag is per thread): with them, ``cv2.Sobel`` and
+    ``GaussianBlur`` results depend on where numpy happened to allocate the buffers (measured: 4 runs in 20 of
+    the same Sobel differed), so the same run twice would not give the same raster (see gala_engine.replay)."""
+    if cv2.ipp.useIPP():
+        cv2.ipp.setUseIPP(False)
+
+
 def feature_planes(pixels: np.ndarray, kind: FeatureKind = "auto") -> list[np.ndarray]:
     """The feature's planes at the image's loaded resolution, before any smoothing or reduction (float32, one per
     ``+``-joined kind; see :func:`image_feature`). Computed once, they serve every raster level of a section."""
+    reproducible_cv2()
     kind = resolve_feature(kind, pixels)
     gray = to_gray(pixels)
     if min(gray.shape) < 2:
@@ -124,6 +133,7 @@ def image_feature(
         Row and column pixel-centre coordinates in full-resolution image pixels (pixel centres at
         integers, origin at the top-left pixel) and the raster ``(C, h, w)`` float32 in [0, 1].
     """
+    reproducible_cv2()
     if planes is None:
         planes = feature_planes(pixels, kind)
     reduce = max(int(reduce), 1)
@@ -178,6 +188,7 @@ def _channel(kind: str, pixels: np.ndarray, gray: np.ndarray, cache: dict) -> np
 def tissue_mask(I: np.ndarray) -> np.ndarray:
     """(h, w) float32 tissue mask of a feature raster (C, h, w): Otsu's threshold on a smoothed sum of the
     channels, softened by a 1-pixel Gaussian (so a fitness reading it has sub-pixel gradients)."""
+    reproducible_cv2()
     img = np.asarray(I, dtype=np.float32).sum(0)
     smooth = cv2.GaussianBlur(img, (0, 0), sigmaX=max(min(img.shape) / 50.0, 1.0))
     u8 = (normalize(smooth) * 255).astype(np.uint8)

@@ -859,6 +859,7 @@ def write_h5ad_atomic(
     path: str | os.PathLike[str],
     *,
     protect: Iterable[str | os.PathLike[str]] = (),
+    before_rename: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``adata`` to ``path`` (gzip) via a temporary file in the same folder and a rename.
 
@@ -870,6 +871,8 @@ def write_h5ad_atomic(
         Destination ``.h5ad``; replaced atomically, so readers never see a half-written file.
     protect
         Paths that must not be overwritten (the inputs).
+    before_rename
+        Called with the written temporary file before it is renamed (e.g. to add HDF5 hard links).
 
     Returns
     -------
@@ -894,6 +897,8 @@ def write_h5ad_atomic(
     adata = _writable_uns(adata)
     try:
         adata.write_h5ad(tmp, compression="gzip")
+        if before_rename is not None:
+            before_rename(tmp)
         os.chmod(tmp, mode)
         os.replace(tmp, dest)
     except BaseException:

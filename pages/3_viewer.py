@@ -11,6 +11,7 @@ from ui import figures, state
 from ui import landmarks as lm
 from ui import runs as run_store
 from ui.data import colour_values
+from ui.exports import cells_csv_bytes, spatialdata_zip_bytes
 from ui.runs import aligned_h5ad_bytes, grid_lines, layer_positions, transform_npz_bytes, xenium_matrix_bytes
 
 st.title("3 · Viewer")
@@ -96,3 +97,13 @@ d3.download_button("Download Xenium Explorer matrix .csv",
                    file_name=f"{stem}_xenium_matrix_run{rid}.csv", mime="text/csv", on_click="ignore", key="dl_xenium",
                    help="Image pixels → Xenium pixels (Xenium Explorer's image alignment file); for a warped run, "
                    "the affine closest to it over the cells.")
+e1, e2, _ = st.columns(3)
+e1.download_button("Download cells .csv", data=lambda: cells_csv_bytes(result, data),
+                   file_name=f"{stem}_cells_run{rid}.csv", mime="text/csv", on_click="ignore", key="dl_csv",
+                   help="cell_id, x_um, y_um, x_px, y_px (full-resolution image pixels) and, when computed, "
+                   "confidence.")
+e2.download_button("Download SpatialData .zarr (zip)",
+                   data=lambda: spatialdata_zip_bytes(result, data, name=f"{stem}_run{rid}"),
+                   file_name=f"{stem}_run{rid}.zarr.zip", mime="application/zip", on_click="ignore", key="dl_zarr",
+                   help="Image, cells, table and the alignment as coordinate transformations; unzip, then "
+                   "spatialdata.read_zarr(...) or open in napari-spatialdata.")

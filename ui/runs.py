@@ -115,17 +115,19 @@ def quality_message(qc: dict) -> tuple[str, str]:
 def aligned_h5ad_bytes(result, data: Dataset, *, landmarks=None, quality: dict | None = None) -> bytes:
     """The aligned ``.h5ad`` (input + obsm['spatial_he'] + uns['gala'], with ``landmarks`` their pairs and
     errors in uns['gala']['landmarks'], with ``quality`` (:func:`run_quality`) uns['gala']['qc'] and
-    obs['gala_confidence']) as bytes, via a temp file."""
+    obs['gala_confidence'], + the image for scanpy/squidpy in uns['spatial']['gala_he']) as bytes, via a temp file."""
     import tempfile
     from pathlib import Path
 
-    from gala_engine.section import write_aligned
+    from gala_engine.exports import add_spatial_image, write_aligned_h5ad
+    from gala_engine.section import aligned_adata
 
     from .data import session_tmpdir
 
+    aligned = aligned_adata(data.adata, result, landmarks=landmarks, quality=quality)
+    add_spatial_image(aligned, data.image, result.A)
     with tempfile.TemporaryDirectory(dir=session_tmpdir()) as tmp:
-        return write_aligned(data.adata, result, Path(tmp) / "aligned.h5ad", landmarks=landmarks,
-                             quality=quality).read_bytes()
+        return write_aligned_h5ad(aligned, Path(tmp) / "aligned.h5ad").read_bytes()
 
 
 def transform_npz_bytes(result) -> bytes:
