@@ -78,7 +78,10 @@ def test_csv_and_zarr_beside_the_h5ad(demo_run) -> None:
     folder, out = demo_run
     aligned = ad.read_h5ad(out)
     frame = pd.read_csv(folder / "cells.csv")
-    assert list(frame.columns) == ["cell_id", "x_um", "y_um", "x_px", "y_px"]
+    # the CLI's run computes the quality flags: the per-cell confidence comes with the positions
+    assert list(frame.columns) == ["cell_id", "x_um", "y_um", "x_px", "y_px", "confidence"]
+    np.testing.assert_allclose(frame["confidence"], aligned.obs[constants.CONFIDENCE_KEY], atol=1e-5)  # CSV: 6 digits
+    assert frame["confidence"].between(0.0, 1.0).all()
     np.testing.assert_allclose(frame[["x_px", "y_px"]], aligned.obsm[constants.ALIGNED_KEY], atol=1e-5)
     sdata = sd.read_zarr(folder / "cells.zarr")
     he = sd.transform(sdata["cells_he"], to_coordinate_system="he_pixels")
