@@ -53,7 +53,8 @@ __all__ = [
 
 DEFAULT_PCS = 3  # "pca" = "pca:3"
 MAX_PCS = 20
-FLAT_LEVEL = 0.05  # informativeness below this: "too flat to align" (calibrated in bench/signals.py)
+FLAT_LEVEL = 0.1  # informativeness below this: "too flat to align" (bundled data: an evenly packed Visium grid
+# scores 0.04 for density or a constant gene; MERFISH density 0.2; total counts 0.2–0.3; spatially patterned genes ≥ 0.3)
 _PCA = re.compile(r"pca(?::(\d+))?", re.IGNORECASE)
 
 
