@@ -141,7 +141,8 @@ def prepare_section(
         score = mixed[0].score
     else:
         sp = Splatter(yx, dx, blur)
-        score = sp.density_contrast if g is None else sp.informativeness(g)
+        # the score of what rasterize splats: the weights min–max scaled
+        score = sp.density_contrast if g is None else sp.informativeness((g - g.min()) / max(np.ptp(g), 1e-300))
     return SectionRasters(I, xI, J, xJ, float(dx), reduce, tuple(image.full_shape), signal, feature, fine,
                           informativeness=score, channels=mixed[0] if mixed else None)
 

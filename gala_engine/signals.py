@@ -314,7 +314,8 @@ def combine_channels(sp: Splatter, weights: np.ndarray, names: list[str],
     channels by their structure (``bench/signals.py``: a flat or noise channel still carries the cells'
     outline, which the fitness uses; dropping it lowered the margin of the true pose on MERFISH from 0.14 to
     0.04). ``mix``: other ``a_k`` (e.g. the coarse level's, so finer levels show the same combination). Each
-    channel's :meth:`Splatter.structure` is kept for display (NaN when ``mix`` is given).
+    channel's :meth:`Splatter.structure` is kept for display, and the target's informativeness (both NaN when
+    ``mix`` is given).
     """
     W = np.asarray(weights, np.float64).reshape(len(weights), -1)
     K = W.shape[1]
@@ -330,7 +331,8 @@ def combine_channels(sp: Splatter, weights: np.ndarray, names: list[str],
     peak = chans.reshape(K, -1).max(1)
     coef = a / np.where(peak > 0, peak, 1.0)
     J = np.tensordot(coef, chans, axes=1)
-    score = sp.informativeness(Wn @ coef, J)  # the target is linear in each cell's combined weight
+    # the target is linear in each cell's combined weight; a given mix (finer levels) is not scored again
+    score = sp.informativeness(Wn @ coef, J) if mix is None else float("nan")
     return ChannelRasters(list(names), chans, structure, a, J[None], score)
 
 

@@ -6,7 +6,7 @@ import streamlit as st
 
 from gala_engine.demo import DEMOS
 from gala_engine.features import FEATURE_CHOICES
-from gala_engine.io import cell_signal, spatial_yx
+from gala_engine.io import spatial_yx
 from gala_engine.signals import FLAT_LEVEL, flat_warning
 from ui import figures, state
 from ui.data import (
@@ -19,6 +19,7 @@ from ui.data import (
     set_dataset,
     signal_choices,
     signal_previews,
+    signal_values,
     upload_dataset,
 )
 from ui.data import summary as data_summary
@@ -124,7 +125,7 @@ except DataError as err:
     st.stop()
 for w in raster_warnings():
     st.warning(w)
-values = cell_signal(data.adata, r.signal)
+values = signal_values(data, r.signal)
 if r.informativeness < FLAT_LEVEL:  # too flat to align: rank the candidates to name a better one
     st.warning(flat_warning(r.signal, r.informativeness, signal_previews(data, r.signal, r.dx)))
 st.caption(f"Cell raster: {r.J.shape[2]} × {r.J.shape[1]} px at dx = {r.dx:g} µm · image raster: "

@@ -281,6 +281,12 @@ def raster_warnings() -> list[str]:
     return list(cached[2]) if cached is not None else []
 
 
+def signal_values(data: Dataset, signal: str) -> np.ndarray:
+    """Per-cell values of ``signal`` to colour the cells by (a summary of several channels; see
+    :func:`gala_engine.io.cell_signal`), computed once per dataset and signal (pca is not redone on every rerun)."""
+    return state.memo("signal_values", (data.uid, signal), lambda: colour_values(data, signal))
+
+
 def colour_values(data: Dataset, colour: str) -> np.ndarray:
     """Per-cell values to colour the cells by; all ones when ``colour`` cannot be computed (e.g. negative X)."""
     try:
