@@ -16,7 +16,11 @@ Ways compared:
 Also: for each of the top principal components, R at the true pose with the engine's sign (positive correlation
 with log total counts) and with the opposite sign.
 
-Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/signals.py`` (about a minute on a 2-core CPU).
+With ``--align``: full default alignments (affine only) of the bundled sets from their true positions with
+``total counts``, ``pca`` and ``pca:1``, and the median error against the truth (pixels; several minutes).
+
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/signals.py [--align] [dataset ...]`` (the landscapes take about a
+minute on a 2-core CPU).
 """
 
 from __future__ import annotations
@@ -117,7 +121,24 @@ def landscape(name: str) -> None:
         print(f"PC{j + 1}: R at truth with the engine's sign {row[0]:.3f}, opposite sign {row[1]:.3f}")
 
 
+def align_errors(name: str, signals: tuple[str, ...] = ("total counts", "pca", "pca:1")) -> None:
+    from gala_engine import AlignParams
+    from gala_engine.demo import truth_px_xy
+    from gala_engine.section import align_section, median_error_px
+
+    demo = load_demo(name)
+    image = read_image(demo.image_path)
+    feature = "inverted" if name == "visium_dg" else "auto"  # as tests/engine/test_real_data.py
+    for signal in signals:
+        r = prepare_section(demo.adata, image, signal=signal, feature=feature)
+        res = align_section(r, AlignParams(num_iterations=0))
+        xy = res.cells_to_image(np.asarray(demo.adata.obsm["spatial"]), deformed=False)
+        print(f"{name} {signal!r}: median error {median_error_px(xy, truth_px_xy(demo)):.2f} px, fitness "
+              f"{res.fitness:.3f}, informativeness {r.informativeness:.3f}", flush=True)
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    for dataset in sys.argv[1:] or ["visium_dg", "merfish_mini"]:
-        landscape(dataset)
+    names = [a for a in sys.argv[1:] if not a.startswith("--")] or ["visium_dg", "merfish_mini"]
+    for dataset in names:
+        align_errors(dataset) if "--align" in sys.argv else landscape(dataset)

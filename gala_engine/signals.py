@@ -411,14 +411,26 @@ def rank_signals(adata: Any, signals: list[str] | None = None, *, dx: float | No
 
 
 def flat_warning(signal: str, score: float, ranked: list[SignalScore] | None = None) -> str | None:
-    """A "too flat to align" warning for ``signal`` scoring ``score`` (None when it is informative enough),
-    suggesting the best-ranked other candidate of ``ranked`` when one scores higher."""
+    """A "too flat to align" warning for ``signal`` scoring ``score`` (None when it is informative enough).
+
+    Suggests, from ``ranked``, the best non-flat signal that pools many genes (total counts, pca), and names the
+    most structured single genes as well: a gene's pattern scores high but need not show in the stain (on the
+    bundled Visium section the top-scoring gene does not place the spots, total counts does: ``bench/signals.py``),
+    while many genes together track how many cells there are, which the stain shows.
+    """
     if score >= FLAT_LEVEL:
         return None
     msg = (f"The signal '{signal}' is too flat to align (informativeness {score:.3f} < {FLAT_LEVEL}): its cell "
            "raster hardly varies inside the tissue, so only the outline can place the cells.")
-    better = [s for s in ranked or [] if s.signal != signal and s.score > score]
-    if better:
+    better = [s for s in ranked or [] if s.signal != signal and not s.flat]
+    pooled = [s for s in better if s.signal == constants.SIGNAL_TOTAL_COUNTS or _PCA.fullmatch(s.signal)]
+    genes = [s for s in better if s not in pooled and s.signal != constants.SIGNAL_DENSITY]
+    if pooled:
+        msg += f" Try the signal '{pooled[0].signal}' (informativeness {pooled[0].score:.3f})"
+        if genes:
+            msg += "; or a gene with a pattern: " + ", ".join(f"'{g.signal}' ({g.score:.2f})" for g in genes[:3])
+        msg += "."
+    elif better:
         msg += f" Try the signal '{better[0].signal}' (informativeness {better[0].score:.3f})."
     return msg
 
