@@ -21,11 +21,12 @@ from .budget import check_prepare
 from .errors import GalaInputError
 from .events import ProgressCallback, StopPredicate
 from .features import FeatureKind, image_feature, resolve_feature
+from .flatness import Splatter
 from .io import LoadedImage, spatial_yx, write_h5ad_atomic
 from .params import AlignParams
 from .pipeline import gala, to_cpu
 from .raster import choose_dx, rasterize
-from .signals import ChannelRasters, Splatter, combine_channels, signal_channels
+from .signals import ChannelRasters, combine_channels, signal_channels
 from .transform import transform_points_target_to_source
 
 
