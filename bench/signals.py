@@ -13,8 +13,8 @@ Ways compared:
 - ``equal`` — channels scaled to max 1 and summed with equal weights (``signals.combine_channels``: the engine);
 - ``mean-R`` — each channel scored on its own by the fitness, the scores averaged.
 
-Also: for each of the top principal components, R at the true pose with the engine's sign (positive correlation
-with log total counts) and with the opposite sign.
+Also, for ``pca:1`` and ``pca:3``: each component split into its positive and negative parts as two channels (the
+engine) against each component's sign fixed by its correlation with log total counts, shifted to start at 0.
 
 With ``--align``: full default alignments (affine only) of the bundled sets from their true positions with
 ``total counts``, ``pca`` and ``pca:1``, and the median error against the truth (pixels; several minutes).
@@ -112,14 +112,21 @@ def landscape(name: str) -> None:
             err = float(np.hypot(genes[k, 3] - g0[3], genes[k, 4] - g0[4])) + (999.0 if genes[k, 0] != g0[0] else 0)
             print(f"{flat:>12} {way:>12} {err:>19.1f} {s[truth] - s[far].max():>8.3f} {s[truth]:>10.3f}"
                   + (f"   (weights {np.round(mix, 3).tolist()})" if way == "weighted" else ""))
-    pcs = pca_scores(adata, 3)
-    for j in range(3):
-        row = []
-        for sign in (1.0, -1.0):
-            v = sign * pcs[:, j]
-            lo, hi = np.percentile(v, [1, 99])
-            row.append(scores(sp.raster(np.clip(v, lo, hi) - lo)[None])[truth])
-        print(f"PC{j + 1}: R at truth with the engine's sign {row[0]:.3f}, opposite sign {row[1]:.3f}")
+    adata = demo.adata  # the PCA of the data as they are (without the two extra genes)
+    pcs = pca_scores(adata, 3)  # signed so that each correlates positively with log total counts
+    tot = np.log1p(np.asarray(adata.X.sum(1)).ravel())
+    print("PC correlation with log total counts: " + ", ".join(
+        f"PC{j + 1} {np.corrcoef(pcs[:, j], tot)[0, 1]:.3f}" for j in range(3)))
+    for k in (1, 3):
+        signed = []
+        for j in range(k):  # the alternative: sign fixed by the totals, clipped to 1-99 %, shifted to start at 0
+            lo, hi = np.percentile(pcs[:, j], [1, 99])
+            c = sp.raster(np.clip(pcs[:, j], lo, hi) - lo)
+            signed.append(c / c.max())
+        weights, names = signal_channels(adata, f"pca:{k}")  # the engine: + and - parts as channels
+        for way, J in (("signed", sum(signed)[None] / k), ("+/- split", combine_channels(sp, weights, names).raster)):
+            s = scores(J)
+            print(f"pca:{k} {way:>10}: R at truth {s[truth]:.3f}, margin {s[truth] - s[far].max():+.3f}")
 
 
 def align_errors(name: str, signals: tuple[str, ...] = ("total counts", "pca", "pca:1")) -> None:

@@ -42,6 +42,6 @@ def test_typed_gene_list_and_pca_become_the_signal(app):
     r = app.session_state[state.RASTERS][1]
     assert r.signal == "Prkcd,Hpca" and r.channels.names == ["Prkcd", "Hpca"]
     _type_signal(app, "pca:2")
-    assert app.session_state[state.RASTERS][1].channels.names == ["PC1", "PC2"]
+    assert app.session_state[state.RASTERS][1].channels.names == ["PC1+", "PC1−", "PC2+", "PC2−"]
     _type_signal(app, "Prkcd,NotAGene")
     assert any("NotAGene" in e.value for e in app.error) and not app.exception

@@ -97,14 +97,20 @@ def test_pca_channel_of_a_known_gradient() -> None:
     pc = pca_scores(adata, 2)
     assert np.corrcoef(pc[:, 0], x)[0, 1] > 0.95  # PC1 is the gradient, signed like the total counts
     weights, names = signal_channels(adata, "pca:1")
-    assert names == ["PC1"] and weights.min() == 0.0  # shifted to be a raster weight
+    assert names == ["PC1+", "PC1−"] and weights.min() == 0.0  # the two signs as raster weights ≥ 0
+    assert np.corrcoef(weights[:, 0], x)[0, 1] > 0.8 and np.corrcoef(weights[:, 1], x)[0, 1] < -0.8
+    assert np.all(weights.min(1) == 0.0)  # each cell lies on one side
     r = prepare_section(adata, _image_for(adata), signal="pca:1", fine_levels=0)
     rows, cols = r.xJ
     keep_r = (rows > 40) & (rows < rows.max() - 60)  # the cells span 0–345 µm: away from the blurred edge
     keep_c = (cols > 40) & (cols < cols.max() - 60)
-    profile = r.J[0][np.ix_(keep_r, keep_c)].mean(0)
-    assert np.corrcoef(profile, cols[keep_c])[0, 1] > 0.95  # the raster rises left to right
-    assert profile[-1] > 3 * profile[0]
+    plus, minus = (r.channels.channels[k][np.ix_(keep_r, keep_c)].mean(0) for k in (0, 1))
+    c, mid = cols[keep_c], cols[keep_c].mean()
+    assert plus[c > mid].sum() > 4 * plus[c < mid].sum() and plus[-1] > 5 * plus[0]  # PC1+: the right side
+    assert minus[c < mid].sum() > 4 * minus[c > mid].sum() and minus[0] > 5 * minus[-1]  # PC1−: the left side
+    assert np.corrcoef(plus - minus, c)[0, 1] > 0.95  # together: the gradient
+    np.testing.assert_allclose(r.J[0], (r.channels.channels[0] / r.channels.channels[0].max()
+                                        + r.channels.channels[1] / r.channels.channels[1].max()) / 2, rtol=1e-6)
     dens = prepare_section(adata, _image_for(adata), signal=constants.SIGNAL_DENSITY, fine_levels=0)
     assert r.informativeness > 0.3 > FLAT_LEVEL > dens.informativeness  # an even grid: density is flat
 
