@@ -25,7 +25,7 @@ from .params import AlignParams
 
 __all__ = ["SUMMARY_COLUMNS", "ManifestRow", "align_files", "read_manifest", "run_batch", "write_summary"]
 
-SUMMARY_COLUMNS = ("section", "status", "fitness", "runtime_s", "error", "output")
+SUMMARY_COLUMNS = ("section", "status", "fitness", "qc", "runtime_s", "error", "output")  # qc: the quality verdict
 
 
 def report_paths(report_dir: str | os.PathLike[str], name: str) -> list[Path]:
@@ -97,7 +97,8 @@ def align_files(
     -------
     dict
         ``fitness``, ``score``, ``runtime_s`` (the engine's), ``device``, ``output``, ``warnings``
-        (list of str) and, with a report, ``report`` (the metrics).
+        (list of str), ``qc`` (the quality flags, :func:`gala_engine.qc.quality_flags`) and, with a report,
+        ``report`` (the metrics).
     """
     from . import checks, io, section
     from .outputs import check_outputs, write_or_rescue
@@ -138,8 +139,11 @@ def align_files(
         result, extra.message = refinement.result, refinement.message
     else:
         result = section.align_section(rasters, params, init_A=extra.init_A, progress=progress)
-    write_or_rescue(lambda p: section.write_aligned(adata, result, p, protect=inputs, landmarks=extra.pairs), out,
-                    what="the aligned .h5ad")
+    from .qc import assess
+
+    quality = assess(rasters, result, io.spatial_yx(adata)[:, ::-1])  # flags + per-cell confidence, after the fact
+    write_or_rescue(lambda p: section.write_aligned(adata, result, p, protect=inputs, landmarks=extra.pairs,
+                                                    quality=quality), out, what="the aligned .h5ad")
     summary: dict[str, Any] = {
         "fitness": result.fitness,
         "score": result.score,
@@ -147,6 +151,7 @@ def align_files(
         "device": result.device,
         "output": str(out),
         "warnings": warnings,
+        "qc": quality["qc"],
         **extra.outputs(result, adata),
     }
     if report_dir is not None:
@@ -162,6 +167,7 @@ def align_files(
                 name=report_name,
                 inputs={"image": str(image), "h5ad": str(h5ad), "output": str(out)},
                 landmarks=extra.pairs,
+                quality=quality,
             )
         except OSError as exc:
             raise GalaInputError(
@@ -321,7 +327,8 @@ def _check_batch_outputs(rows: list[ManifestRow], out: Path, *, report: bool, ov
 
 def _failed(section: str, error: str) -> dict[str, Any]:
     """A summary row for a section that did not align (the summary CSV's columns, all present)."""
-    return {"section": section, "status": "failed", "fitness": "", "runtime_s": "", "error": error, "output": ""}
+    return {"section": section, "status": "failed", "fitness": "", "qc": "", "runtime_s": "", "error": error,
+            "output": ""}
 
 
 def _align_row(row: ManifestRow, out_dir: str, report: bool, torch_threads: int | None,
@@ -347,7 +354,7 @@ def _align_row(row: ManifestRow, out_dir: str, report: bool, torch_threads: int 
             overwrite=overwrite,
             **row.options,
         )
-        rec.update(status="ok", fitness=f"{res['fitness']:.6g}", error="", output=res["output"])
+        rec.update(status="ok", fitness=f"{res['fitness']:.6g}", qc=res["qc"]["verdict"], error="", output=res["output"])
     except GalaInputError as exc:
         rec["error"] = str(exc)
     except Exception as exc:  # noqa: BLE001 - one section must never stop the others

@@ -242,7 +242,14 @@ def _cmd_align(args: argparse.Namespace) -> int:
         bars.close()
     for warning in res.get("warnings", []):
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
+    if "qc" in res:  # the quality flags: the verdict, then what is off and what to try
+        from .qc import verdict_lines
+
+        for text in verdict_lines(res["qc"]):
+            print(f"{PROG}: {text}", file=sys.stderr)
     line = f"wrote {res['output']}: fitness {res['fitness']:.4f}, {res['runtime_s']:.1f} s on {res['device']}"
+    if "qc" in res:
+        line += f"; quality: {res['qc']['verdict']}"
     if "report" in res:
         rep = res["report"]
         line += f"; report {rep['png']} (overlap {rep['overlap_before']:.3f} → {rep['overlap_after']:.3f})"

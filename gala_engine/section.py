@@ -20,7 +20,7 @@ from . import constants
 from .budget import check_prepare
 from .errors import GalaInputError
 from .events import ProgressCallback, StopPredicate
-from .features import FeatureKind, image_feature, resolve_feature
+from .features import FeatureKind, feature_planes, image_feature, resolve_feature
 from .flatness import Splatter
 from .io import LoadedImage, spatial_yx, write_h5ad_atomic
 from .params import AlignParams
@@ -118,6 +118,7 @@ def prepare_section(
         blur = max(1.0, 0.5 * spacing / (2.0 * dx))
     g = None if signal == constants.SIGNAL_DENSITY else weights[:, 0]
     feature = resolve_feature(feature, image.pixels)
+    planes = feature_planes(image.pixels, feature)  # once: every level blurs and reduces the same planes
     mixed: list[ChannelRasters] = []  # several channels: the coarse level's combination, reused by finer levels
 
     def pair(dx_l: float, blur_l: float, reduce_l: int | None):
@@ -129,7 +130,8 @@ def prepare_section(
             XJ, YJ, J = rasterize(yx[:, 1], yx[:, 0], g=g, dx=dx_l, blur=blur_l)
         reduce_l = default_image_reduce(image, J.shape) if reduce_l is None else reduce_l
         smooth = matched_image_blur(image, yx, 2.0 * blur_l * dx_l) if match_blur else 0.0
-        YI, XI, I = image_feature(image.pixels, reduce=reduce_l, scale=image.scale, kind=feature, smooth=smooth)
+        YI, XI, I = image_feature(image.pixels, reduce=reduce_l, scale=image.scale, kind=feature, smooth=smooth,
+                                  planes=planes)
         return [YI, XI], I, [YJ, XJ], J.astype(np.float32), reduce_l
 
     xI, I, xJ, J, reduce = pair(dx, blur, None if image_reduce is None else int(image_reduce))
@@ -254,11 +256,14 @@ def align_section(
     return AlignmentResult.from_gala(result, dx=rasters.dx)
 
 
-def aligned_adata(adata: Any, result: AlignmentResult, *, landmarks: Any = None) -> Any:
+def aligned_adata(adata: Any, result: AlignmentResult, *, landmarks: Any = None,
+                  quality: dict[str, Any] | None = None) -> Any:
     """A copy of ``adata`` with ``obsm['spatial_he']`` (x, y full-resolution pixels), the affine-only
     positions and ``uns['gala']``; the input's own fields are untouched. With ``landmarks`` (a
     :class:`gala_engine.landmarks.Landmarks`), ``uns['gala']['landmarks']`` holds the pairs and their
-    errors under this result (:func:`gala_engine.landmarks.landmarks_uns`)."""
+    errors under this result (:func:`gala_engine.landmarks.landmarks_uns`). With ``quality``
+    (:func:`gala_engine.qc.assess`), ``uns['gala']['qc']`` holds the quality flags and ``obs['gala_confidence']``
+    the per-cell confidence."""
     out = adata.copy()
     xy = np.asarray(out.obsm[constants.SPATIAL_KEY], dtype=np.float64)[:, :2]
     out.obsm[constants.ALIGNED_KEY] = result.cells_to_image(xy)
@@ -274,14 +279,19 @@ def aligned_adata(adata: Any, result: AlignmentResult, *, landmarks: Any = None)
         from .landmarks import landmarks_uns
 
         meta["landmarks"] = landmarks_uns(result, landmarks)
+    if quality is not None:
+        meta["qc"] = quality["qc"]
+        out.obs[constants.CONFIDENCE_KEY] = np.asarray(quality["confidence"], dtype=np.float64)
     out.uns[constants.UNS_KEY] = meta
     return out
 
 
-def write_aligned(adata: Any, result: AlignmentResult, path: str | Path, *, protect=(), landmarks: Any = None) -> Path:
-    """Write the aligned ``.h5ad`` atomically (never over a path in ``protect``); ``landmarks``: see
+def write_aligned(adata: Any, result: AlignmentResult, path: str | Path, *, protect=(), landmarks: Any = None,
+                  quality: dict[str, Any] | None = None) -> Path:
+    """Write the aligned ``.h5ad`` atomically (never over a path in ``protect``); ``landmarks``, ``quality``: see
     :func:`aligned_adata`."""
-    return write_h5ad_atomic(aligned_adata(adata, result, landmarks=landmarks), path, protect=protect)
+    return write_h5ad_atomic(aligned_adata(adata, result, landmarks=landmarks, quality=quality), path,
+                             protect=protect)
 
 
 def median_error_px(predicted_xy: np.ndarray, truth_xy: np.ndarray) -> float:

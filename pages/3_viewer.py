@@ -9,6 +9,7 @@ import streamlit as st
 from gala_engine import constants
 from ui import figures, state
 from ui import landmarks as lm
+from ui import runs as run_store
 from ui.data import colour_values
 from ui.runs import aligned_h5ad_bytes, grid_lines, layer_positions, transform_npz_bytes, xenium_matrix_bytes
 
@@ -32,7 +33,9 @@ layers = layer_positions(rid, result, data)
 options = list(layers)
 show = c2.multiselect("Show cells", options, default=["after LDDMM"] + (["ground truth"] if data.truth is not None
                                                                          else []), key="w_view_layers")
-colour_options = [constants.SIGNAL_TOTAL_COUNTS, *map(str, data.adata.var_names)]
+quality = run_store.run_quality(rid, result, data)
+colour_options = [constants.SIGNAL_TOTAL_COUNTS, *([figures.CONFIDENCE_COLOUR] if quality else []),
+                  *map(str, data.adata.var_names)]
 colour = c3.selectbox("Colour by", colour_options, key="w_view_colour")
 opacity = c4.slider("Opacity", 0.05, 1.0, 0.7, 0.05, key="w_view_opacity")
 grid = c4.checkbox("deformation grid", value=False, key="w_view_grid")
@@ -49,6 +52,9 @@ if "ground truth" in layers:
 lm_err = lm.result_landmark_error(data, result)
 if lm_err is not None:
     m[4].metric("Median landmark error", f"{lm_err:.2f} px", help="Over the pairs on the Landmarks page.")
+if quality:
+    kind, text = run_store.quality_message(quality["qc"])
+    getattr(st, kind)(text)
 if (note := result.origin.get("note")):
     st.caption(f"Run #{rid} ({result.origin.get('source', 'GALA')}): {note}")
 
@@ -66,7 +72,8 @@ with st.expander("Manual correction: rotate, flip, shift, scale (each step makes
 if (message := st.session_state.pop(lm.MESSAGE, None)):
     getattr(st, message[0])(message[1])
 
-fig = figures.overlay_figure(data.image, {k: layers[k] for k in show}, colour_values(data, colour),
+values = quality["confidence"] if colour == figures.CONFIDENCE_COLOUR and quality else colour_values(data, colour)
+fig = figures.overlay_figure(data.image, {k: layers[k] for k in show}, values,
                              colour_label=colour, opacity=opacity,
                              grid=grid_lines(result, data) if grid else None)
 st.plotly_chart(fig, theme=None, key="fig_overlay")
@@ -76,7 +83,7 @@ st.caption("Axes in full-resolution image pixels (x = column, y = row, row 0 at 
 stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", data.name)[:60].strip("_")
 d1, d2, d3 = st.columns(3)
 pairs = lm.complete(data)  # read now: the download's callable runs outside this script run
-d1.download_button("Download aligned .h5ad", data=lambda: aligned_h5ad_bytes(result, data, landmarks=pairs),
+d1.download_button("Download aligned .h5ad", data=lambda: aligned_h5ad_bytes(result, data, landmarks=pairs, quality=quality),
                    file_name=f"{stem}_aligned_run{rid}.h5ad", mime="application/x-hdf5", on_click="ignore",
                    type="primary", key="dl_h5ad")
 d2.download_button("Download transform .npz", data=lambda: transform_npz_bytes(result),

@@ -21,6 +21,7 @@ LAYER_COLOURS = {
     "before (µm as px)": "#d62728",
     "ground truth": "#00e5ff",
 }
+CONFIDENCE_COLOUR = "alignment confidence"  # the viewer's colour option for obs['gala_confidence'] (0–1)
 _MARGIN = dict(l=60, r=10, t=40, b=45)  # room for the tick labels
 _CHART_MARGIN = dict(l=60, r=10, t=40, b=40)
 
@@ -184,9 +185,18 @@ def preview_figure(image: LoadedImage, xy_px: np.ndarray, *, height: int = 300, 
     return _image_axes(fig, height)
 
 
+def colour_scale(colour_label: str) -> dict:
+    """Marker colour-scale settings for a colour option: red (0) → yellow → green (1) on a fixed 0–1 range for the
+    alignment confidence, Viridis on the values' own range otherwise."""
+    if colour_label == CONFIDENCE_COLOUR:
+        return dict(colorscale="RdYlGn", cmin=0.0, cmax=1.0)
+    return dict(colorscale="Viridis")
+
+
 def overlay_figure(image: LoadedImage, layers: dict[str, np.ndarray], values: np.ndarray, *, colour_label: str,
                    opacity: float = 0.7, grid: list[np.ndarray] | None = None, height: int = 750) -> go.Figure:
-    """Image + cells (one ``Scattergl`` per layer) in full-resolution pixels; optional warped grid lines."""
+    """Image + cells (one ``Scattergl`` per layer) in full-resolution pixels; optional warped grid lines. The
+    coloured layer's scale follows ``colour_label`` (:func:`colour_scale`)."""
     fig = go.Figure(image_trace(image))
     for line in grid or []:
         fig.add_trace(go.Scatter(x=line[:, 0], y=line[:, 1], mode="lines", hoverinfo="skip", showlegend=False,
@@ -195,7 +205,7 @@ def overlay_figure(image: LoadedImage, layers: dict[str, np.ndarray], values: np
     for name, xy in layers.items():
         xy = np.asarray(xy, np.float32)
         if name == "after LDDMM" or (first and "after LDDMM" not in layers):
-            marker = dict(size=6, color=np.asarray(values, np.float32), colorscale="Viridis", opacity=opacity,
+            marker = dict(size=6, color=np.asarray(values, np.float32), **colour_scale(colour_label), opacity=opacity,
                           showscale=True, colorbar=dict(title=colour_label, len=0.6),
                           line=dict(width=0.5, color="white"))  # visible on dark (DAPI) backgrounds too
             first = False

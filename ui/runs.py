@@ -79,9 +79,43 @@ def grid_lines(result, data: Dataset, *, n: int = 12, samples: int = 80) -> list
     return np.split(pts, len(lines))
 
 
-def aligned_h5ad_bytes(result, data: Dataset, *, landmarks=None) -> bytes:
+_QUALITY = "gala_quality"  # cache: (run id, data uid) → gala_engine.qc.assess(...) of that run
+_VERDICT_BOX = {"ok": "success", "check": "warning", "likely wrong": "error"}  # streamlit message kind per verdict
+
+
+def run_quality(run_id: int, result, data: Dataset) -> dict | None:
+    """Quality flags and per-cell confidence of one run (:func:`gala_engine.qc.assess`), computed once per run on the
+    current rasters of the data (or the default ones); None when the rasters cannot be made."""
+    cache = st.session_state.setdefault(_QUALITY, {})
+    key = (run_id, data.uid)
+    if key not in cache:
+        from gala_engine.errors import GalaInputError
+        from gala_engine.qc import assess
+        from gala_engine.section import prepare_section
+
+        cached = state.get(state.RASTERS)
+        try:
+            rasters = cached[1] if cached is not None and cached[0][0] == data.uid else prepare_section(data.adata,
+                                                                                                         data.image)
+            cache[key] = assess(rasters, result, spatial_yx(data.adata)[:, ::-1])
+        except GalaInputError:
+            cache[key] = None
+    return cache[key]
+
+
+def quality_message(qc: dict) -> tuple[str, str]:
+    """(streamlit message kind, markdown) for a run's quality flags: the verdict, then each flag not ok with its hint."""
+    lines = [f"**Quality check: {qc['verdict']}**" + ("" if qc["verdict"] == "ok" else f" — {qc['summary']}")]
+    for name, flag in qc["flags"].items():
+        if flag["verdict"] != "ok":
+            lines.append(f"- *{name.replace('_', ' ')}* ({flag['verdict']}): {flag['message']}. Try: {flag['hint']}")
+    return _VERDICT_BOX[qc["verdict"]], "\n".join(lines)
+
+
+def aligned_h5ad_bytes(result, data: Dataset, *, landmarks=None, quality: dict | None = None) -> bytes:
     """The aligned ``.h5ad`` (input + obsm['spatial_he'] + uns['gala'], with ``landmarks`` their pairs and
-    errors in uns['gala']['landmarks']) as bytes, via a temp file."""
+    errors in uns['gala']['landmarks'], with ``quality`` (:func:`run_quality`) uns['gala']['qc'] and
+    obs['gala_confidence']) as bytes, via a temp file."""
     import tempfile
     from pathlib import Path
 
@@ -90,7 +124,8 @@ def aligned_h5ad_bytes(result, data: Dataset, *, landmarks=None) -> bytes:
     from .data import session_tmpdir
 
     with tempfile.TemporaryDirectory(dir=session_tmpdir()) as tmp:
-        return write_aligned(data.adata, result, Path(tmp) / "aligned.h5ad", landmarks=landmarks).read_bytes()
+        return write_aligned(data.adata, result, Path(tmp) / "aligned.h5ad", landmarks=landmarks,
+                             quality=quality).read_bytes()
 
 
 def transform_npz_bytes(result) -> bytes:

@@ -81,6 +81,7 @@ def test_demo_run_viewer_download(page: Page, app_url: str, tmp_path):
 
     _nav(page, "Viewer")
     expect(page.get_by_text("Median distance to truth")).to_be_visible()
+    expect(page.get_by_text("Quality check:")).to_be_visible()  # the run's verdict (issue 13)
     page.wait_for_timeout(1500)
     page.screenshot(path=SCREENSHOTS / "3_viewer.png", full_page=True)
 
@@ -95,3 +96,6 @@ def test_demo_run_viewer_download(page: Page, app_url: str, tmp_path):
     inside = (xy[:, 0] >= 0) & (xy[:, 0] < width) & (xy[:, 1] >= 0) & (xy[:, 1] < height)
     assert inside.mean() > 0.95, inside.mean()
     assert adata.uns["gala"]["params"]["num_generations"] == int(SHORT["num generations"])
+    assert adata.uns["gala"]["qc"]["verdict"] in ("ok", "check", "likely wrong")
+    conf = np.asarray(adata.obs["gala_confidence"], dtype=np.float64)
+    assert conf.shape == (adata.n_obs,) and conf.min() >= 0 and conf.max() <= 1
