@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import binary_erosion, gaussian_filter
 
+from .raster import rasterize
+
 __all__ = ["FLAT_LEVEL", "Splatter", "contrast", "footprint", "informativeness"]
 
 FLAT_LEVEL = 0.1  # informativeness below this: "too flat to align" (bundled data: an evenly packed Visium grid
@@ -49,8 +51,6 @@ class Splatter:
     N_PERMUTATIONS = 4
 
     def __init__(self, yx: np.ndarray, dx: float, blur: float):
-        from .raster import rasterize
-
         self.yx, self.dx, self.blur = np.asarray(yx, np.float64), float(dx), float(blur)
         X, Y, D = rasterize(self.yx[:, 1], self.yx[:, 0], dx=self.dx, blur=self.blur)
         self.xJ, self.density = [Y, X], D[0]
@@ -59,8 +59,6 @@ class Splatter:
 
     def raster(self, g: np.ndarray) -> np.ndarray:
         """(H, W) raster of the weights ``g`` as given (no normalisation: linear in ``g``)."""
-        from .raster import rasterize
-
         g = np.asarray(g, np.float64)
         lo, span = float(g.min()), float(np.ptp(g))
         out = lo * self.density

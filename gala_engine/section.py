@@ -48,7 +48,7 @@ class SectionRasters:
     signal: str
     feature: str
     fine: list = field(default_factory=list)  # finer (xI, I, xJ, J) of the same section, for sub-pixel refinement
-    # how informative J is for alignment (gala_engine.signals; < signals.FLAT_LEVEL: too flat to align)
+    # how informative J is for alignment (gala_engine.flatness; < flatness.FLAT_LEVEL: too flat to align)
     informativeness: float = float("nan")
     channels: ChannelRasters | None = None  # a signal of several channels (genes, pca): each one and how J mixes them
 
