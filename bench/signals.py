@@ -19,6 +19,17 @@ engine) against each component's sign fixed by its correlation with log total co
 With ``--align``: full default alignments (affine only) of the bundled sets from their true positions with
 ``total counts``, ``pca`` and ``pca:1``, and the median error against the truth (pixels; several minutes).
 
+Measured (2-core CPU, main at 9647761 + this branch):
+
+- channels, one flat: MERFISH (fitness 'tissue') margin of the true pose: informative gene alone 0.037,
+  structure-weighted 0.037 (the flat channel gets weight 0), equal mix 0.140 (CONST) / 0.113 (NOISE), mean of
+  per-channel R 0.100 / 0.084 — the flat channel still carries the outline, so the engine mixes equally.
+  Visium DG ('ncc_support'): no way lets the truth win (the top-structure gene Prkcd does not show in the H&E).
+- pca sign: margin signed → +/- split: Visium pca:1 −0.096 → +0.019, pca:3 −0.294 → −0.160; MERFISH pca:1
+  +0.057 → +0.134, pca:3 +0.117 → +0.172 (PC1 vs log totals r = 0.035 on Visium: the sign was a coin toss).
+- --align (median error, px): Visium DG ('inverted') total counts 1.41, pca 71.0, pca:1 14.9 (signed: 99.5 / 113.2);
+  MERFISH total counts 3.12, pca 3.35, pca:1 3.50 (signed: 3.25 / 41.4).
+
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/signals.py [--align] [dataset ...]`` (the landscapes take about a
 minute on a 2-core CPU).
 """
