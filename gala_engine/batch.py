@@ -146,6 +146,10 @@ def align_files(
                                init_transform=init_transform, pixel_size=pixel_size, out=out,
                                protect=inputs, write_matrix=xenium_matrix)
     rasters = section.prepare_section(adata, img, signal=found.signal, dx=dx, feature=feature)  # type: ignore[arg-type]
+    from .signals import signal_warning
+
+    if flat := signal_warning(adata, rasters):  # "too flat to align", naming a better candidate
+        warnings.append(flat)
     if extra.refine_from is not None:
         from .manual import refine_from_landmarks
 

@@ -70,6 +70,18 @@ def _feature_option(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _signal_option(value: str) -> str:
+    """argparse type of ``--signal``: well-formed (a gene list without empty names, ``pca[:k]`` with k in range),
+    else a usage error; whether the genes exist is checked against the cells once they are read."""
+    from .signals import parse_signal
+
+    try:
+        parse_signal(value)
+    except GalaInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value.strip()
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="GALA: align spatial transcriptomics cells to their H&E image.")
     sub = p.add_subparsers(dest="command", required=True, metavar="{align,batch,params,replay}")
@@ -87,8 +99,11 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--signal",
         default=constants.SIGNAL_TOTAL_COUNTS,
+        type=_signal_option,
         help=f"cell raster signal: '{constants.SIGNAL_TOTAL_COUNTS}' (default), "
-        f"'{constants.SIGNAL_DENSITY}', or a gene name",
+        f"'{constants.SIGNAL_DENSITY}', a gene name, several genes as channels ('EPCAM,KRT8'), or 'pca[:k]' "
+        "(the top k principal components of normalised log expression, default 3); a warning names a better "
+        "signal when this one is too flat to align",
     )
     a.add_argument("--dx", type=float, default=None, help="cell raster pixel size in µm (default: from the data)")
     a.add_argument(

@@ -6,7 +6,8 @@ import streamlit as st
 
 from gala_engine.demo import DEMOS
 from gala_engine.features import FEATURE_CHOICES
-from gala_engine.io import cell_signal, spatial_yx
+from gala_engine.io import spatial_yx
+from gala_engine.signals import FLAT_LEVEL, flat_warning
 from ui import figures, state
 from ui.data import (
     DataError,
@@ -17,6 +18,8 @@ from ui.data import (
     server_dataset,
     set_dataset,
     signal_choices,
+    signal_previews,
+    signal_values,
     upload_dataset,
 )
 from ui.data import summary as data_summary
@@ -95,8 +98,11 @@ st.subheader("What the engine aligns")
 cfg = state.settings()
 c1, c2, c3, c4 = st.columns(4)
 choices = signal_choices(data)
-cfg["signal"] = c1.selectbox("Target signal", choices, index=choices.index(cfg["signal"]),
-                             help="What the cell raster shows: total counts per cell, cell density, or one gene.",
+choices += [cfg["signal"]] if cfg["signal"] not in choices else []
+cfg["signal"] = c1.selectbox("Target signal", choices, index=choices.index(cfg["signal"]), accept_new_options=True,
+                             help="What the cell raster shows: total counts per cell, cell density, one gene, "
+                                  "several genes as channels (type e.g. EPCAM,KRT8), or pca / pca:k (the top k "
+                                  "principal components of normalised log expression, as channels).",
                              key="w_signal")
 auto_dx = c2.checkbox("automatic dx", value=cfg["dx"] is None, key="w_dx_auto",
                       help="Pick the cell raster's pixel size from the data extent (about 200 pixels a side).")
@@ -119,10 +125,9 @@ except DataError as err:
     st.stop()
 for w in raster_warnings():
     st.warning(w)
-values = cell_signal(data.adata, r.signal)
-if r.flat_target:
-    st.warning("The cell raster is almost flat (e.g. a full grid of spots): the alignment has little to go on. "
-               "Try one gene as the signal.")
+values = signal_values(data, r.signal)
+if r.informativeness < FLAT_LEVEL:  # too flat to align: rank the candidates to name a better one
+    st.warning(flat_warning(r.signal, r.informativeness, signal_previews(data, r.signal, r.dx)))
 st.caption(f"Cell raster: {r.J.shape[2]} × {r.J.shape[1]} px at dx = {r.dx:g} µm · image raster: "
            f"{r.I.shape[2]} × {r.I.shape[1]} px (downsampling {r.image_reduce}×).")
 
@@ -134,4 +139,12 @@ cells_col, cell_raster_col = st.columns(2)
 cells_col.plotly_chart(figures.cells_figure(spatial_yx(data.adata)[:, ::-1], values, title=f"Cells: {cfg['signal']}"),
                        theme=None, key="fig_cells")
 cell_raster_col.plotly_chart(figures.raster_figure(r.J, r.xJ, title="Cell raster", unit="µm"), theme=None, key="fig_J")
+if st.toggle(f"Compare target signals (informativeness of '{r.signal}': {r.informativeness:.2f})",
+             key="w_signal_previews", help="Each candidate's cell raster and how much it varies inside the tissue at "
+             f"the search's scale; below {FLAT_LEVEL} it is too flat to align."):
+    cols = st.columns(4)
+    for k, cand in enumerate(signal_previews(data, r.signal, r.dx)):
+        title = f"{cand.signal[:24]}: {cand.score:.2f}" + (" (too flat)" if cand.flat else "")
+        cols[k % 4].plotly_chart(figures.raster_figure(cand.raster, cand.xJ, title=title, unit="µm", height=260),
+                                 theme=None, key=f"fig_signal_{k}")
 st.page_link("pages/2_align.py", label="Next: align →", icon=":material/tune:")

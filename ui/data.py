@@ -20,6 +20,7 @@ from gala_engine.demo import load_demo
 from gala_engine.errors import GalaInputError
 from gala_engine.io import LoadedImage, cell_signal, read_cells, read_image, spatial_yx
 from gala_engine.section import SectionRasters, prepare_section
+from gala_engine.signals import SignalScore, candidate_signals, parse_signal, rank_signals
 
 from . import state
 from .session_files import SessionFolder, sweep_stale
@@ -182,9 +183,17 @@ def set_dataset(data: Dataset) -> None:
     st.session_state[state.DATA] = data
     st.session_state.pop(state.RASTERS, None)
     st.session_state.pop(state.DATA_ERROR, None)
-    sig = state.settings()["signal"]
-    if sig not in (constants.SIGNAL_TOTAL_COUNTS, constants.SIGNAL_DENSITY) and sig not in data.adata.var_names:
+    if not signal_usable(data.adata, state.settings()["signal"]):
         state.settings()["signal"] = constants.SIGNAL_TOTAL_COUNTS
+
+
+def signal_usable(adata: Any, signal: str) -> bool:
+    """True when ``signal`` is well formed and names only genes of ``adata`` (pca/totals/density always)."""
+    try:
+        spec = parse_signal(signal, adata.var_names)
+    except GalaInputError:
+        return False
+    return spec.kind != "genes" or all(g in adata.var_names for g in spec.genes)
 
 
 def summary(data: Dataset) -> dict[str, Any]:
@@ -220,13 +229,29 @@ def warnings(data: Dataset) -> list[str]:
 
 
 def signal_choices(data: Dataset) -> list[str]:
-    """The target-signal options: total counts, density, then every gene (most expressed first)."""
+    """The target-signal options: total counts, density, ``pca`` (top 3 principal components as channels) and
+    ``pca:1``, then every gene (most expressed first). Gene lists (``"EPCAM,KRT8"``) and ``pca:k`` are typed."""
     X = data.adata.X
     names = np.asarray(data.adata.var_names).astype(str)
+    pcs = []
     if X is not None and names.size:
         totals = np.asarray(X.sum(axis=0)).ravel()
         names = names[np.argsort(-totals, kind="stable")]
-    return [constants.SIGNAL_TOTAL_COUNTS, constants.SIGNAL_DENSITY, *names.tolist()]
+        pcs = ["pca", "pca:1"] if min(data.adata.n_obs, data.adata.n_vars) > 3 else []
+    fixed = [constants.SIGNAL_TOTAL_COUNTS, constants.SIGNAL_DENSITY, *pcs]
+    return fixed + [n for n in names.tolist() if n not in fixed]
+
+
+def signal_previews(data: Dataset, current: str, dx: float | None) -> list[SignalScore]:
+    """Candidate signals (totals, density, pca, the most variable genes, and ``current``) rasterised at ``dx``
+    with their informativeness, best first; computed once per dataset, signal and dx."""
+    def build() -> list[SignalScore]:
+        try:
+            return rank_signals(data.adata, [*candidate_signals(data.adata), current], dx=dx)
+        except GalaInputError:
+            return []
+
+    return state.memo("signal_previews", (data.uid, current, dx), build)
 
 
 def rasters(data: Dataset, settings: dict[str, Any]) -> SectionRasters:
@@ -254,6 +279,12 @@ def raster_warnings() -> list[str]:
     """Warnings about the current rasters' signal (e.g. all-zero counts → cell density)."""
     cached = state.get(state.RASTERS)
     return list(cached[2]) if cached is not None else []
+
+
+def signal_values(data: Dataset, signal: str) -> np.ndarray:
+    """Per-cell values of ``signal`` to colour the cells by (a summary of several channels; see
+    :func:`gala_engine.io.cell_signal`), computed once per dataset and signal (pca is not redone on every rerun)."""
+    return state.memo("signal_values", (data.uid, signal), lambda: colour_values(data, signal))
 
 
 def colour_values(data: Dataset, colour: str) -> np.ndarray:
