@@ -22,6 +22,7 @@ from .errors import GalaInputError
 from .events import ProgressCallback
 from .features import check_feature
 from .params import AlignParams
+from .provenance import image_record
 
 __all__ = ["SUMMARY_COLUMNS", "ManifestRow", "align_files", "read_manifest", "run_batch", "write_summary"]
 
@@ -134,8 +135,9 @@ def align_files(
         result, extra.message = refinement.result, refinement.message
     else:
         result = section.align_section(rasters, params, init_A=extra.init_A, progress=progress)
-    write_or_rescue(lambda p: section.write_aligned(adata, result, p, protect=inputs, landmarks=extra.pairs), out,
-                    what="the aligned .h5ad")
+    record = image_record(image, full_shape=img.full_shape)  # uns['gala']['image']: which image, its checksum
+    write_or_rescue(lambda p: section.write_aligned(adata, result, p, protect=inputs, landmarks=extra.pairs,
+                                                    image=record), out, what="the aligned .h5ad")
     summary: dict[str, Any] = {
         "fitness": result.fitness,
         "score": result.score,

@@ -236,11 +236,13 @@ def align_section(
     return AlignmentResult.from_gala(result, dx=rasters.dx)
 
 
-def aligned_adata(adata: Any, result: AlignmentResult, *, landmarks: Any = None) -> Any:
+def aligned_adata(adata: Any, result: AlignmentResult, *, landmarks: Any = None,
+                  image: dict[str, Any] | None = None) -> Any:
     """A copy of ``adata`` with ``obsm['spatial_he']`` (x, y full-resolution pixels), the affine-only
     positions and ``uns['gala']``; the input's own fields are untouched. With ``landmarks`` (a
     :class:`gala_engine.landmarks.Landmarks`), ``uns['gala']['landmarks']`` holds the pairs and their
-    errors under this result (:func:`gala_engine.landmarks.landmarks_uns`)."""
+    errors under this result (:func:`gala_engine.landmarks.landmarks_uns`). ``image``: the record of the
+    image used (:func:`gala_engine.provenance.image_record`), kept as ``uns['gala']['image']``."""
     out = adata.copy()
     xy = np.asarray(out.obsm[constants.SPATIAL_KEY], dtype=np.float64)[:, :2]
     out.obsm[constants.ALIGNED_KEY] = result.cells_to_image(xy)
@@ -256,14 +258,17 @@ def aligned_adata(adata: Any, result: AlignmentResult, *, landmarks: Any = None)
         from .landmarks import landmarks_uns
 
         meta["landmarks"] = landmarks_uns(result, landmarks)
+    if image:
+        meta["image"] = dict(image)
     out.uns[constants.UNS_KEY] = meta
     return out
 
 
-def write_aligned(adata: Any, result: AlignmentResult, path: str | Path, *, protect=(), landmarks: Any = None) -> Path:
-    """Write the aligned ``.h5ad`` atomically (never over a path in ``protect``); ``landmarks``: see
-    :func:`aligned_adata`."""
-    return write_h5ad_atomic(aligned_adata(adata, result, landmarks=landmarks), path, protect=protect)
+def write_aligned(adata: Any, result: AlignmentResult, path: str | Path, *, protect=(), landmarks: Any = None,
+                  image: dict[str, Any] | None = None) -> Path:
+    """Write the aligned ``.h5ad`` atomically (never over a path in ``protect``); ``landmarks``, ``image``:
+    see :func:`aligned_adata`."""
+    return write_h5ad_atomic(aligned_adata(adata, result, landmarks=landmarks, image=image), path, protect=protect)
 
 
 def median_error_px(predicted_xy: np.ndarray, truth_xy: np.ndarray) -> float:
