@@ -185,3 +185,23 @@ def runtime_help(result) -> str:
                + (" (OMP_NUM_THREADS is set and decides)." if os.environ.get("OMP_NUM_THREADS") else ".")
                + " Runs of all sessions take turns.")
     return f"Ran on {result.device} ({here} on this server). {why} Wall time of the run, loading excluded."
+
+
+_HISTORY_LABELS = {  # column → (short label, width); the row keys stay as ui.jobs.history_row names them
+    "run": ("#", "small"), "state": ("state", "small"), "fitness": ("fitness", "small"), "score": ("score", "small"),
+    "runtime_s": ("time (s)", "small"), "device": ("device", "small"),
+    "error_px (vs truth)": ("error vs truth (px)", "small"), "generations": ("gens", "small"),
+    "population": ("pop.", "small"), "restarts": ("restarts", "small"), "lddmm_iters": ("LDDMM it.", "small"),
+    "seed": ("seed", "small"), "fitness_fn": ("fitness fn", "small"),
+    "genes": ("pose: angle°, scale y, x, shift y, x", "large"),
+}
+
+
+def history_table(rows: list[dict]) -> tuple:
+    """The run history as (DataFrame, column_config) with short headers, narrow enough to fit the page."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    config = {c: st.column_config.Column(label, width=width, help=c if label != c else None)
+              for c, (label, width) in _HISTORY_LABELS.items() if c in frame.columns}
+    return frame, config
