@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -146,13 +147,30 @@ def upload_problems(cells: Any, image: Any) -> list[str]:
     return out
 
 
+def _spool_name(name: str, fallback: str) -> str:
+    """A safe file name close to the user's (no folders, no odd characters), or ``fallback``."""
+    base = re.sub(r"[^\w.+-]+", "_", Path(str(name)).name).strip("._")[:120]
+    return base if base and Path(base).suffix else fallback
+
+
+def scrub_paths(text: str) -> str:
+    """``text`` without server paths (the temp root and the data folder), for any message a user sees."""
+    root = data_dir()
+    if root is not None:
+        text = text.replace(str(root), "<data folder>")
+    return text.replace(tempfile.gettempdir(), "<tmp>")
+
+
 def upload_dataset(cells_name: str, cells_bytes: bytes, image_name: str, image_bytes: bytes,
                    image_options: dict[str, Any] | None = None) -> Dataset:
     """Spool two uploads to the session folder and read them."""
     folder = session_tmpdir() / uuid.uuid4().hex[:8]
-    folder.mkdir()
-    cells_path = folder / ("cells" + (Path(cells_name).suffix or ".h5ad"))
-    image_path = folder / ("image" + (Path(image_name).suffix or ".img"))
+    # each file under the user's own name (in its own sub-folder): a message from a reader that names the
+    # file then shows the user's name, not an internal one
+    cells_path = folder / "cells" / _spool_name(cells_name, "cells.h5ad")
+    image_path = folder / "image" / _spool_name(image_name, "image.img")
+    cells_path.parent.mkdir(parents=True)
+    image_path.parent.mkdir()
     cells_path.write_bytes(cells_bytes)
     image_path.write_bytes(image_bytes)
     try:
@@ -270,7 +288,7 @@ def rasters(data: Dataset, settings: dict[str, Any]) -> SectionRasters:
         r = prepare_section(data.adata, data.image, signal=found.signal, dx=settings["dx"],
                             feature=settings["feature"], image_reduce=settings["reduce"])
     except GalaInputError as err:
-        raise DataError(str(err)) from None
+        raise DataError(scrub_paths(str(err))) from None
     extra = [w for w in found.warnings if w not in data.notes]
     st.session_state[state.RASTERS] = (key, r, extra)
     return r
