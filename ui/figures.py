@@ -227,8 +227,8 @@ def overlay_figure(image: ScreenUri, layers: dict[str, np.ndarray], values: np.n
                                    selected=dict(marker=dict(opacity=opacity)),
                                    unselected=dict(marker=dict(opacity=opacity)),
                                    hovertemplate="x=%{x:.0f} px<br>y=%{y:.0f} px<extra>" + name + "</extra>"))
-    fig.update_layout(legend=dict(orientation="h", y=1.01, x=0, yanchor="bottom", font=dict(size=13),
-                                  title=dict(text="Show / hide (click):")),
+    fig.update_layout(legend=dict(orientation="h", y=1.01, x=0, yanchor="bottom", font=dict(size=13)),
+                      modebar=dict(orientation="v"),  # on the right, clear of the legend above the image
                       dragmode="zoom", uirevision="overlay")  # keeps zoom and legend choices across redraws
     _image_axes(fig, height)
     if view is not None:

@@ -83,7 +83,8 @@ def _reset_display() -> None:
 
 def _display_controls() -> tuple[float, float, float]:
     cfg = display_settings()
-    with st.popover("Image", icon=":material/contrast:", width="stretch", help="Brightness, contrast, gamma"):
+    with st.popover("Image display", icon=":material/contrast:", width="content",
+                    help="Brightness, contrast and gamma of the image"):
         cfg["brightness"] = st.slider("Brightness", -0.5, 0.5, float(cfg["brightness"]), 0.05, key="w_view_brightness")
         cfg["contrast"] = st.slider("Contrast", 0.2, 4.0, float(cfg["contrast"]), 0.1, key="w_view_contrast")
         cfg["gamma"] = st.slider("Gamma", 0.2, 3.0, float(cfg["gamma"]), 0.05, key="w_view_gamma",
@@ -124,20 +125,19 @@ def viewer(data: Dataset, run_id: int, result: Any) -> None:
         names = list(layers)
         colour_options = [constants.SIGNAL_TOTAL_COUNTS, *map(str, data.adata.var_names)]
         coloured = [n for n in names if n != TRUTH]
-        c1, c2, c3, c4 = st.columns([1.6, 1.6, 1.6, 1.0], vertical_alignment="bottom")
+        c1, c2, c3 = st.columns(3, vertical_alignment="bottom")
         colour = c1.selectbox("Colour by", colour_options, key="w_view_colour")
         colour_on = c2.selectbox("Coloured layer", coloured, index=coloured.index(LDDMM), key="w_view_colour_on",
                                  help="This layer shows the chosen value; the other layers keep one colour each.")
         opacity = c3.slider("Opacity", 0.05, 1.0, 0.8, 0.05, key="w_view_opacity")
-        with c4:
-            display = _display_controls()
         box = detail_box(data)
-        if box is not None:
-            st.button("Show the whole image", key="w_view_whole", on_click=_clear_detail,
-                      icon=":material/zoom_out_map:")
-        else:
-            st.caption("Click a name in the legend to show or hide that layer (instant). For full-resolution "
-                       "detail, pick **Box Select** in the chart's toolbar (top right) and draw a box.")
+        with st.container(horizontal=True, vertical_alignment="center"):
+            display = _display_controls()
+            if box is not None:
+                st.button("Show the whole image", key="w_view_whole", on_click=_clear_detail,
+                          icon=":material/zoom_out_map:")
+            st.caption("Click a name in the legend to show or hide that layer (instantly). For full-resolution "
+                       "detail, pick **Box Select** in the chart's toolbar (right) and draw a box.")
         whole = screen_uri(data.uid, display, data.image)
         detail = screen_uri(data.uid, display, data.image, box) if box is not None else None
         fig = figures.overlay_figure(
