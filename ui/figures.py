@@ -19,7 +19,7 @@ from gala_engine.lddmm import ESTEP_START
 LAYER_COLOURS = {  # one colour per layer, light enough for dark (DAPI) images, distinct from Viridis
     "after LDDMM": "#39d353",
     "after affine": "#ffa31a",
-    "before (centred on the tissue)": "#ff4fd8",
+    "before (centred)": "#ff4fd8",
     "ground truth": "#00e5ff",
 }
 GRID = "deformation grid"
@@ -227,7 +227,7 @@ def overlay_figure(image: ScreenUri, layers: dict[str, np.ndarray], values: np.n
                                    selected=dict(marker=dict(opacity=opacity)),
                                    unselected=dict(marker=dict(opacity=opacity)),
                                    hovertemplate="x=%{x:.0f} px<br>y=%{y:.0f} px<extra>" + name + "</extra>"))
-    fig.update_layout(legend=dict(orientation="h", y=1.01, x=0, yanchor="bottom", font=dict(size=13)),
+    fig.update_layout(legend=dict(orientation="h", y=1.01, x=0, yanchor="bottom", font=dict(size=12)),
                       modebar=dict(orientation="v"),  # on the right, clear of the legend above the image
                       dragmode="zoom", uirevision="overlay")  # keeps zoom and legend choices across redraws
     _image_axes(fig, height)

@@ -58,7 +58,7 @@ def next_run_id() -> int:
 _POSITIONS = "gala_positions"  # cache: (run id, layer) → (N, 2) pixel positions
 _PLACEMENT = "gala_placement"  # dataset uid → (2, 3) µm → px affine of the "before" layer
 
-LDDMM, AFFINE, BEFORE, TRUTH = "after LDDMM", "after affine", "before (centred on the tissue)", "ground truth"
+LDDMM, AFFINE, BEFORE, TRUTH = "after LDDMM", "after affine", "before (centred)", "ground truth"
 
 
 def before_xy(data: Dataset):

@@ -15,7 +15,7 @@ from .conftest import SCREENSHOTS
 pytestmark = pytest.mark.e2e
 expect.set_options(timeout=60_000)
 
-BEFORE = "before (centred on the tissue)"
+BEFORE = "before (centred)"
 WIDTH, HEIGHT = 4603, 4143  # the MERFISH demo's DAPI image, full resolution
 TOGGLE_BOUND_S = 3.0  # printed times are the result; this bound only catches a return to full-page reruns
 
