@@ -6,14 +6,20 @@ Coordinates: full-resolution image pixels, x = column, y = row, pixel centres at
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
-from .io import LoadedImage
+from .io import LoadedImage, read_image
 
-__all__ = ["ScreenImage", "adjust", "crop_for_screen", "screen_image", "stretch_limits"]
+__all__ = ["NATIVE_MAX_PIXELS", "ScreenImage", "adjust", "crop_for_screen", "native_crop", "screen_image",
+           "stretch_limits"]
+
+NATIVE_MAX_PIXELS = 64_000_000  # re-read a file at full resolution for a crop only up to this size
 
 
 @dataclass(frozen=True)
@@ -94,3 +100,18 @@ def crop_for_screen(image: LoadedImage, x_range: tuple[float, float], y_range: t
     rgb = adjust(small, limits=stretch_limits(px), **adjustments)
     dx, dy = (c1 - c0) * s / out_w, (r1 - r0) * s / out_h
     return ScreenImage(rgb, c0 * s + dx / 2 - 0.5, r0 * s + dy / 2 - 0.5, dx, dy)
+
+
+def native_crop(source: str | os.PathLike[str], x_range: tuple[float, float], y_range: tuple[float, float], *,
+                full_shape: tuple[int, int], options: dict[str, Any] | None = None, max_side: int = 1600,
+                max_pixels: int = NATIVE_MAX_PIXELS, **adjustments: float) -> ScreenImage | None:
+    """:func:`crop_for_screen` of the image file re-read at its own full resolution (``options``: the
+    ``channel``/``series``/``plane`` it was loaded with), for detail the reduced copy in memory lacks.
+
+    ``None`` when ``source`` is not a file or the whole image is above ``max_pixels`` (the file is read
+    whole; a bigger one would cost too much memory): then crop the loaded copy instead."""
+    h, w = full_shape
+    if h * w > max_pixels or not Path(source).is_file():
+        return None
+    full = read_image(source, max_side=None, **(options or {}))
+    return crop_for_screen(full, x_range, y_range, max_side=max_side, **adjustments)

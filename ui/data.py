@@ -46,6 +46,7 @@ class Dataset:
     notes: list[str] = field(default_factory=list)  # warnings found while loading
     cells_file: str = ""  # the user's own file names (never a server temp path): downloads, uns['gala']
     image_file: str = ""
+    image_options: dict = field(default_factory=dict)  # channel / series / plane the image was read with
 
 
 class DataError(Exception):
@@ -180,7 +181,7 @@ def upload_dataset(cells_name: str, cells_bytes: bytes, image_name: str, image_b
         shutil.rmtree(folder, ignore_errors=True)  # nothing of a refused upload is kept
         raise
     return Dataset(name=f"upload: {cells_name} + {image_name}", origin="upload", adata=adata, image=image,
-                   notes=notes, cells_file=cells_name, image_file=image_name)
+                   notes=notes, cells_file=cells_name, image_file=image_name, image_options=dict(image_options or {}))
 
 
 def resolve_server_path(text: str, *, root: Path | None = None) -> Path:
@@ -218,7 +219,8 @@ def server_dataset(cells_text: str, image_text: str, image_options: dict[str, An
     adata, image, notes = _read_pair(cells_path, image_path, cells_name=cells_path.name,
                                      image_name=image_path.name, image_options=image_options)
     return Dataset(name=f"server: {cells_path.name} + {image_path.name}", origin="server", adata=adata, image=image,
-                   notes=notes, cells_file=cells_path.name, image_file=image_path.name)
+                   notes=notes, cells_file=cells_path.name, image_file=image_path.name,
+                   image_options=dict(image_options or {}))
 
 
 def set_dataset(data: Dataset) -> None:

@@ -13,7 +13,8 @@ import streamlit as st
 from PIL import Image
 
 from gala_engine import constants
-from gala_engine.display import ScreenImage, crop_for_screen, screen_image
+from gala_engine.display import ScreenImage, crop_for_screen, native_crop, screen_image
+from gala_engine.errors import GalaInputError
 from gala_engine.io import LoadedImage
 
 from . import figures, state
@@ -56,15 +57,26 @@ def _uri(shot: ScreenImage) -> str:
 
 @st.cache_data(max_entries=32, ttl=3600, show_spinner=False)
 def screen_uri(uid: str, display: tuple[float, float, float], _image: LoadedImage,
-               box: tuple[float, float, float, float] | None = None) -> tuple[str, float, float, float, float, float]:
-    """A JPEG data URI of the whole image (``box`` None) or of the crop ``box`` = (x0, x1, y0, y1) at the
-    loaded resolution, with its placement (x0, y0, dx, dy) and mean brightness (0–1). Cached by dataset
-    uid, display settings and box, so a toggle that changes neither costs nothing."""
+               box: tuple[float, float, float, float] | None = None,
+               _options: dict | None = None) -> tuple[str, float, float, float, float, float]:
+    """A JPEG data URI of the whole image (``box`` None) or of the crop ``box`` = (x0, x1, y0, y1) at full
+    resolution (the file re-read when the loaded copy is reduced, :func:`gala_engine.display.native_crop`;
+    ``_options`` the channel/series/plane it was read with), its placement (x0, y0, dx, dy) and mean
+    brightness (0–1). Cached by dataset uid, display settings and box, so a toggle that changes neither
+    costs nothing."""
     adjust = dict(zip(("brightness", "contrast", "gamma"), display))
     if box is None:
         shot = screen_image(_image, max_side=SCREEN_SIDE, **adjust)
     else:
-        shot = crop_for_screen(_image, box[:2], box[2:], max_side=SCREEN_SIDE, **adjust)
+        shot = None
+        if _image.scale > 1:
+            try:
+                shot = native_crop(_image.source, box[:2], box[2:], full_shape=_image.full_shape, options=_options,
+                                   max_side=SCREEN_SIDE, **adjust)
+            except (GalaInputError, OSError, ValueError):  # the file changed or went away: use the loaded copy
+                shot = None
+        if shot is None:
+            shot = crop_for_screen(_image, box[:2], box[2:], max_side=SCREEN_SIDE, **adjust)
         if shot is None:
             return "", 0.0, 0.0, 1.0, 1.0, 0.5
     return _uri(shot), shot.x0, shot.y0, shot.dx, shot.dy, float(shot.rgb.mean() / 255.0)
@@ -139,7 +151,10 @@ def viewer(data: Dataset, run_id: int, result: Any) -> None:
             st.caption("Click a name in the legend to show or hide that layer (instantly). For full-resolution "
                        "detail, pick **Box Select** in the chart's toolbar (right) and draw a box.")
         whole = screen_uri(data.uid, display, data.image)
-        detail = screen_uri(data.uid, display, data.image, box) if box is not None else None
+        detail = None
+        if box is not None:
+            with st.spinner("Loading the detail at full resolution…"):
+                detail = screen_uri(data.uid, display, data.image, box, data.image_options)
         fig = figures.overlay_figure(
             whole, layers, cell_colours(data, colour), colour_label=colour, shown=(LDDMM, TRUTH),
             colour_layer=colour_on, opacity=opacity, grid=run_grid(run_id, result, data),

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
+import anndata
 import numpy as np
 
 from gala_engine.manual import affine_result
 from ui import report, state
 from ui.data import upload_problems
-from ui.runs import BEFORE, file_stem
+from ui.runs import BEFORE, aligned_h5ad_bytes, file_stem, image_record
 
 
 def _truth_run(app) -> None:
@@ -62,6 +66,11 @@ def test_viewer_layers_before_view_and_report(app):
     assert metrics["overlap_after"] > metrics["overlap_before"]  # the true pose overlaps better than centred
     assert metrics["png"] == "merfish_mini_report_run1.png" and "/tmp" not in text
     assert metrics["image"]["file"] and len(metrics["image"]["sha256"]) == 64
+    uid, result = app.session_state[state.RESULTS][1]
+    out = anndata.read_h5ad(io.BytesIO(aligned_h5ad_bytes(result, data, image=image_record(data))))
+    rec = dict(out.uns["gala"]["image"])
+    assert rec["file"] == data.image_file and rec["width_px"] == 4603 and rec["height_px"] == 4143
+    assert rec["sha256"] == hashlib.sha256(Path(data.image.source).read_bytes()).hexdigest()
     labels = [b.proto.label for b in app.get("download_button")]
     assert "Download report .png" in labels and "Download report .json" in labels
 

@@ -118,3 +118,24 @@ def test_image_record_names_size_and_checksum(tmp_path):
                    "height_px": 300, "width_px": 500}
     assert image_record(None, name="x.tif") == {"file": "x.tif"}
     assert image_record(tmp_path / "gone.png")["file"] == "gone.png"
+
+
+def test_native_crop_reads_the_file_at_full_resolution(tmp_path):
+    from PIL import Image
+
+    from gala_engine.display import native_crop
+
+    rng = np.random.default_rng(3)
+    full = (rng.random((400, 600, 3)) * 255).astype(np.uint8)
+    path = tmp_path / "section.png"
+    Image.fromarray(full).save(path)
+    loaded = read_image(path, max_side=150)  # reduced 4×
+    assert loaded.scale == 4.0
+    reduced = crop_for_screen(loaded, (100.0, 299.0), (40.0, 139.0))
+    assert reduced.dx == 4.0
+    shot = native_crop(path, (100.0, 299.0), (40.0, 139.0), full_shape=loaded.full_shape)
+    assert shot.dx == shot.dy == 1.0 and shot.rgb.shape == (100, 200, 3)
+    np.testing.assert_array_equal(shot.rgb, full[40:140, 100:300])  # the file's own pixels
+    assert shot.x0 == 100.0 and shot.y0 == 40.0
+    assert native_crop(path, (0.0, 10.0), (0.0, 10.0), full_shape=loaded.full_shape, max_pixels=1000) is None
+    assert native_crop(tmp_path / "gone.png", (0.0, 10.0), (0.0, 10.0), full_shape=(400, 600)) is None
