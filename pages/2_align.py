@@ -36,8 +36,8 @@ def live() -> None:
     job = state.get(state.JOB)
     if job is None:
         st.caption("No run yet: set the parameters and press **Start alignment**. "
-                   "A default run on the MERFISH demo takes about 10–30 s on a 2-core CPU (measured: 11 s, "
-                   "and up to 30 s while other sessions share the CPU).")
+                   "A default run on the MERFISH demo takes about 5–30 s on a 2-core CPU (measured: 6–11 s "
+                   "alone, up to 30 s while other sessions share the CPU).")
         return
     snap, job_data = job.snapshot(), job.context
     head = st.columns(3)

@@ -187,21 +187,30 @@ def runtime_help(result) -> str:
     return f"Ran on {result.device} ({here} on this server). {why} Wall time of the run, loading excluded."
 
 
-_HISTORY_LABELS = {  # column → (short label, width); the row keys stay as ui.jobs.history_row names them
-    "run": ("#", "small"), "state": ("state", "small"), "fitness": ("fitness", "small"), "score": ("score", "small"),
-    "runtime_s": ("time (s)", "small"), "device": ("device", "small"),
-    "error_px (vs truth)": ("error vs truth (px)", "small"), "generations": ("gens", "small"),
-    "population": ("pop.", "small"), "restarts": ("restarts", "small"), "lddmm_iters": ("LDDMM it.", "small"),
-    "seed": ("seed", "small"), "fitness_fn": ("fitness fn", "small"),
-    "genes": ("pose: angle°, scale y, x, shift y, x", "large"),
-}
-
-
 def history_table(rows: list[dict]) -> tuple:
-    """The run history as (DataFrame, column_config) with short headers, narrow enough to fit the page."""
+    """The run history as (DataFrame, column_config): the key numbers, then the settings and the pose found
+    in one column each, so the table fits the page instead of running off its right edge."""
     import pandas as pd
 
-    frame = pd.DataFrame(rows)
-    config = {c: st.column_config.Column(label, width=width, help=c if label != c else None)
-              for c, (label, width) in _HISTORY_LABELS.items() if c in frame.columns}
+    def settings(r: dict) -> str:
+        return (f"{r.get('generations')} gen. × {r.get('population')} × {r.get('restarts')} restarts · "
+                f"LDDMM {r.get('lddmm_iters')} it. · seed {r.get('seed')} · {r.get('fitness_fn')}")
+
+    frame = pd.DataFrame([{"#": r.get("run"), "state": r.get("state"), "fitness": r.get("fitness"),
+                           "time (s)": r.get("runtime_s"), "vs truth (px)": r.get("error_px (vs truth)"),
+                           "settings": settings(r), "pose": r.get("genes")} for r in rows])
+    if frame["vs truth (px)"].isna().all():
+        frame = frame.drop(columns="vs truth (px)")
+    col = st.column_config
+    config = {
+        "#": col.NumberColumn(width="small", pinned=True), "state": col.TextColumn(width="small"),
+        "fitness": col.NumberColumn(width="small", format="%.4f"),
+        "time (s)": col.NumberColumn(width="small", format="%.1f"),
+        "vs truth (px)": col.NumberColumn(width="small", format="%.1f",
+                                                help="Median distance to the demo's true positions"),
+        "settings": col.TextColumn(width="large", help="GA generations × population × restarts, LDDMM iterations, "
+                                   "seed, fitness"),
+        "pose": col.TextColumn(width="medium", help="The 5 GA genes: angle (°), scale y, x (µm per pixel), "
+                               "shift y, x (µm)"),
+    }
     return frame, config

@@ -21,7 +21,7 @@ from . import figures, state
 from .data import Dataset, colour_values
 from .runs import LDDMM, TRUTH, grid_lines, layer_positions
 
-SCREEN_SIDE = 1400  # screen copy of the whole image, pixels a side
+SCREEN_SIDE = 1200  # screen copy of the whole image, pixels a side (about 2× the chart on a laptop screen)
 DETAIL = "gala_view_detail"  # (dataset uid, x_range, y_range): the box shown at full resolution
 DISPLAY = "gala_view_display"  # dict brightness / contrast / gamma (kept across pages)
 _COLOURS = "gala_view_colours"  # (dataset uid, colour) → per-cell values

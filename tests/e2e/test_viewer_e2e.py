@@ -83,6 +83,9 @@ def test_viewer_speed_before_view_detail_and_report(page: Page, app_url: str, tm
     page.get_by_role("button", name="Start alignment").click()  # the default settings
     expect(page.get_by_text("Run history")).to_be_visible(timeout=300_000)
     _settled(page)
+    page.get_by_text("Run history").scroll_into_view_if_needed()
+    page.wait_for_timeout(500)
+    page.screenshot(path=SCREENSHOTS / "align_history_1400x900.png")
 
     _nav(page, "Viewer")
     expect(page.locator(".legendtext", has_text="after LDDMM")).to_be_visible()
@@ -122,7 +125,8 @@ def test_viewer_speed_before_view_detail_and_report(page: Page, app_url: str, tm
     page.mouse.up()
     expect(page.get_by_role("button", name="Show the whole image")).to_be_visible()
     _settled(page)
-    assert "detail:" in page.evaluate(_SIGNATURE)
+    detail_dx = page.evaluate(f"() => {_OVERLAY}.data.find(t => t.name === 'detail').dx")
+    assert detail_dx == 1.0  # one screen pixel per full-resolution pixel (the demo is loaded reduced 2×)
     page.wait_for_timeout(800)
     page.screenshot(path=SCREENSHOTS / "viewer_detail_1400x900.png")
     page.get_by_role("button", name="Show the whole image").click()
