@@ -92,8 +92,8 @@ def display_settings() -> dict[str, float]:
 
 def _reset_display() -> None:
     st.session_state[DISPLAY] = dict(DISPLAY_DEFAULTS)
-    for k, v in DISPLAY_DEFAULTS.items():
-        st.session_state[f"w_view_{k}"] = v
+    for k in DISPLAY_DEFAULTS:  # the sliders are made again from the store (setting their keys would warn)
+        st.session_state.pop(f"w_view_{k}", None)
 
 
 def _display_controls() -> tuple[float, float, float]:

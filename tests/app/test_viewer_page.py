@@ -53,6 +53,9 @@ def test_viewer_layers_before_view_and_report(app):
     app.slider(key="w_view_gamma").set_value(0.5).run()
     assert not app.exception
     fig2 = _figure(app)
+    app.button(key="w_view_display_reset").click().run()
+    assert not app.exception and not app.warning and app.slider(key="w_view_gamma").value == 1.0
+    assert _figure(app)["data"][0]["source"] == fig["data"][0]["source"]  # back to the plain image (cached)
     assert fig2["data"][0]["source"] != fig["data"][0]["source"]  # the image was redrawn with γ = 0.5
     before = next(t for t in fig2["data"] if t.get("name") == BEFORE)
     assert before["marker"].get("colorscale")  # the coloured layer follows the choice
