@@ -231,6 +231,8 @@ def overlay_figure(image: ScreenUri, layers: dict[str, np.ndarray], values: np.n
                       modebar=dict(orientation="v"),  # on the right, clear of the legend above the image
                       dragmode="zoom", uirevision="overlay")  # keeps zoom and legend choices across redraws
     _image_axes(fig, height)
+    fig.update_yaxes(constrain="domain", constraintoward="top")  # a wide window: the image under the legend
+    fig.update_xaxes(constrain="domain", constraintoward="left")
     if view is not None:
         rev = f"detail {view}"  # a new box sets the axes; the legend's choices stay (legend.uirevision)
         fig.update_xaxes(range=[view[0], view[1]], autorange=False, uirevision=rev)
