@@ -5,13 +5,17 @@ Run with ``streamlit run app.py``; the first screen opens on the bundled MERFISH
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from ui import state
 from ui.data import DataError, demo_dataset, set_dataset
 from ui.sidebar import sidebar
 
-st.set_page_config(page_title="GALA Studio", page_icon=":material/biotech:", layout="wide")
+# a local file: an icon name would make the browser fetch the favicon from the internet (fails offline)
+st.set_page_config(page_title="GALA Studio", page_icon=str(Path(__file__).parent / "assets" / "icon.png"),
+                   layout="wide")
 
 if not state.get(state.AUTOLOADED):
     st.session_state[state.AUTOLOADED] = True

@@ -22,6 +22,7 @@ from .errors import GalaInputError
 from .events import ProgressCallback
 from .features import check_feature
 from .params import AlignParams
+from .provenance import image_record
 
 __all__ = ["SUMMARY_COLUMNS", "ManifestRow", "align_files", "read_manifest", "run_batch", "write_summary"]
 
@@ -160,10 +161,14 @@ def align_files(
     from .qc import assess
 
     quality = assess(rasters, result, io.spatial_yx(adata)[:, ::-1])  # flags + per-cell confidence, after the fact
+    # uns['gala']['image']: which image, its size and checksum (hashed once, for the replay record)
+    record = {**image_record(None, name=files['image']['name'], full_shape=img.full_shape),
+              'bytes': files['image']['bytes'], 'sha256': files['image']['sha256']}
     aligned = _aligned_outputs(adata, img, rasters, result, image=image, h5ad=h5ad, signal=signal, dx=dx,
                                feature=feature, max_side=max_side, channel=channel, series=series, plane=plane,
                                landmarks=(landmarks, landmarks_mode, landmarks_fit, init_transform, pixel_size),
-                               pairs=extra.pairs, params=params, files=files, warnings=warnings, quality=quality)
+                               pairs=extra.pairs, params=params, files=files, warnings=warnings, quality=quality,
+                               image_info=record)
     from .exports import write_aligned_h5ad
 
     write_or_rescue(lambda p: write_aligned_h5ad(aligned, p, protect=inputs), out, what="the aligned .h5ad")
@@ -226,7 +231,8 @@ def _extra_outputs(aligned, img, result, out: Path, *, csv, zarr, protect: list,
 
 def _aligned_outputs(adata, img, rasters, result, *, image: Path, h5ad: Path, signal: str, dx, feature: str,
                      max_side, channel, series, plane, landmarks: tuple, pairs, params: AlignParams,
-                     files: dict[str, dict], warnings: list[str], quality: dict | None = None):
+                     files: dict[str, dict], warnings: list[str], quality: dict | None = None,
+                     image_info: dict | None = None):
     """The aligned AnnData to write: :func:`gala_engine.section.aligned_adata` (with the ``quality`` flags and
     per-cell confidence, :func:`gala_engine.qc.assess`) + the image for scanpy/squidpy
     (``uns['spatial']['gala_he']``) + the replay record (``uns['gala']['replay']``); appends to ``warnings``."""
@@ -240,7 +246,7 @@ def _aligned_outputs(adata, img, rasters, result, *, image: Path, h5ad: Path, si
         lm_rec = {"mode": lm_mode, "fit": lm_fit, "pixel_size": pixel_size,
                   "landmarks": file_record(lm_path) if lm_path is not None else {},
                   "init_transform": file_record(init_path) if init_path is not None else {}}
-    aligned = section.aligned_adata(adata, result, landmarks=pairs, quality=quality)
+    aligned = section.aligned_adata(adata, result, landmarks=pairs, quality=quality, image=image_info)
     aligned.uns[constants.UNS_KEY]["replay"] = run_record(
         image=files["image"], cells=files["cells"], image_full_shape=img.full_shape,
         image_loaded_shape=img.pixels.shape, image_scale=img.scale, max_side=max_side, channel=channel,

@@ -257,13 +257,14 @@ def align_section(
 
 
 def aligned_adata(adata: Any, result: AlignmentResult, *, landmarks: Any = None,
-                  quality: dict[str, Any] | None = None) -> Any:
+                  quality: dict[str, Any] | None = None, image: dict[str, Any] | None = None) -> Any:
     """A copy of ``adata`` with ``obsm['spatial_he']`` (x, y full-resolution pixels), the affine-only
     positions and ``uns['gala']``; the input's own fields are untouched. With ``landmarks`` (a
     :class:`gala_engine.landmarks.Landmarks`), ``uns['gala']['landmarks']`` holds the pairs and their
     errors under this result (:func:`gala_engine.landmarks.landmarks_uns`). With ``quality``
     (:func:`gala_engine.qc.assess`), ``uns['gala']['qc']`` holds the quality flags and ``obs['gala_confidence']``
-    the per-cell confidence."""
+    the per-cell confidence. ``image``: the record of the image used
+    (:func:`gala_engine.provenance.image_record`), kept as ``uns['gala']['image']``."""
     out = adata.copy()
     xy = np.asarray(out.obsm[constants.SPATIAL_KEY], dtype=np.float64)[:, :2]
     out.obsm[constants.ALIGNED_KEY] = result.cells_to_image(xy)
@@ -282,15 +283,17 @@ def aligned_adata(adata: Any, result: AlignmentResult, *, landmarks: Any = None,
     if quality is not None:
         meta["qc"] = quality["qc"]
         out.obs[constants.CONFIDENCE_KEY] = np.asarray(quality["confidence"], dtype=np.float64)
+    if image:
+        meta["image"] = dict(image)
     out.uns[constants.UNS_KEY] = meta
     return out
 
 
 def write_aligned(adata: Any, result: AlignmentResult, path: str | Path, *, protect=(), landmarks: Any = None,
-                  quality: dict[str, Any] | None = None) -> Path:
-    """Write the aligned ``.h5ad`` atomically (never over a path in ``protect``); ``landmarks``, ``quality``: see
-    :func:`aligned_adata`."""
-    return write_h5ad_atomic(aligned_adata(adata, result, landmarks=landmarks, quality=quality), path,
+                  quality: dict[str, Any] | None = None, image: dict[str, Any] | None = None) -> Path:
+    """Write the aligned ``.h5ad`` atomically (never over a path in ``protect``); ``landmarks``, ``quality``,
+    ``image``: see :func:`aligned_adata`."""
+    return write_h5ad_atomic(aligned_adata(adata, result, landmarks=landmarks, quality=quality, image=image), path,
                              protect=protect)
 
 

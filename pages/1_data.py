@@ -21,6 +21,7 @@ from ui.data import (
     signal_previews,
     signal_values,
     upload_dataset,
+    upload_problems,
 )
 from ui.data import summary as data_summary
 from ui.data import warnings as data_warnings
@@ -58,11 +59,14 @@ with demo_tab:
         _load(demo_dataset, name)
 with upload_tab:
     c1, c2 = st.columns(2)
-    cells_up = c1.file_uploader("Cells (.h5ad with obsm['spatial'] in µm)", type=["h5ad"], key="up_cells")
-    image_up = c2.file_uploader("Tissue image (PNG, JPEG, TIFF)", type=["png", "jpg", "jpeg", "tif", "tiff"],
-                                key="up_image")
+    # no type= filter: the browser's refusal of a wrong type is a bare red "!"; upload_problems says it in words
+    cells_up = c1.file_uploader("Cells (.h5ad with obsm['spatial'] in µm)", key="up_cells")
+    image_up = c2.file_uploader("Tissue image (PNG, JPEG, TIFF)", key="up_image")
     up_options = _image_options("up")
-    if st.button("Load uploaded files", disabled=not (cells_up and image_up), key="load_upload"):
+    problems = upload_problems(cells_up, image_up)
+    for problem in problems:
+        st.error(problem)
+    if st.button("Load uploaded files", disabled=not (cells_up and image_up) or bool(problems), key="load_upload"):
         _load(upload_dataset, cells_up.name, cells_up.getvalue(), image_up.name, image_up.getvalue(), up_options)
 with server_tab:
     if data_dir() is None:
@@ -85,12 +89,12 @@ if data is None:
 
 st.subheader(f"Loaded: {data.name}")
 s = data_summary(data)
-m = st.columns(5)
-m[0].metric("Cells", f"{s['cells']:,}")
-m[1].metric("Genes", f"{s['genes']:,}")
-m[2].metric("Cell extent (µm)", f"{s['extent_um'][0]:,.0f} × {s['extent_um'][1]:,.0f}")
-m[3].metric("Image (px)", f"{s['image_px'][0]:,} × {s['image_px'][1]:,}")
-m[4].metric("Image type", s["channels"])
+with st.container(horizontal=True):  # each number as wide as it needs (wraps, never cut off)
+    st.metric("Cells", f"{s['cells']:,}", width="content")
+    st.metric("Genes", f"{s['genes']:,}", width="content")
+    st.metric("Cell extent (µm)", f"{s['extent_um'][0]:,.0f} × {s['extent_um'][1]:,.0f}", width="content")
+    st.metric("Image (px)", f"{s['image_px'][0]:,} × {s['image_px'][1]:,}", width="content")
+    st.metric("Image type", s["channels"], width="content")
 for w in data_warnings(data):
     st.warning(w)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
 from gala_engine.errors import GalaInputError
@@ -13,7 +12,7 @@ from ui.budget import check_run
 from ui.data import DataError, rasters
 from ui.jobs import start_job
 from ui.params_form import auto_gene_space, gene_inputs, gene_space, params_inputs
-from ui.runs import next_run_id, record_finished
+from ui.runs import history_table, next_run_id, record_finished
 
 st.title("2 · Align")
 data = state.get(state.DATA)
@@ -37,7 +36,8 @@ def live() -> None:
     job = state.get(state.JOB)
     if job is None:
         st.caption("No run yet: set the parameters and press **Start alignment**. "
-                   "A default run on the MERFISH demo takes about 3 s on an idle 2-core CPU.")
+                   "A default run on the MERFISH demo takes about 5–30 s on a 2-core CPU (measured: 6–11 s "
+                   "alone, up to 30 s while other sessions share the CPU).")
         return
     snap, job_data = job.snapshot(), job.context
     head = st.columns(3)
@@ -98,5 +98,6 @@ if start:
 rows = state.history()
 if rows:
     st.subheader("Run history")
-    st.dataframe(pd.DataFrame(rows), hide_index=True, key="history_table")
+    table, columns = history_table(rows)  # short headers: fits the page instead of running off its right edge
+    st.dataframe(table, column_config=columns, hide_index=True, key="history_table")
     st.page_link("pages/3_viewer.py", label="Open the viewer →", icon=":material/visibility:")

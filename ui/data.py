@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -44,6 +45,9 @@ class Dataset:
     truth: np.ndarray | None = None
     uid: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     notes: list[str] = field(default_factory=list)  # warnings found while loading
+    cells_file: str = ""  # the user's own file names (never a server temp path): downloads, uns['gala']
+    image_file: str = ""
+    image_options: dict = field(default_factory=dict)  # channel / series / plane the image was read with
 
 
 class DataError(Exception):
@@ -82,7 +86,8 @@ def _demo(name: str) -> tuple[Any, LoadedImage, np.ndarray]:
 def demo_dataset(name: str = DEFAULT_DEMO) -> Dataset:
     """One of :data:`gala_engine.demo.DEMOS` as a :class:`Dataset`."""
     adata, image, truth = _demo(name)
-    return Dataset(name=f"demo: {name}", origin="demo", adata=adata, image=image, truth=truth)
+    return Dataset(name=f"demo: {name}", origin="demo", adata=adata, image=image, truth=truth,
+                   cells_file=f"{name}.h5ad", image_file=Path(image.source).name)
 
 
 def _scrub(text: str, path: Path, name: str) -> str:
@@ -121,13 +126,53 @@ def _read_pair(cells_path: Path, image_path: Path, *, cells_name: str, image_nam
     return adata, image, notes
 
 
+CELLS_SUFFIXES = (".h5ad",)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+def upload_problems(cells: Any, image: Any) -> list[str]:
+    """Plain-words messages for uploads of the wrong kind (by file name; the content is checked on loading).
+    ``cells`` / ``image``: Streamlit ``UploadedFile`` objects (anything with ``.name``) or None."""
+    out = []
+    if cells is not None and Path(cells.name).suffix.lower() not in CELLS_SUFFIXES:
+        out.append(f"'{cells.name}' is not a cells file: the cells must be an AnnData .h5ad file with the cell "
+                   "centroids in obsm['spatial'] (x, y in µm). Convert a table with anndata (e.g. "
+                   "squidpy.read.vizgen / xenium, or anndata.AnnData(obsm={'spatial': xy})) and upload the .h5ad.")
+    if cells is not None and Path(cells.name).suffix.lower() in IMAGE_SUFFIXES:
+        out[-1] += " It looks like an image: put it in the box on the right."
+    if image is not None and Path(image.name).suffix.lower() not in IMAGE_SUFFIXES:
+        kinds = ", ".join(s.lstrip(".").upper() for s in IMAGE_SUFFIXES)
+        out.append(f"'{image.name}' is not an image this app reads: upload the tissue image as {kinds} "
+                   "(OME-TIFF and pyramidal TIFF included).")
+        if Path(image.name).suffix.lower() in CELLS_SUFFIXES:
+            out[-1] += " It looks like the cells file: put it in the box on the left."
+    return out
+
+
+def _spool_name(name: str, fallback: str) -> str:
+    """A safe file name close to the user's (no folders, no odd characters), or ``fallback``."""
+    base = re.sub(r"[^\w.+-]+", "_", Path(str(name)).name).strip("._")[:120]
+    return base if base and Path(base).suffix else fallback
+
+
+def scrub_paths(text: str) -> str:
+    """``text`` without server paths (the temp root and the data folder), for any message a user sees."""
+    root = data_dir()
+    if root is not None:
+        text = text.replace(str(root), "<data folder>")
+    return text.replace(tempfile.gettempdir(), "<tmp>")
+
+
 def upload_dataset(cells_name: str, cells_bytes: bytes, image_name: str, image_bytes: bytes,
                    image_options: dict[str, Any] | None = None) -> Dataset:
     """Spool two uploads to the session folder and read them."""
     folder = session_tmpdir() / uuid.uuid4().hex[:8]
-    folder.mkdir()
-    cells_path = folder / ("cells" + (Path(cells_name).suffix or ".h5ad"))
-    image_path = folder / ("image" + (Path(image_name).suffix or ".img"))
+    # each file under the user's own name (in its own sub-folder): a message from a reader that names the
+    # file then shows the user's name, not an internal one
+    cells_path = folder / "cells" / _spool_name(cells_name, "cells.h5ad")
+    image_path = folder / "image" / _spool_name(image_name, "image.img")
+    cells_path.parent.mkdir(parents=True)
+    image_path.parent.mkdir()
     cells_path.write_bytes(cells_bytes)
     image_path.write_bytes(image_bytes)
     try:
@@ -137,7 +182,7 @@ def upload_dataset(cells_name: str, cells_bytes: bytes, image_name: str, image_b
         shutil.rmtree(folder, ignore_errors=True)  # nothing of a refused upload is kept
         raise
     return Dataset(name=f"upload: {cells_name} + {image_name}", origin="upload", adata=adata, image=image,
-                   notes=notes)
+                   notes=notes, cells_file=cells_name, image_file=image_name, image_options=dict(image_options or {}))
 
 
 def resolve_server_path(text: str, *, root: Path | None = None) -> Path:
@@ -175,7 +220,8 @@ def server_dataset(cells_text: str, image_text: str, image_options: dict[str, An
     adata, image, notes = _read_pair(cells_path, image_path, cells_name=cells_path.name,
                                      image_name=image_path.name, image_options=image_options)
     return Dataset(name=f"server: {cells_path.name} + {image_path.name}", origin="server", adata=adata, image=image,
-                   notes=notes)
+                   notes=notes, cells_file=cells_path.name, image_file=image_path.name,
+                   image_options=dict(image_options or {}))
 
 
 def set_dataset(data: Dataset) -> None:
@@ -269,7 +315,7 @@ def rasters(data: Dataset, settings: dict[str, Any]) -> SectionRasters:
         r = prepare_section(data.adata, data.image, signal=found.signal, dx=settings["dx"],
                             feature=settings["feature"], image_reduce=settings["reduce"])
     except GalaInputError as err:
-        raise DataError(str(err)) from None
+        raise DataError(scrub_paths(str(err))) from None
     extra = [w for w in found.warnings if w not in data.notes]
     st.session_state[state.RASTERS] = (key, r, extra)
     return r

@@ -91,10 +91,9 @@ def test_short_run_history_viewer_and_downloads(app):
 
     app.switch_page("pages/3_viewer.py").run()
     assert not app.exception, app.exception
-    assert app.multiselect(key="w_view_layers").value == ["after LDDMM", "ground truth"]
-    app.multiselect(key="w_view_layers").set_value(["after affine", "before (µm as px)"]).run()
+    assert app.selectbox(key="w_view_colour_on").value == "after LDDMM"  # layers: shown / hidden in the legend
+    app.selectbox(key="w_view_colour_on").select("after affine").run()
     app.selectbox(key="w_view_colour").select(str(app.session_state[state.DATA].adata.var_names[3])).run()
-    app.checkbox(key="w_view_grid").check().run()
     assert not app.exception
 
     uid, result = app.session_state[state.RESULTS][1]
