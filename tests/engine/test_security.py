@@ -161,8 +161,11 @@ def test_budget_from_the_environment(monkeypatch) -> None:
         Budget.default()
 
 
-_PEAK = ("import resource, sys\nfrom gala_engine.cli import main\ncode = main(sys.argv[1:])\n"
-         "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(code)\n")
+# the child's own peak: VmHWM of its (post-exec) address space. Not getrusage's ru_maxrss, which Linux carries over
+# from the forking parent: under a full pytest run (> 1.5 GiB resident) every child then "peaked" at pytest's size
+_PEAK = ("import re, sys\nfrom gala_engine.cli import main\ncode = main(sys.argv[1:])\n"
+         "hwm = re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)\n"
+         "print('PEAK_KB', hwm, file=sys.stderr)\nsys.exit(code)\n")
 
 
 @pytest.mark.parametrize(("extra", "params", "pattern"), [
