@@ -32,7 +32,9 @@ def record_finished(job: Job, data: Dataset) -> None:
         truth = truth_xy(data)
         if truth is not None:
             err = median_error_px(job.result.cells_to_image(spatial_yx(data.adata)[:, ::-1]), truth)
-    state.history().append(history_row(job, truth_error_px=err))
+    row = history_row(job, truth_error_px=err)
+    row["data_id"], row["data"] = data.uid, data.name  # the run belongs to this dataset
+    state.history().append(row)
 
 
 

@@ -32,6 +32,8 @@ def sidebar() -> None:
             st.markdown(f"**Data:** {data.name}")
             h, w = data.image.full_shape
             st.caption(f"{data.adata.n_obs:,} cells × {data.adata.n_vars:,} genes · image {w:,} × {h:,} px")
+        if note := state.get(state.SESSION_NOTE):
+            st.warning(note)
         job = state.get(state.JOB)
         run_state(every=1.0 if job is not None and job.running else None)
 
