@@ -14,6 +14,8 @@ from ui.sidebar import sidebar
 st.set_page_config(page_title="GALA Studio", page_icon=":material/biotech:", layout="wide")
 
 session.attach()  # restores the session named in the URL (?sid=…) after a refresh
+# less empty margin around the pages, so what a run shows fits a 1024 × 768 screen
+st.html("<style>[data-testid='stMainBlockContainer']{padding:2.5rem 1.5rem 3rem 1.5rem}</style>")
 if not state.get(state.AUTOLOADED):
     st.session_state[state.AUTOLOADED] = True
     if state.get(state.DATA) is None:

@@ -39,12 +39,12 @@ job = align_live.current_job(data)
 running = job is not None and job.running
 every = 1.0 if running else None
 
-left, right = st.columns([1, 1.45], gap="medium")
+left, right = st.columns([1, 1.7], gap="small")
 with left:
     preset_picker()
     mirror_checkbox()
-    start = st.button("Start alignment", type="primary", disabled=running, key="start_job",
-                      icon=":material/play_arrow:")
+    start = False if running else st.button("Start alignment", type="primary", key="start_job",  # Stop takes its place
+                                            icon=":material/play_arrow:")
     messages = st.container()
     align_live.status_panel(data, every=every, drawn_running=running)
 with right:

@@ -5,7 +5,7 @@
 1. the two pictures the engine compares (image feature raster, cell raster);
 2. the search: candidate poses of the cells' outline on the image, the best one thick;
 3. the warp: a regular grid over the cells carried through a real (fast-preset) run's warp, its local
-   displacement drawn 5× larger so it is visible at this size.
+   displacement drawn 20× larger so it is visible at this size.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from gala_engine.section import align_section, prepare_section  # noqa: E402
 
 OUT = ROOT / "ui" / "assets"
 SIDE = 320  # pixels of each picture's long side
-EXAGGERATE = 5.0
+EXAGGERATE = 20.0
+PAD = 0.25  # share of the picture added around the image, so poses reaching past it show
 
 
 def _gray(a: np.ndarray) -> np.ndarray:
@@ -39,11 +40,15 @@ def _fit(img: Image.Image, side: int) -> Image.Image:
     return img.resize((max(1, round(img.size[0] * s)), max(1, round(img.size[1] * s))), Image.LANCZOS)
 
 
-def _background(image) -> tuple[Image.Image, float]:
-    """The demo image (grey, contrast-stretched) at SIDE px and full-res pixels per picture pixel."""
+def _background(image) -> tuple[Image.Image, float, np.ndarray]:
+    """The demo image (grey, contrast-stretched) inside a dark margin, SIDE px wide; full-res pixels per picture
+    pixel; the picture position of full-res pixel (0, 0)."""
     pix = image.pixels[..., 0] if image.pixels.shape[2] == 1 else image.pixels.mean(axis=2)
-    img = _fit(Image.fromarray(_gray(pix)).convert("RGB"), SIDE)
-    return img, image.full_shape[1] / img.size[0]
+    inner = _fit(Image.fromarray(_gray(pix)).convert("RGB"), round(SIDE / (1 + 2 * PAD)))
+    pad = round(inner.size[0] * PAD)
+    img = Image.new("RGB", (inner.size[0] + 2 * pad, inner.size[1] + 2 * pad), (35, 35, 45))
+    img.paste(inner, (pad, pad))
+    return img, image.full_shape[1] / inner.size[0], np.array([pad, pad], float)
 
 
 def pictures(r) -> Image.Image:
@@ -64,23 +69,23 @@ def _outline(xy_um: np.ndarray, um_to_px: np.ndarray) -> np.ndarray:
 
 def search(image, xy_um: np.ndarray, um_to_px: np.ndarray) -> Image.Image:
     """Step 2: random candidate poses of the cells' outline (thin) and the best pose (thick)."""
-    img, s = _background(image)
+    img, s, o = _background(image)
     draw = ImageDraw.Draw(img)
     best = _outline(xy_um, um_to_px)
     centre = best[:4].mean(axis=0)
     rng = np.random.default_rng(3)
-    for _ in range(9):
+    for _ in range(7):
         t = np.deg2rad(rng.uniform(-60, 60))
         rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]) * rng.uniform(0.6, 1.2)
         pts = (best - centre) @ rot.T + centre + rng.uniform(-0.2, 0.2, 2) * image.full_shape[::-1]
-        draw.line([tuple(p / s) for p in pts], fill=(255, 160, 60), width=1)
-    draw.line([tuple(p / s) for p in best], fill=(40, 220, 90), width=4)
+        draw.line([tuple(p / s + o) for p in pts], fill=(255, 160, 60), width=2)
+    draw.line([tuple(p / s + o) for p in best], fill=(40, 220, 90), width=4)
     return img
 
 
 def warp(image, xy_um: np.ndarray, result) -> Image.Image:
     """Step 3: a µm grid over the cells through the run's warp (local part exaggerated)."""
-    img, s = _background(image)
+    img, s, o = _background(image)
     draw = ImageDraw.Draw(img)
     lo, hi = xy_um.min(axis=0), xy_um.max(axis=0)
     t = np.linspace(0, 1, 60)
@@ -90,7 +95,7 @@ def warp(image, xy_um: np.ndarray, result) -> Image.Image:
         affine = result.cells_to_image(line, deformed=False)
         warped = result.cells_to_image(line, deformed=True)
         pts = affine + EXAGGERATE * (warped - affine)
-        draw.line([tuple(p / s) for p in pts], fill=(0, 229, 255), width=2)
+        draw.line([tuple(p / s + o) for p in pts], fill=(0, 229, 255), width=2)
     return img
 
 

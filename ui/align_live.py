@@ -53,7 +53,8 @@ def _curve_figure(name: str, snap: Any, run: tuple) -> Any:
     if name == "fine-tuning":
         return state.memo("curve_refine", (run, tuple(map(len, snap.refine))),
                           lambda: figures.refine_figure(snap.refine))
-    return state.memo("curve_energy", (run, len(snap.energy)), lambda: figures.energy_figure(snap.energy))
+    return state.memo("curve_energy", (run, len(snap.energy)),
+                      lambda: figures.energy_figure(snap.energy, snap.energy_steps))
 
 
 def status_panel(data: Dataset, *, every: float | None, drawn_running: bool) -> None:
@@ -70,24 +71,27 @@ def status_panel(data: Dataset, *, every: float | None, drawn_running: bool) -> 
             stage = STAGE_WORDS.get(snap.stage, snap.stage)
             if snap.state == "waiting":
                 stage = "waiting for another session's run to finish"
-            st.progress(min(1.0, snap.step / max(snap.total, 1)),
-                        text=f"Run #{job.run_id}: {stage} · step {snap.step} of {snap.total} · {snap.elapsed_s:.0f} s")
-            st.button("Stop", key="stop_job", on_click=job.stop, icon=":material/stop_circle:",
-                      help="Ends the run within a second; the best pose so far is kept.")
+            bar, stop = st.columns([2.2, 1], vertical_alignment="bottom")
+            bar.progress(min(1.0, snap.step / max(snap.total, 1)),
+                         text=f"Run #{job.run_id}: {stage} · step {snap.step} of {snap.total} · {snap.elapsed_s:.0f} s")
+            stop.button("Stop", key="stop_job", on_click=job.stop,
+                        help="Ends the run within a second; the best pose so far is kept.")
         elif snap.state == "error":
             st.error(snap.error)
         else:
             word = "stopped (best so far kept)" if snap.state == "stopped" else "finished"
             st.success(f"Run #{job.run_id} {word} in {snap.elapsed_s:.1f} s.")
-        if snap.genes is not None:
-            st.markdown(pose_words(snap.genes))
         available = [c for c, n in zip(CURVES, (len(snap.ga_best), len(snap.refine), len(snap.energy)), strict=True)
                      if n]
         if available:
-            picked = st.segmented_control("Curve", list(CURVES), key="w_curve", label_visibility="collapsed")
+            picked = None
+            if not job.running:  # while it runs, the curve follows the stage
+                picked = st.segmented_control("Curve", list(CURVES), key="w_curve", label_visibility="collapsed")
             follow = _STAGE_CURVE.get(snap.stage, available[-1]) if job.running else available[-1]
             name = picked if picked in available else (follow if follow in available else available[-1])
             st.plotly_chart(_curve_figure(name, snap, (job.run_id, id(job))), theme=None, key="fig_curve")
+        if snap.genes is not None:
+            st.caption(pose_words(snap.genes))
         if not job.running:
             if not job.reported:
                 record_finished(job, data)

@@ -111,7 +111,7 @@ def raster_figure(R: np.ndarray, x: Sequence[np.ndarray], *, title: str, unit: s
 _LIVE_MARGIN = dict(l=55, r=10, t=50, b=45)
 
 
-def search_figure(best: Sequence[float], mean: Sequence[float], *, height: int = 280) -> go.Figure:
+def search_figure(best: Sequence[float], mean: Sequence[float], *, height: int = 250) -> go.Figure:
     """The search (GA): best and average match score per round, all independent searches in sequence."""
     rounds = list(range(1, len(best) + 1))
     fig = go.Figure([
@@ -125,7 +125,7 @@ def search_figure(best: Sequence[float], mean: Sequence[float], *, height: int =
     return fig
 
 
-def refine_figure(levels: Sequence[Sequence[float]], *, height: int = 280) -> go.Figure:
+def refine_figure(levels: Sequence[Sequence[float]], *, height: int = 250) -> go.Figure:
     """Fine-tuning after the search: the match score per step, one line per level (coarse → full resolution).
 
     Each level compares finer pictures, whose score starts lower: only the rise within a level counts."""
@@ -164,21 +164,39 @@ def _si(value: float) -> str:
     return f"{value:g}"
 
 
-def energy_figure(energy: Sequence[float], *, height: int = 280) -> go.Figure:
+def energy_figure(energy: Sequence[float], steps: Sequence[int] | None = None, *, height: int = 250) -> go.Figure:
     """The warp (LDDMM): its energy (mismatch + bending, lower is better) per step, on a log axis when positive.
 
-    From step ``ESTEP_START + 1`` the weights of matching vs background pixels are re-estimated (EM), which
-    puts the energy on a new scale: that part is drawn as its own line, after a marked boundary, so the
-    step there does not read as a divergence."""
-    steps = list(range(1, len(energy) + 1))
-    cut = min(len(energy), ESTEP_START)
-    fig = go.Figure(go.Scatter(x=steps[:cut], y=list(energy[:cut]), mode="lines", name="fixed weights"))
-    if len(energy) > ESTEP_START:
-        fig.add_trace(go.Scatter(x=steps[cut:], y=list(energy[cut:]), mode="lines", name="re-weighted (new scale)",
-                                 line=dict(color="#9467bd")))
-        fig.add_vline(x=ESTEP_START + 0.5, line=dict(color="#bbb", dash="dot", width=1),
-                      annotation_text="weights re-estimated:<br>new scale, not a divergence",
-                      annotation_position="top right", annotation_font=dict(size=10, color="#666"))
+    ``steps``: each value's step within its warp run (it restarts at 1 when the warp runs again, e.g. the two
+    halves of the check that keeps a warp only if it helps); each run is drawn on its own, after a marked
+    boundary. From step ``ESTEP_START + 1`` of a run the weights of matching vs background pixels are
+    re-estimated (EM), which puts the energy on a new scale: drawn in another colour after a marked boundary,
+    so the jump there does not read as a divergence."""
+    steps = list(steps) if steps is not None and len(steps) == len(energy) else list(range(1, len(energy) + 1))
+    runs: list[list[int]] = []
+    for i, step in enumerate(steps):
+        if not runs or step <= steps[i - 1]:
+            runs.append([])
+        runs[-1].append(i)
+    fig = go.Figure()
+    shown: set[str] = set()
+    for r, idx in enumerate(runs):
+        if r:
+            fig.add_vline(x=idx[0] + 0.5, line=dict(color="#888", width=1),
+                          annotation_text=f"warp run {r + 1} (check)", annotation_position="bottom right",
+                          annotation_font=dict(size=10, color="#666"))
+        for phase, colour, keep in (("fixed weights", "#1f77b4", lambda s: s <= ESTEP_START),
+                                    ("re-weighted (new scale)", "#9467bd", lambda s: s > ESTEP_START)):
+            part = [i for i in idx if keep(steps[i])]
+            if not part:
+                continue
+            fig.add_trace(go.Scatter(x=[i + 1 for i in part], y=[energy[i] for i in part], mode="lines", name=phase,
+                                     line=dict(color=colour), legendgroup=phase, showlegend=phase not in shown))
+            shown.add(phase)
+            if phase != "fixed weights":
+                fig.add_vline(x=part[0] + 0.5, line=dict(color="#bbb", dash="dot", width=1),
+                              annotation_text="weights re-estimated:<br>new scale, not a divergence",
+                              annotation_position="top right", annotation_font=dict(size=10, color="#666"))
     fig.update_layout(title=dict(text="Warp: energy (lower = better fit)", font=dict(size=14)),
                       xaxis_title="warp step", yaxis_title="energy (mismatch + bending)", height=height,
                       margin=_LIVE_MARGIN, legend=dict(orientation="h", x=0, y=1.0, yanchor="bottom",

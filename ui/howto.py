@@ -12,12 +12,13 @@ STEPS = (
      "The cells become a picture (their counts on a grid of µm) and the tissue image becomes a small picture of "
      "what the cells should match (nuclei and tissue for H&E, edges for DAPI)."),
     ("how_2_search.png", "2 · Search for the pose",
-     "Many candidate poses — rotation, scale (µm per pixel), mirror, shift — are tried and bred over search rounds "
-     "(a genetic algorithm); the best is then fine-tuned. The match score (1 = perfect) should rise."),
+     "Many candidate poses (orange) — rotation, scale (µm per pixel), mirror, shift — are tried and bred over "
+     "search rounds (a genetic algorithm); the best (green) is then fine-tuned. The match score (1 = perfect) "
+     "should rise."),
     ("how_3_warp.png", "3 · Warp",
-     "A smooth warp then lets cells move locally to follow tissue that was stretched or torn (LDDMM). "
-     "'Smoothness of the warp' and 'how far cells may move' limit it; it is kept only if it helps on cells it "
-     "did not see."),
+     "A smooth warp then lets cells move locally to follow tissue that was stretched or torn (LDDMM): "
+     "the grid shows it on the demo, 20× enlarged. 'Smoothness of the warp' and 'how far cells may move' limit "
+     "it; it is kept only if it helps on cells it did not see."),
 )
 
 

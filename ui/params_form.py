@@ -24,10 +24,9 @@ from . import state
 
 DEFAULT_PRESET = "standard"
 PRESET_HELP = {
-    "fast check": "A quick first look: one short search and a short warp (seconds on a small section).",
-    "standard": "The recommended settings: several searches, fine-tuning, and a warp kept only if it helps.",
-    "thorough (published settings)": "The published method's settings (1000 search rounds, 2000 warp steps, twice): "
-                                     "slow; for comparison with the paper.",
+    "fast check": "A quick first look: one short search, a short warp (seconds on a small section).",
+    "standard": "Recommended: several searches, fine-tuning, a warp kept only if it helps.",
+    "thorough (published settings)": "The paper's settings (1000 search rounds, 2000 warp steps, twice): slow.",
 }
 
 # plain label of every AlignParams field (the method's name goes into the help text)
@@ -112,10 +111,31 @@ def matching_preset(values: dict[str, Any]) -> str | None:
     return None
 
 
-def _forget_widgets() -> None:
-    """Drop the parameter widgets' own state so they are drawn again from the stored values."""
-    for key in [k for k in st.session_state if isinstance(k, str) and k.startswith(("w_p_", "w_g_"))]:
-        del st.session_state[key]
+def _widget_value(name: str, value: Any) -> Any:
+    """A stored parameter value as its widget holds it (device None → 'auto', text None → '')."""
+    kind = str(_FIELDS[name].type)
+    if name == "device":
+        return "auto" if value is None else value
+    if "choices" in _FIELDS[name].metadata or value is None:
+        return "" if value is None and kind.startswith("str") else value
+    if kind == "bool":
+        return bool(value)
+    if kind.startswith("int"):
+        return int(value)
+    if kind.startswith("float"):
+        return float(value)
+    return value
+
+
+def sync_widgets() -> None:
+    """Write the stored values into the parameter widgets' state, so the page shows them (the browser keeps a
+    widget's old value unless its state is set; call before the widgets are drawn, e.g. in a callback)."""
+    values = stored_params()
+    for name in _FIELDS:
+        st.session_state[f"w_p_{name}"] = _widget_value(name, values.get(name, _DEFAULTS[name]))
+    g = stored_genes()
+    for key in DEFAULT_GENES:
+        st.session_state[f"w_g_{key}"] = g.get(key, DEFAULT_GENES[key])
 
 
 def set_params(params: AlignParams, *, genes: dict[str, Any] | None = None) -> None:
@@ -123,7 +143,7 @@ def set_params(params: AlignParams, *, genes: dict[str, Any] | None = None) -> N
     st.session_state[state.PARAMS] = params.to_dict()
     if genes is not None:
         st.session_state[state.GENES] = {**DEFAULT_GENES, **genes}
-    _forget_widgets()
+    sync_widgets()
 
 
 def _on_preset() -> None:
@@ -148,7 +168,7 @@ def preset_picker() -> str | None:
     current = matching_preset(_current_values())
     if st.session_state.get("w_preset") != current:
         st.session_state["w_preset"] = current
-    st.segmented_control("Settings", list(PRESETS), key="w_preset", on_change=_on_preset,
+    st.pills("Settings", list(PRESETS), key="w_preset", on_change=_on_preset,
                          help="\n\n".join(f"**{k}**: {v}" for k, v in PRESET_HELP.items()))
     st.caption(PRESET_HELP[current] if current else "Custom settings (edited under **Advanced** below).")
     return current
@@ -157,7 +177,8 @@ def preset_picker() -> str | None:
 def mirror_checkbox() -> bool:
     """'Allow a mirrored section' (the search tries flipped poses too); stored with the search ranges."""
     g = stored_genes()
-    g["flips"] = st.checkbox("allow a mirrored section", value=g["flips"], key="w_g_flips",
+    st.session_state.setdefault("w_g_flips", g["flips"])
+    g["flips"] = st.checkbox("allow a mirrored section", key="w_g_flips",
                              help="Also try the section flipped over (mirror image): needed when the cells' "
                                   "coordinates and the image are mirrored relative to each other. Method: "
                                   "negative scales in the `gene_space`.")
@@ -165,36 +186,37 @@ def mirror_checkbox() -> bool:
 
 
 def _widget(name: str, value: Any) -> Any:
-    """One input for one AlignParams field; returns its current value (None = automatic)."""
+    """One input for one AlignParams field; returns its current value (None = automatic).
+
+    The widget's state is seeded from the stored value (never passed as ``value=`` as well: Streamlit warns)."""
     f = _FIELDS[name]
     meta, kind, key = f.metadata, str(f.type), f"w_p_{name}"
+    if key not in st.session_state:
+        st.session_state[key] = _widget_value(name, value)
     label, helptext = LABELS.get(name, name.replace("_", " ")), help_text(name)
     words = CHOICE_WORDS.get(name, {})
     if "choices" in meta:
-        choices = list(meta["choices"])
-        return st.selectbox(label, choices, index=choices.index(value) if value in choices else 0, help=helptext,
-                            key=key, format_func=lambda c: words.get(c, c))
+        return st.selectbox(label, list(meta["choices"]), help=helptext, key=key,
+                            format_func=lambda c: words.get(c, c))
     if name == "device":
-        opts = ["auto", "cpu", "cuda"]
-        pick = st.selectbox(label, opts, index=opts.index(value) if value in opts else 0, help=helptext, key=key,
+        pick = st.selectbox(label, ["auto", "cpu", "cuda"], help=helptext, key=key,
                             format_func=lambda c: words.get(c, c))
         return None if pick == "auto" else pick
     if kind == "bool":
-        return st.checkbox(label, value=bool(value), help=helptext, key=key)
+        return st.checkbox(label, help=helptext, key=key)
     if kind.startswith("int"):
         lo = meta.get("min")
-        return int(st.number_input(label, value=int(value), min_value=None if lo is None else int(lo),
-                                   step=1, help=helptext, key=key))
+        return int(st.number_input(label, min_value=None if lo is None else int(lo), step=1, help=helptext, key=key))
     if kind.startswith("float"):
         lo, hi = meta.get("min"), meta.get("max")
+        nullable = "None" in kind
         out = st.number_input(
-            label + (" (empty = automatic)" if "None" in kind else ""),
-            value=None if value is None else float(value), min_value=None if lo is None else float(lo),
+            label + (" (empty = automatic)" if nullable else ""), min_value=None if lo is None else float(lo),
             max_value=None if hi is None else float(hi), format="%g", help=helptext, key=key,
-            placeholder="automatic",
+            placeholder="automatic", **({"value": None} if nullable else {}),
         )
         return None if out is None else float(out)
-    text = st.text_input(label + " (empty = none)", value=value or "", help=helptext, key=key)
+    text = st.text_input(label + " (empty = none)", help=helptext, key=key)
     return text.strip() or None
 
 
@@ -227,9 +249,11 @@ def gene_inputs(auto: list[dict]) -> dict[str, Any]:
     for i, name in enumerate(GENE_NAMES):
         c1, c2, c3 = st.columns([2, 2, 3])
         a_lo, a_hi = auto[i]["low"], auto[i]["high"]
-        out[f"{name}_low"] = c1.number_input(f"{GENE_LABELS[name]}: from", value=g[f"{name}_low"], format="%g",
+        for end in ("low", "high"):
+            st.session_state.setdefault(f"w_g_{name}_{end}", g[f"{name}_{end}"])
+        out[f"{name}_low"] = c1.number_input(f"{GENE_LABELS[name]}: from", value=None, format="%g",
                                              placeholder=f"auto {a_lo:.3g}", key=f"w_g_{name}_low")
-        out[f"{name}_high"] = c2.number_input(f"{GENE_LABELS[name]}: to", value=g[f"{name}_high"], format="%g",
+        out[f"{name}_high"] = c2.number_input(f"{GENE_LABELS[name]}: to", value=None, format="%g",
                                               placeholder=f"auto {a_hi:.3g}", key=f"w_g_{name}_high")
         c3.caption(f"automatic: {a_lo:.3g} to {a_hi:.3g}")
     st.session_state[state.GENES] = {**g, **out}

@@ -50,7 +50,7 @@ def _load_data(b: store.Bundle):
 def apply(b: store.Bundle) -> None:
     """Make the bundle this session's state (data, settings, runs, landmarks)."""
     from .budget import _USED
-    from .params_form import DEFAULT_GENES, _forget_widgets
+    from .params_form import DEFAULT_GENES, sync_widgets
 
     ss = st.session_state
     ss[state.SETTINGS] = {**state.DEFAULT_SETTINGS, **b.settings}
@@ -65,7 +65,7 @@ def apply(b: store.Bundle) -> None:
     ss[lm.VERSION] = int(ss.get(lm.VERSION, 0)) + 1
     ss.pop(state.RASTERS, None)
     ss.pop(state.MEMO, None)
-    _forget_widgets()
+    sync_widgets()
     data = _load_data(b)
     if data is not None:
         set_dataset(data)

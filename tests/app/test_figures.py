@@ -28,6 +28,12 @@ def test_energy_is_on_a_labelled_log_axis_with_the_em_start_marked_and_split():
     assert [s.x0 for s in fig.layout.shapes] == [ESTEP_START + 0.5]
     assert [len(t.x) for t in fig.data] == [ESTEP_START, 10]  # before / after the re-weighting: two lines
     assert "not a divergence" in fig.layout.annotations[0].text
+    # two warp runs (the check on two halves of the cells): each split, with the run boundary marked
+    two = figures.energy_figure(energy + energy, list(range(1, len(energy) + 1)) * 2)
+    assert [len(t.x) for t in two.data] == [ESTEP_START, 10, ESTEP_START, 10]
+    assert sorted(s.x0 for s in two.layout.shapes) == [ESTEP_START + 0.5, len(energy) + 0.5,
+                                                        len(energy) + ESTEP_START + 0.5]
+    assert [t.showlegend for t in two.data] == [True, True, False, False]
     short = figures.energy_figure(energy[:10])
     assert not short.layout.shapes and len(short.data) == 1  # no marker before the E-step starts
     assert figures.energy_figure([-1.0, 2.0]).layout.yaxis.type != "log"  # not positive: linear
