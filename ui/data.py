@@ -217,6 +217,9 @@ def set_dataset(data: Dataset) -> None:
     st.session_state[state.DATA] = data
     st.session_state.pop(state.RASTERS, None)
     st.session_state.pop(state.DATA_ERROR, None)
+    from .runs import import_aligned
+
+    import_aligned(data)  # an aligned .h5ad of ours: its alignment becomes a run
     selected = state.results().get(state.get(state.SELECTED_RUN))
     if selected is None or selected[0] != data.uid:  # the viewer shows this data's latest run, or none
         mine = [rid for rid, (uid, _) in state.results().items() if uid == data.uid]

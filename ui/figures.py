@@ -108,24 +108,23 @@ def raster_figure(R: np.ndarray, x: Sequence[np.ndarray], *, title: str, unit: s
     return fig
 
 
-_LIVE_MARGIN = dict(l=55, r=10, t=50, b=45)
+_LIVE_MARGIN = dict(l=55, r=10, t=35, b=80)
+_LEGEND = dict(orientation="h", x=0, y=-0.3, yanchor="top", font=dict(size=11))  # under the axis title: any width
 
 
-def search_figure(best: Sequence[float], mean: Sequence[float], *, height: int = 250) -> go.Figure:
+def search_figure(best: Sequence[float], mean: Sequence[float], *, height: int = 300) -> go.Figure:
     """The search (GA): best and average match score per round, all independent searches in sequence."""
     rounds = list(range(1, len(best) + 1))
     fig = go.Figure([
         go.Scatter(x=rounds, y=list(best), mode="lines", name="best pose"),
         go.Scatter(x=rounds, y=list(mean), mode="lines", name="average pose", line=dict(dash="dot")),
     ])
-    fig.update_layout(title=dict(text="Search: match score of the poses", font=dict(size=14)),
-                      xaxis_title="search round", yaxis_title="match score (1 = perfect)", height=height,
-                      margin=_LIVE_MARGIN, legend=dict(orientation="h", x=0, y=1.0, yanchor="bottom",
-                                                       font=dict(size=11)))
+    fig.update_layout(title=dict(text="Search", font=dict(size=14)), xaxis_title="search round",
+                      yaxis_title="match score (1 = perfect)", height=height, margin=_LIVE_MARGIN, legend=_LEGEND)
     return fig
 
 
-def refine_figure(levels: Sequence[Sequence[float]], *, height: int = 250) -> go.Figure:
+def refine_figure(levels: Sequence[Sequence[float]], *, height: int = 300) -> go.Figure:
     """Fine-tuning after the search: the match score per step, one line per level (coarse → full resolution).
 
     Each level compares finer pictures, whose score starts lower: only the rise within a level counts."""
@@ -140,11 +139,8 @@ def refine_figure(levels: Sequence[Sequence[float]], *, height: int = 250) -> go
         if k:
             fig.add_vline(x=start + 0.5, line=dict(color="#bbb", dash="dot", width=1))
         start += len(level)
-    fig.update_layout(title=dict(text="Fine-tuning: match score (each finer level starts lower)",
-                                 font=dict(size=14)),
-                      xaxis_title="fine-tuning step", yaxis_title="match score (1 = perfect)", height=height,
-                      margin=_LIVE_MARGIN, legend=dict(orientation="h", x=0, y=1.0, yanchor="bottom",
-                                                       font=dict(size=11)))
+    fig.update_layout(title=dict(text="Fine-tuning", font=dict(size=14)), xaxis_title="fine-tuning step",
+                      yaxis_title="match score (1 = perfect)", height=height, margin=_LIVE_MARGIN, legend=_LEGEND)
     return fig
 
 
@@ -164,7 +160,7 @@ def _si(value: float) -> str:
     return f"{value:g}"
 
 
-def energy_figure(energy: Sequence[float], steps: Sequence[int] | None = None, *, height: int = 250) -> go.Figure:
+def energy_figure(energy: Sequence[float], steps: Sequence[int] | None = None, *, height: int = 300) -> go.Figure:
     """The warp (LDDMM): its energy (mismatch + bending, lower is better) per step, on a log axis when positive.
 
     ``steps``: each value's step within its warp run (it restarts at 1 when the warp runs again, e.g. the two
@@ -197,10 +193,8 @@ def energy_figure(energy: Sequence[float], steps: Sequence[int] | None = None, *
                 fig.add_vline(x=part[0] + 0.5, line=dict(color="#bbb", dash="dot", width=1),
                               annotation_text="weights re-estimated:<br>new scale, not a divergence",
                               annotation_position="top right", annotation_font=dict(size=10, color="#666"))
-    fig.update_layout(title=dict(text="Warp: energy (lower = better fit)", font=dict(size=14)),
-                      xaxis_title="warp step", yaxis_title="energy (mismatch + bending)", height=height,
-                      margin=_LIVE_MARGIN, legend=dict(orientation="h", x=0, y=1.0, yanchor="bottom",
-                                                       font=dict(size=11)))
+    fig.update_layout(title=dict(text="Warp", font=dict(size=14)), xaxis_title="warp step",
+                      yaxis_title="energy (lower = better)", height=height, margin=_LIVE_MARGIN, legend=_LEGEND)
     if energy and min(energy) > 0:
         tickvals, ticktext = _log_ticks(energy)
         fig.update_yaxes(type="log", tickvals=tickvals, ticktext=ticktext)

@@ -168,8 +168,8 @@ def preset_picker() -> str | None:
     current = matching_preset(_current_values())
     if st.session_state.get("w_preset") != current:
         st.session_state["w_preset"] = current
-    st.pills("Settings", list(PRESETS), key="w_preset", on_change=_on_preset,
-                         help="\n\n".join(f"**{k}**: {v}" for k, v in PRESET_HELP.items()))
+    st.radio("Settings", list(PRESETS), key="w_preset", on_change=_on_preset, horizontal=True, index=None,
+             help="\n\n".join(f"**{k}**: {v}" for k, v in PRESET_HELP.items()))
     st.caption(PRESET_HELP[current] if current else "Custom settings (edited under **Advanced** below).")
     return current
 

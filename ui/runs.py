@@ -38,6 +38,28 @@ def record_finished(job: Job, data: Dataset) -> None:
 
 
 
+def import_aligned(data: Dataset) -> int | None:
+    """If the loaded cells are an aligned ``.h5ad`` (ours: ``uns['gala']``), add their alignment as a run (once per
+    dataset), so it can be viewed, corrected and downloaded again; returns its run id."""
+    from gala_engine.errors import GalaInputError
+    from gala_engine.reopen import aligned_result
+
+    from .landmarks import record_result
+
+    try:
+        result = aligned_result(data.adata)
+    except GalaInputError as err:
+        data.notes.append(f"The file holds an alignment that cannot be used: {err}")
+        return None
+    if result is None or any(uid == data.uid and res.origin.get("source") == "file"
+                             for uid, res in state.results().values()):
+        return None
+    rid = record_result(result, data, label="opened from file")
+    data.notes.append(f"This file is an aligned result: its alignment is run #{rid} (see the Viewer); align again "
+                      "or correct it on the Landmarks page to continue.")
+    return rid
+
+
 def next_run_id() -> int:
     """A new run number for this session."""
     n = int(st.session_state.get(state.RUN_COUNTER, 0)) + 1

@@ -48,8 +48,14 @@ def run_state(*, every: float | None) -> None:
             st.markdown("**Run:** none yet")
         else:
             snap = job.snapshot()
-            label = {"waiting": "waiting for the engine", "running": f"running ({snap.stage or 'starting'})"}
-            st.markdown(f"**Run #{job.run_id}:** {label.get(snap.state, snap.state)} · {snap.elapsed_s:.0f} s")
+            from .align_live import STAGE_WORDS
+
+            stage = STAGE_WORDS.get(snap.stage, snap.stage)
+            label = {"waiting": "waiting for the engine", "running": f"running ({stage})"}
+            data = state.get(state.DATA)
+            other = "" if data is None or getattr(job.context, "uid", None) == data.uid else \
+                f" (on {getattr(job.context, 'name', 'other data')})"
+            st.markdown(f"**Run #{job.run_id}{other}:** {label.get(snap.state, snap.state)} · {snap.elapsed_s:.0f} s")
             if not job.running and not job.reported:  # finished while the user was on another page
                 record_finished(job, job.context)
                 st.rerun()

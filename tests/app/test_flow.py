@@ -44,7 +44,7 @@ def _run_short(app: AppTest) -> None:
 
 def test_align_page_speaks_plain_words_and_starts_from_presets(app):
     _align(app)
-    widgets = [*app.number_input, *app.selectbox, *app.checkbox, *app.text_input, *app.button_group]
+    widgets = [*app.number_input, *app.selectbox, *app.checkbox, *app.text_input, *app.radio]
     labels = [w.label for w in widgets]
     assert "how far cells may move (larger = freer warp)" in labels and "smoothness of the warp (image px) (empty = " \
         "automatic)" in labels
@@ -52,7 +52,7 @@ def test_align_page_speaks_plain_words_and_starts_from_presets(app):
     assert "`sigmaR`" in app.number_input(key="w_p_sigmaR").help  # the method's name stays in the help
     assert not any("genes" in e.label.lower() for e in app.expander)
     assert [e.label for e in app.expander][0].startswith("Advanced")
-    preset = app.button_group(key="w_preset")
+    preset = app.radio(key="w_preset")
     assert preset.value == "standard"
     preset.set_value("fast check").run()
     assert app.number_input(key="w_p_num_generations").value == AlignParams.fast_check().num_generations
@@ -60,7 +60,7 @@ def test_align_page_speaks_plain_words_and_starts_from_presets(app):
     assert app.number_input(key="w_p_num_generations").value == AlignParams.tutorial().num_generations
     assert app.selectbox(key="w_p_fitness").value == "sse"
     app.number_input(key="w_p_num_generations").set_value(77).run()
-    assert app.button_group(key="w_preset").value is None  # edited: custom
+    assert app.radio(key="w_preset").value is None  # edited: custom
     assert any("Custom settings" in c.value for c in app.caption)
 
 

@@ -23,7 +23,7 @@ _FITNESS_POINTS = """() => {
   for (const el of document.querySelectorAll('.js-plotly-plot')) {
     const t = el.layout && el.layout.title && el.layout.title.text;
     const d = (el._fullData && el._fullData.length) ? el._fullData : el.data;
-    if (t === 'Search: match score of the poses' && d && d.length && d[0].y) return d[0].y.length;
+    if (t === 'Search' && d && d.length && d[0].y) return d[0].y.length;
   }
   return -1;
 }"""

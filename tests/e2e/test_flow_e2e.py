@@ -35,9 +35,9 @@ def _in_first_screen(page: Page, what: str, locator, height: int, *, min_width: 
     return box
 
 
-def _run_fast_check(page: Page, height: int, shot: str) -> None:
+def _run_fast_check(page: Page, height: int, shot: str, run: int) -> None:
     """Start a 'fast check' run; while it runs, check what the first screen shows; wait for the end."""
-    page.get_by_role("radio", name="fast check", exact=True).click()
+    page.get_by_test_id("stRadio").get_by_text("fast check", exact=True).click()
     expect(page.get_by_text("A quick first look")).to_be_visible()  # the preset's settings are in
     _settled(page)
     page.get_by_role("button", name="Start alignment").click()
@@ -48,20 +48,15 @@ def _run_fast_check(page: Page, height: int, shot: str) -> None:
     if progress.count():  # (a very fast run may already be over)
         boxes["progress"] = _in_first_screen(page, "the progress bar", progress.first, height)
         boxes["stop"] = _in_first_screen(page, "Stop", page.get_by_role("button", name="Stop"), height)
-        curve = page.locator(".js-plotly-plot").filter(has_text=re.compile("^(Search|Fine-tuning|Warp):"))
+        curve = page.locator(".js-plotly-plot").filter(has_text=re.compile("search round|fine-tuning step|warp step"))
         expect(curve).to_have_count(1, timeout=30_000)
         boxes["curve"] = _in_first_screen(page, "the live curve", curve, height)
         page.screenshot(path=SCREENSHOTS / shot)
     boxes["pose"] = _in_first_screen(page, "the current pose", page.locator(".js-plotly-plot").last, height,
                                      min_width=400)
     print(shot, {k: (round(b["y"]), round(b["y"] + b["height"]), round(b["width"])) for k, b in boxes.items()})
-    expect(page.get_by_text("Runs on this data")).to_be_visible(timeout=180_000)
+    expect(page.get_by_text(f"Run #{run} finished")).to_be_visible(timeout=180_000)
     _settled(page)
-
-
-def _history_rows(page: Page) -> int:
-    return page.get_by_test_id("stDataFrame").count() and int(
-        page.get_by_test_id("stDataFrame").first.get_attribute("data-test-rows") or -1)
 
 
 def test_preset_run_in_first_screen_refresh_new_data_and_session_file(browser: Browser, app_url: str, tmp_path):
@@ -75,7 +70,7 @@ def test_preset_run_in_first_screen_refresh_new_data_and_session_file(browser: B
     _nav(page, "Align")
     page.wait_for_timeout(800)
     page.screenshot(path=SCREENSHOTS / "flow_align_idle_1400x900.png")
-    _run_fast_check(page, 900, "flow_align_running_1400x900.png")
+    _run_fast_check(page, 900, "flow_align_running_1400x900.png", 1)
     page.wait_for_timeout(800)
     page.screenshot(path=SCREENSHOTS / "flow_align_done_1400x900.png")
     page.screenshot(path=SCREENSHOTS / "flow_align_done_full.png", full_page=True)
@@ -84,7 +79,7 @@ def test_preset_run_in_first_screen_refresh_new_data_and_session_file(browser: B
     # the same at 1024×768 (a second run)
     page.set_viewport_size({"width": 1024, "height": 768})
     page.wait_for_timeout(800)
-    _run_fast_check(page, 768, "flow_align_running_1024x768.png")
+    _run_fast_check(page, 768, "flow_align_running_1024x768.png", 2)
     page.wait_for_timeout(800)
     page.screenshot(path=SCREENSHOTS / "flow_align_done_1024x768.png")
     page.set_viewport_size({"width": 1400, "height": 900})
@@ -111,7 +106,9 @@ def test_preset_run_in_first_screen_refresh_new_data_and_session_file(browser: B
     page.wait_for_timeout(800)
     expect(page.get_by_text("2 run(s) on other data")).to_be_visible()
     assert not page.get_by_text("Runs on this data").count()
-    assert not page.get_by_text(re.compile(r"Run #\d")).count()
+    main = page.get_by_test_id("stMain")
+    assert not main.get_by_text(re.compile(r"Run #\d")).count()  # (the sidebar names the last run's data)
+    expect(page.get_by_test_id("stSidebar").get_by_text("(on demo: merfish_mini)")).to_be_visible()
     assert page.get_by_text("No run on this data yet").count() == 1
     page.screenshot(path=SCREENSHOTS / "flow_align_new_data_1400x900.png")
 
