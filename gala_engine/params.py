@@ -116,9 +116,9 @@ class AlignParams:
 
     @classmethod
     def fast_check(cls, **overrides: Any) -> AlignParams:
-        """A quick first look (seconds on a small section): one short search, a short warp."""
+        """A quick first look (seconds on a small section): one short search and its fine-tuning, no warp."""
         base = dict(num_generations=60, sol_per_pop=60, num_parents_mating=30, ga_restarts=1, ga_patience=30,
-                    refine_iterations=100, num_iterations=60, lddmm_validate=False)
+                    refine_iterations=100, num_iterations=0)
         base.update(overrides)
         return cls(**base)
 

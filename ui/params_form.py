@@ -24,7 +24,7 @@ from . import state
 
 DEFAULT_PRESET = "standard"
 PRESET_HELP = {
-    "fast check": "A quick first look: one short search, a short warp (seconds on a small section).",
+    "fast check": "A quick first look: one short search, fine-tuned, no warp (seconds on a small section).",
     "standard": "Recommended: several searches, fine-tuning, a warp kept only if it helps.",
     "thorough (published settings)": "The paper's settings (1000 search rounds, 2000 warp steps, twice): slow.",
 }
@@ -302,7 +302,7 @@ def import_toml(raw: bytes, name: str) -> AlignParams:
 def toml_controls() -> None:
     """Export the settings as TOML (for ``gala-align --params``) or import such a file."""
     c1, c2 = st.columns(2)
-    c1.download_button("Export settings (.toml)", data=params_toml, file_name="gala_params.toml",
+    c1.download_button("Export settings (.toml)", data=params_toml(), file_name="gala_params.toml",
                        mime="application/toml", on_click="ignore", key="dl_params_toml",
                        help="The file the command line reads: `gala-align … --params gala_params.toml`.")
     up = c2.file_uploader("Import settings (.toml)", type=["toml"], key="up_params_toml")

@@ -143,7 +143,9 @@ def session_controls() -> None:
     """"Save session" (a zip of settings, landmarks and results) and "Open session" (Data page)."""
     c1, c2 = st.columns(2)
     with c1:
-        st.download_button("Save session (.zip)", data=lambda: store.session_zip(st.session_state),
+        snapshot = {k: st.session_state[k] for k in store.state_keys() if k in st.session_state}  # the click's
+        # callable runs outside this script run: it gets a plain copy, not st.session_state
+        st.download_button("Save session (.zip)", data=lambda: store.session_zip(snapshot),
                            file_name="gala_session.zip", mime="application/zip", on_click="ignore",
                            key="dl_session", icon=":material/save:",
                            help="Settings, landmarks, all runs and (for uploads) the data files, to open another day.")

@@ -161,6 +161,16 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def state_keys() -> list[str]:
+    """The session-state keys a session is made of (copy them into a plain dict for work outside a script run)."""
+    from . import landmarks as lm
+    from . import state
+    from .budget import _USED
+
+    return [state.DATA, state.SETTINGS, state.PARAMS, state.GENES, state.HISTORY, state.RESULTS, state.SELECTED_RUN,
+            state.RUN_COUNTER, _USED, lm.PAIRS]
+
+
 def manifest_from_state(ss: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON part of a session (everything but result arrays and data files)."""
     from . import landmarks as lm

@@ -45,7 +45,7 @@ def run_state(*, every: float | None) -> None:
     def _draw() -> None:
         job = state.get(state.JOB)
         if job is None:
-            st.markdown("**Run:** none yet")
+            st.markdown("**Run:** none running" if state.history() else "**Run:** none yet")
         else:
             snap = job.snapshot()
             from .align_live import STAGE_WORDS

@@ -141,3 +141,55 @@ def test_params_toml_round_trip_and_bad_file(app):
         import_toml(b"bogus = 1\n", "p.toml")
     with pytest.raises(GalaInputError, match="at most"):
         import_toml(b"#" * 70_000, "p.toml")
+
+
+def test_an_aligned_h5ad_opens_as_a_run_with_its_warp(app, tmp_path):
+    import numpy as np
+
+    from gala_engine.demo import load_demo
+    from gala_engine.io import read_image
+    from gala_engine.section import align_section, prepare_section, write_aligned
+
+    demo = load_demo("visium_tiny")
+    r = prepare_section(demo.adata, read_image(demo.image_path))
+    res = align_section(r, AlignParams(**{**SHORT, "num_iterations": 10}, seed_population=False,
+                                       lddmm_validate=False))
+    path = write_aligned(demo.adata, res, tmp_path / "aligned.h5ad")
+    suffix = demo.image_path.suffix.lstrip(".")
+    app.file_uploader(key="up_cells").set_value(("aligned.h5ad", path.read_bytes(), "application/octet-stream"))
+    app.file_uploader(key="up_image").set_value((f"he.{suffix}", demo.image_path.read_bytes(), f"image/{suffix}"))
+    app.run()
+    app.button(key="load_upload").click().run()
+    assert not app.exception, app.exception
+    rows = app.session_state[state.HISTORY]
+    assert [r["state"] for r in rows] == ["opened from file"]
+    uid, back = app.session_state[state.RESULTS][rows[0]["run"]]
+    assert uid == app.session_state[state.DATA].uid and back.origin["source"] == "file"
+    np.testing.assert_allclose(back.v, res.v)
+    assert any("aligned result" in w.value for w in app.warning)
+    app.button(key="load_upload").click().run()  # the same file again: no second copy of the run
+    assert len(app.session_state[state.HISTORY]) == 1
+    app.switch_page("pages/3_viewer.py").run()
+    assert not app.exception and not app.info
+
+
+def test_open_session_file_on_the_data_page_restores_the_runs(app):
+    _align(app)
+    _run_short(app)
+    keys = session_store.state_keys()
+    raw = session_store.session_zip({k: app.session_state[k] for k in keys if k in app.session_state})
+    rid = app.session_state[state.SELECTED_RUN]
+    fresh = AppTest.from_file(APP, default_timeout=60)
+    fresh.run()
+    assert not fresh.session_state[state.HISTORY] if state.HISTORY in fresh.session_state else True
+    fresh.file_uploader(key="up_session").set_value(("mine.zip", raw, "application/zip"))
+    fresh.run()
+    assert not fresh.exception, fresh.exception
+    assert not fresh.error, [e.value for e in fresh.error]
+    assert [r["run"] for r in fresh.session_state[state.HISTORY]] == [rid]
+    assert fresh.session_state[state.SELECTED_RUN] == rid and rid in fresh.session_state[state.RESULTS]
+    # a hostile file: refused with its reason on the Data page, the session unchanged
+    fresh.file_uploader(key="up_session").set_value(("evil.zip", b"PK\x05\x06" + b"\0" * 18, "application/zip"))
+    fresh.run()
+    assert any("evil.zip" in e.value and "cannot be opened" in e.value for e in fresh.error)
+    assert [r["run"] for r in fresh.session_state[state.HISTORY]] == [rid]
