@@ -28,7 +28,12 @@ def _nav(page: Page, name: str) -> None:
 
 
 def _in_first_screen(page: Page, what: str, locator, height: int, *, min_width: float = 0) -> dict:
-    box = locator.bounding_box()
+    box = None
+    for _ in range(20):  # a fragment may be redrawing it this instant
+        box = locator.bounding_box() if locator.count() else None
+        if box is not None:
+            break
+        page.wait_for_timeout(250)
     assert box is not None, f"{what} is not drawn"
     assert box["y"] >= 0 and box["y"] + box["height"] <= height, f"{what} is off the first screen: {box}"
     assert box["width"] >= min_width, f"{what} is {box['width']:.0f} px wide (< {min_width})"
