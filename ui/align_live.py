@@ -25,8 +25,9 @@ CURVES = ("search", "fine-tuning", "warp")
 CURVE_NOTES = {
     "search": "The match score (1 = perfect) of the best and the average candidate pose in each search round "
               "(several independent searches follow one another).",
-    "fine-tuning": "The best pose fine-tuned on finer and finer pictures: each level starts lower (finer pictures "
-                   "match less well); only the rise within a level counts.",
+    "fine-tuning": "The best pose fine-tuned on finer and finer pictures (dashed: coarser levels, solid: full "
+                   "detail). Each level starts lower, as finer pictures match less well: only the rise within a "
+                   "level counts.",
     "warp": "The warp's energy (mismatch + bending; lower is better). Where the weights of matching vs background "
             "pixels are re-estimated the energy is on a new scale: a jump there is not a divergence.",
 }

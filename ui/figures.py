@@ -140,7 +140,8 @@ def refine_figure(levels: Sequence[Sequence[float]], *, height: int = 300) -> go
             fig.add_vline(x=start + 0.5, line=dict(color="#bbb", dash="dot", width=1))
         start += len(level)
     fig.update_layout(title=dict(text="Fine-tuning", font=dict(size=14)), xaxis_title="fine-tuning step",
-                      yaxis_title="match score (1 = perfect)", height=height, margin=_LIVE_MARGIN, legend=_LEGEND)
+                      yaxis_title="match score (1 = perfect)", height=height, margin=dict(_LIVE_MARGIN, b=45),
+                      showlegend=False)  # (levels named on hover; the page's caption says dashed = coarser)
     return fig
 
 

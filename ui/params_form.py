@@ -60,7 +60,7 @@ LABELS: dict[str, str] = {
     "lddmm_patience": "end the warp after this many steps without progress (0 = never)",
     "lddmm_coarse": "coarse-to-fine factor of the warp (1 = off)",
     "lddmm_coarse_fraction": "share of warp steps at the coarse level",
-    "lddmm_validate": "keep the warp only if it helps on cells it did not see",
+    "lddmm_validate": "keep the warp only if it helps",
     "lddmm_tol": "smallest progress that counts (relative)",
     "num_repeats": "repeats of search + warp",
     "random_seed": "random seed (same seed, same result)",
@@ -245,7 +245,7 @@ def gene_inputs(auto: list[dict]) -> dict[str, Any]:
     """Draw the search-range inputs (rotation, scale, shift; empty = automatic); store and return them."""
     g = stored_genes()
     out: dict[str, Any] = {"flips": g["flips"]}
-    st.markdown("**Where to search** (empty = automatic, from the data)")
+    st.markdown("**Where to search** (empty = automatic, from the data; a negative scale = a mirrored section)")
     for i, name in enumerate(GENE_NAMES):
         c1, c2, c3 = st.columns([2, 2, 3])
         a_lo, a_hi = auto[i]["low"], auto[i]["high"]
