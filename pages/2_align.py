@@ -66,7 +66,7 @@ if start:
         space = gene_space(genes, auto_gene_space(r, params.gene_space_mode))
         check_run(r, params)  # the session's memory / time budget, before any work
     except (GalaInputError, ValueError) as err:
-        messages.error(f"Check the settings: {err}")
+        messages.error(f"Check the parameters: {err}")
     else:
         st.session_state.pop(state.FORM_ERROR, None)
         st.session_state[state.JOB] = start_job(r, params, gene_space=space, run_id=next_run_id(), context=data)

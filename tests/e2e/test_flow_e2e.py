@@ -128,6 +128,19 @@ def test_preset_run_in_first_screen_refresh_new_data_and_session_file(browser: B
     saved = tmp_path / "session.zip"
     info.value.save_as(saved)
 
+    # a refresh while a run goes: the reloaded page follows the same run (progress, then its result)
+    _nav(page, "Align")
+    page.get_by_test_id("stRadio").get_by_text("standard", exact=True).click()
+    expect(page.get_by_text("Recommended:")).to_be_visible()
+    _settled(page)
+    page.get_by_role("button", name="Start alignment").click()
+    expect(page.get_by_test_id("stProgress")).to_be_visible()
+    page.reload()
+    _settled(page)
+    expect(page.get_by_test_id("stProgress")).to_be_visible(timeout=15_000)
+    expect(page.get_by_text("Run #3 finished")).to_be_visible(timeout=240_000)
+    expect(page.get_by_text("3 finished run(s) in this session")).to_be_visible()
+
     other = browser.new_context(viewport={"width": 1400, "height": 900})
     fresh = other.new_page()
     fresh.set_default_timeout(60_000)
