@@ -115,8 +115,8 @@ def status_panel(data: Dataset, *, every: float | None, drawn_running: bool) -> 
         else:
             source = snap.result.origin.get("source") if snap.result is not None else None
             word = "stopped (best so far kept)" if snap.state == "stopped" else "finished"
-            st.success(f"Run #{rid} ({source}) is shown." if source else
-                       f"Run #{rid} {word} in {snap.elapsed_s:.1f} s.")
+            st.markdown(f":green[:material/check_circle: Run #{rid} ({source}) is shown.]" if source else
+                        f":green[:material/check_circle: Run #{rid} {word} in {snap.elapsed_s:.1f} s.]")
         available = [c for c, n in zip(CURVES, (len(snap.ga_best), len(snap.refine), len(snap.energy)), strict=True)
                      if n]
         if available:

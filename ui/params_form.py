@@ -28,6 +28,8 @@ PRESET_HELP = {
     "standard": "Recommended: several searches, fine-tuning, a warp kept only if it helps.",
     "thorough (published settings)": "The paper's settings (1000 search rounds, 2000 warp steps, twice): slow.",
 }
+PRESET_SHORT = {"fast check": "Seconds: one search, no warp.", "standard": "Recommended for most sections.",
+                "thorough (published settings)": "The paper's settings: slow."}  # one line under the choice
 
 # plain label of every AlignParams field (the method's name goes into the help text)
 LABELS: dict[str, str] = {
@@ -170,7 +172,7 @@ def preset_picker() -> str | None:
         st.session_state["w_preset"] = current
     st.radio("Settings", list(PRESETS), key="w_preset", on_change=_on_preset, horizontal=True, index=None,
              help="\n\n".join(f"**{k}**: {v}" for k, v in PRESET_HELP.items()))
-    st.caption(PRESET_HELP[current] if current else "Custom settings (edited under **Advanced** below).")
+    st.caption(PRESET_SHORT[current] if current else "Custom settings (edited under **Advanced** below).")
     return current
 
 

@@ -9,6 +9,7 @@ import time
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from .conftest import SCREENSHOTS
 
@@ -30,10 +31,13 @@ def _nav(page: Page, name: str) -> None:
 def _in_first_screen(page: Page, what: str, locator, height: int, *, min_width: float = 0) -> dict:
     box = None
     for _ in range(20):  # a fragment may be redrawing it this instant
-        box = locator.bounding_box() if locator.count() else None
+        try:
+            box = locator.bounding_box(timeout=500)
+        except PlaywrightTimeoutError:
+            box = None
         if box is not None:
             break
-        page.wait_for_timeout(250)
+        page.wait_for_timeout(100)
     assert box is not None, f"{what} is not drawn"
     assert box["y"] >= 0 and box["y"] + box["height"] <= height, f"{what} is off the first screen: {box}"
     assert box["width"] >= min_width, f"{what} is {box['width']:.0f} px wide (< {min_width})"
@@ -43,24 +47,21 @@ def _in_first_screen(page: Page, what: str, locator, height: int, *, min_width: 
 def _run_fast_check(page: Page, height: int, shot: str, run: int) -> None:
     """Start a 'fast check' run; while it runs, check what the first screen shows; wait for the end."""
     page.get_by_test_id("stRadio").get_by_text("fast check", exact=True).click()
-    expect(page.get_by_text("A quick first look")).to_be_visible()  # the preset's settings are in
+    expect(page.get_by_text("Seconds: one search")).to_be_visible()  # the preset's settings are in
     _settled(page)
     page.get_by_role("button", name="Start alignment").click()
     progress = page.get_by_test_id("stProgress")
     expect(progress).to_be_visible(timeout=30_000)
-    page.wait_for_timeout(1500)  # a curve and a pose arrive after the first generations
-    boxes = {}
-    if progress.count():  # (a very fast run may already be over)
-        boxes["progress"] = _in_first_screen(page, "the progress bar", progress.first, height)
-        boxes["stop"] = _in_first_screen(page, "Stop", page.get_by_role("button", name="Stop"), height)
-        curve = page.locator(".js-plotly-plot").filter(has_text=re.compile("search round|fine-tuning step|warp step"))
-        expect(curve).to_have_count(1, timeout=30_000)
-        boxes["curve"] = _in_first_screen(page, "the live curve", curve, height)
-        page.screenshot(path=SCREENSHOTS / shot)
+    boxes = {"progress": _in_first_screen(page, "the progress bar", progress.first, height),  # at once: a fast
+             "stop": _in_first_screen(page, "Stop", page.get_by_role("button", name="Stop"), height)}  # run ends soon
+    curve = page.locator(".js-plotly-plot").filter(has_text=re.compile("search round|fine-tuning step|warp step"))
+    expect(curve).to_have_count(1, timeout=30_000)  # (it stays once the run is over)
+    boxes["curve"] = _in_first_screen(page, "the live curve", curve, height)
     boxes["pose"] = _in_first_screen(page, "the current pose", page.locator(".js-plotly-plot").last, height,
                                      min_width=400)
+    page.screenshot(path=SCREENSHOTS / shot)
     print(shot, {k: (round(b["y"]), round(b["y"] + b["height"]), round(b["width"])) for k, b in boxes.items()})
-    expect(page.get_by_text(f"Run #{run} finished")).to_be_visible(timeout=180_000)
+    expect(page.get_by_text(f"Run #{run} finished").first).to_be_visible(timeout=180_000)
     _settled(page)
 
 
@@ -79,7 +80,7 @@ def test_preset_run_in_first_screen_refresh_new_data_and_session_file(browser: B
     page.wait_for_timeout(800)
     page.screenshot(path=SCREENSHOTS / "flow_align_done_1400x900.png")
     page.screenshot(path=SCREENSHOTS / "flow_align_done_full.png", full_page=True)
-    expect(page.get_by_text("Run #1 finished")).to_be_visible()
+    expect(page.get_by_text("Run #1 finished").first).to_be_visible()
 
     # the same at 1024×768 (a second run)
     page.set_viewport_size({"width": 1024, "height": 768})
@@ -96,7 +97,7 @@ def test_preset_run_in_first_screen_refresh_new_data_and_session_file(browser: B
     assert page.url == url
     expect(page.get_by_text("Runs on this data")).to_be_visible()
     expect(page.get_by_text("2 finished run(s) in this session")).to_be_visible()
-    expect(page.get_by_text("Run #2 finished")).to_be_visible()
+    expect(page.get_by_text("Run #2 finished").first).to_be_visible()
     _nav(page, "Viewer")
     expect(page.get_by_text("Median distance to truth")).to_be_visible()
 
@@ -131,14 +132,14 @@ def test_preset_run_in_first_screen_refresh_new_data_and_session_file(browser: B
     # a refresh while a run goes: the reloaded page follows the same run (progress, then its result)
     _nav(page, "Align")
     page.get_by_test_id("stRadio").get_by_text("standard", exact=True).click()
-    expect(page.get_by_text("Recommended:")).to_be_visible()
+    expect(page.get_by_text("Recommended for most")).to_be_visible()
     _settled(page)
     page.get_by_role("button", name="Start alignment").click()
     expect(page.get_by_test_id("stProgress")).to_be_visible()
     page.reload()
     _settled(page)
     expect(page.get_by_test_id("stProgress")).to_be_visible(timeout=15_000)
-    expect(page.get_by_text("Run #3 finished")).to_be_visible(timeout=240_000)
+    expect(page.get_by_text("Run #3 finished").first).to_be_visible(timeout=240_000)
     expect(page.get_by_text("3 finished run(s) in this session")).to_be_visible()
 
     other = browser.new_context(viewport={"width": 1400, "height": 900})
