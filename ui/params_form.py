@@ -148,12 +148,6 @@ def set_params(params: AlignParams, *, genes: dict[str, Any] | None = None) -> N
     sync_widgets()
 
 
-def _on_preset() -> None:
-    name = st.session_state.get("w_preset")
-    if name in PRESETS:
-        set_params(AlignParams.preset(name))
-
-
 def _current_values() -> dict[str, Any]:
     """The stored values with this rerun's widget edits on top (the widgets are drawn further down the page)."""
     values = dict(stored_params())
@@ -166,12 +160,18 @@ def _current_values() -> dict[str, Any]:
 
 
 def preset_picker() -> str | None:
-    """The preset buttons; choosing one sets every number. Returns the preset the values match (None: custom)."""
+    """The preset choice; choosing one sets every number. Returns the preset the values match (None: custom).
+
+    The radio's key names the preset the values match, so a browser's stale choice (a rerun cut short while the
+    user typed) belongs to a widget that no longer exists and cannot re-apply a preset over fresh edits."""
     current = matching_preset(_current_values())
-    if st.session_state.get("w_preset") != current:
-        st.session_state["w_preset"] = current
-    st.radio("Settings", list(PRESETS), key="w_preset", on_change=_on_preset, horizontal=True, index=None,
-             help="\n\n".join(f"**{k}**: {v}" for k, v in PRESET_HELP.items()))
+    options = list(PRESETS)
+    picked = st.radio("Settings", options, key=f"w_preset_{options.index(current) if current else 'custom'}",
+                      index=options.index(current) if current else None, horizontal=True,
+                      help="\n\n".join(f"**{k}**: {v}" for k, v in PRESET_HELP.items()))
+    if picked is not None and picked != current:
+        set_params(AlignParams.preset(picked))
+        st.rerun()
     st.caption(PRESET_SHORT[current] if current else "Custom settings (edited under **Advanced** below).")
     return current
 

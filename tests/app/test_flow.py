@@ -52,15 +52,15 @@ def test_align_page_speaks_plain_words_and_starts_from_presets(app):
     assert "`sigmaR`" in app.number_input(key="w_p_sigmaR").help  # the method's name stays in the help
     assert not any("genes" in e.label.lower() for e in app.expander)
     assert [e.label for e in app.expander][0].startswith("Advanced")
-    preset = app.radio(key="w_preset")
-    assert preset.value == "standard"
-    preset.set_value("fast check").run()
+    assert app.radio(key="w_preset_1").value == "standard"
+    app.radio(key="w_preset_1").set_value("fast check").run()
     assert app.number_input(key="w_p_num_generations").value == AlignParams.fast_check().num_generations
-    preset.set_value("thorough (published settings)").run()
+    assert app.radio(key="w_preset_0").value == "fast check"
+    app.radio(key="w_preset_0").set_value("thorough (published settings)").run()
     assert app.number_input(key="w_p_num_generations").value == AlignParams.tutorial().num_generations
     assert app.selectbox(key="w_p_fitness").value == "sse"
     app.number_input(key="w_p_num_generations").set_value(77).run()
-    assert app.radio(key="w_preset").value is None  # edited: custom
+    assert app.radio(key="w_preset_custom").value is None  # edited: custom
     assert any("Custom settings" in c.value for c in app.caption)
 
 
