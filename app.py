@@ -5,13 +5,17 @@ Run with ``streamlit run app.py``; the first screen opens on the bundled MERFISH
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from ui import session, state
 from ui.data import DataError, demo_dataset, set_dataset
 from ui.sidebar import sidebar
 
-st.set_page_config(page_title="GALA Studio", page_icon=":material/biotech:", layout="wide")
+# a local file: an icon name would make the browser fetch the favicon from the internet (fails offline)
+st.set_page_config(page_title="GALA Studio", page_icon=str(Path(__file__).parent / "assets" / "icon.png"),
+                   layout="wide")
 
 session.attach()  # restores the session named in the URL (?sid=…) after a refresh
 # less empty margin around the pages, so what a run shows fits a 1024 × 768 screen

@@ -22,10 +22,11 @@ from .errors import GalaInputError
 from .events import ProgressCallback
 from .features import check_feature
 from .params import AlignParams
+from .provenance import image_record
 
 __all__ = ["SUMMARY_COLUMNS", "ManifestRow", "align_files", "read_manifest", "run_batch", "write_summary"]
 
-SUMMARY_COLUMNS = ("section", "status", "fitness", "runtime_s", "error", "output")
+SUMMARY_COLUMNS = ("section", "status", "fitness", "qc", "runtime_s", "error", "output")  # qc: the quality verdict
 
 
 def report_paths(report_dir: str | os.PathLike[str], name: str) -> list[Path]:
@@ -70,6 +71,8 @@ def align_files(
     init_transform: str | os.PathLike[str] | None = None,
     pixel_size: float | None = None,
     xenium_matrix: bool = True,
+    csv: str | os.PathLike[str] | None = None,
+    zarr: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Align the cells in ``h5ad`` (µm) to ``image`` and write the aligned ``.h5ad`` to ``out``.
 
@@ -90,6 +93,11 @@ def align_files(
     Xenium pixel, 0.2125 by default). With ``xenium_matrix``, the result's affine is written next to
     ``out`` as ``<out stem>_xenium_matrix.csv`` (Xenium Explorer's format; checked like ``out``).
 
+    ``out`` also holds the image for scanpy / squidpy (``uns['spatial']['gala_he']``,
+    :func:`gala_engine.exports.add_spatial_image`) and what a replay needs (``uns['gala']['replay']``,
+    :mod:`gala_engine.replay`). ``csv``: also write the cells as CSV (:func:`gala_engine.exports.cells_csv_text`);
+    ``zarr``: also a SpatialData store (:func:`gala_engine.sdata.write_spatialdata`).
+
     The inputs are checked first (:func:`gala_engine.checks.check_cells` / ``check_image``): blocking
     problems raise :class:`GalaInputError` before any work; all-zero counts fall back to cell density.
 
@@ -97,7 +105,8 @@ def align_files(
     -------
     dict
         ``fitness``, ``score``, ``runtime_s`` (the engine's), ``device``, ``output``, ``warnings``
-        (list of str) and, with a report, ``report`` (the metrics).
+        (list of str), ``qc`` (the quality flags, :func:`gala_engine.qc.quality_flags`) and, with a report,
+        ``report`` (the metrics).
     """
     from . import checks, io, section
     from .outputs import check_outputs, write_or_rescue
@@ -111,14 +120,25 @@ def align_files(
     if report_dir is not None:
         _report_folder(Path(report_dir), "--report")
         outputs += [("--report", p) for p in report_paths(report_dir, report_name)]
+    if csv is not None:
+        outputs.append(("--csv", Path(csv)))
     inputs = [p for p in (image, h5ad, *protect, landmarks, init_transform) if p is not None]
     check_outputs(outputs, inputs, overwrite=overwrite)
+    if zarr is not None:
+        from .outputs import check_store_output
+
+        if any(Path(zarr).resolve() == Path(p).resolve() for _, p in outputs):
+            raise GalaInputError(f"--zarr {zarr} is also another output; give it its own name.")
+        check_store_output("--zarr", zarr, inputs, overwrite=overwrite)
     check_feature(feature)
     if dx is not None and not dx > 0:
         raise GalaInputError(f"dx must be a positive pixel size in µm, got {dx}.")
     params = params or AlignParams()
     adata = io.read_cells(h5ad)
     img = io.read_image(image, max_side=max_side, channel=channel, series=series, plane=plane)
+    from .replay import file_record
+
+    files = {"image": file_record(image), "cells": file_record(h5ad)}  # the files as read (for a replay)
     found = checks.check_cells(adata, signal=signal, name=h5ad.name)
     warnings = found.warnings + checks.check_image(img, name=image.name)
     from . import landmarks as lmk
@@ -127,6 +147,10 @@ def align_files(
                                init_transform=init_transform, pixel_size=pixel_size, out=out,
                                protect=inputs, write_matrix=xenium_matrix)
     rasters = section.prepare_section(adata, img, signal=found.signal, dx=dx, feature=feature)  # type: ignore[arg-type]
+    from .signals import signal_warning
+
+    if flat := signal_warning(adata, rasters):  # "too flat to align", naming a better candidate
+        warnings.append(flat)
     if extra.refine_from is not None:
         from .manual import refine_from_landmarks
 
@@ -134,8 +158,20 @@ def align_files(
         result, extra.message = refinement.result, refinement.message
     else:
         result = section.align_section(rasters, params, init_A=extra.init_A, progress=progress)
-    write_or_rescue(lambda p: section.write_aligned(adata, result, p, protect=inputs, landmarks=extra.pairs), out,
-                    what="the aligned .h5ad")
+    from .qc import assess
+
+    quality = assess(rasters, result, io.spatial_yx(adata)[:, ::-1])  # flags + per-cell confidence, after the fact
+    # uns['gala']['image']: which image, its size and checksum (hashed once, for the replay record)
+    record = {**image_record(None, name=files['image']['name'], full_shape=img.full_shape),
+              'bytes': files['image']['bytes'], 'sha256': files['image']['sha256']}
+    aligned = _aligned_outputs(adata, img, rasters, result, image=image, h5ad=h5ad, signal=signal, dx=dx,
+                               feature=feature, max_side=max_side, channel=channel, series=series, plane=plane,
+                               landmarks=(landmarks, landmarks_mode, landmarks_fit, init_transform, pixel_size),
+                               pairs=extra.pairs, params=params, files=files, warnings=warnings, quality=quality,
+                               image_info=record)
+    from .exports import write_aligned_h5ad
+
+    write_or_rescue(lambda p: write_aligned_h5ad(aligned, p, protect=inputs), out, what="the aligned .h5ad")
     summary: dict[str, Any] = {
         "fitness": result.fitness,
         "score": result.score,
@@ -143,8 +179,12 @@ def align_files(
         "device": result.device,
         "output": str(out),
         "warnings": warnings,
+        "qc": quality["qc"],
         **extra.outputs(result, adata),
     }
+    if csv is not None or zarr is not None:
+        summary.update(_extra_outputs(aligned, img, result, out, csv=csv, zarr=zarr, protect=inputs,
+                                      overwrite=overwrite))
     if report_dir is not None:
         from .report import write_report
 
@@ -158,6 +198,7 @@ def align_files(
                 name=report_name,
                 inputs={"image": str(image), "h5ad": str(h5ad), "output": str(out)},
                 landmarks=extra.pairs,
+                quality=quality,
             )
         except OSError as exc:
             raise GalaInputError(
@@ -165,6 +206,55 @@ def align_files(
                 "free space or fix the folder, then run again with --report elsewhere."
             ) from None
     return summary
+
+
+def _extra_outputs(aligned, img, result, out: Path, *, csv, zarr, protect: list, overwrite: bool) -> dict[str, str]:
+    """Write the cells CSV and / or the SpatialData store; a late failure says what was written already."""
+    from .exports import write_cells_csv
+    from .sdata import write_spatialdata
+
+    done: dict[str, str] = {}
+    for key, path, write in (("csv", csv, lambda: write_cells_csv(aligned, csv, protect=protect)),
+                             ("zarr", zarr, lambda: write_spatialdata(aligned, img, result, zarr, overwrite=overwrite))):
+        if path is None:
+            continue
+        try:
+            done[key] = str(write())
+        except (OSError, ValueError, TypeError, KeyError) as exc:  # disk full; spatialdata refusing the table
+            if isinstance(exc, GalaInputError):
+                raise
+            reason = getattr(exc, "strerror", None) or f"{type(exc).__name__}: {exc}"
+            raise GalaInputError(f"wrote {out}, but --{key} {path} could not be written ({reason}); fix that and "
+                                 f"run again, or drop --{key}.") from None
+    return done
+
+
+def _aligned_outputs(adata, img, rasters, result, *, image: Path, h5ad: Path, signal: str, dx, feature: str,
+                     max_side, channel, series, plane, landmarks: tuple, pairs, params: AlignParams,
+                     files: dict[str, dict], warnings: list[str], quality: dict | None = None,
+                     image_info: dict | None = None):
+    """The aligned AnnData to write: :func:`gala_engine.section.aligned_adata` (with the ``quality`` flags and
+    per-cell confidence, :func:`gala_engine.qc.assess`) + the image for scanpy/squidpy
+    (``uns['spatial']['gala_he']``) + the replay record (``uns['gala']['replay']``); appends to ``warnings``."""
+    from . import section
+    from .exports import add_spatial_image
+    from .replay import file_record, run_record
+
+    lm_path, lm_mode, lm_fit, init_path, pixel_size = landmarks
+    lm_rec = None
+    if lm_path is not None or init_path is not None:
+        lm_rec = {"mode": lm_mode, "fit": lm_fit, "pixel_size": pixel_size,
+                  "landmarks": file_record(lm_path) if lm_path is not None else {},
+                  "init_transform": file_record(init_path) if init_path is not None else {}}
+    aligned = section.aligned_adata(adata, result, landmarks=pairs, quality=quality, image=image_info)
+    aligned.uns[constants.UNS_KEY]["replay"] = run_record(
+        image=files["image"], cells=files["cells"], image_full_shape=img.full_shape,
+        image_loaded_shape=img.pixels.shape, image_scale=img.scale, max_side=max_side, channel=channel,
+        series=series, plane=plane, signal=signal, signal_used=rasters.signal, feature=feature,
+        feature_used=rasters.feature, dx=dx, dx_used=rasters.dx, seed=int(result.params.get("random_seed", 0)),
+        n_cells=adata.n_obs, landmarks=lm_rec, params=params.to_dict())
+    warnings += add_spatial_image(aligned, img, result.A)
+    return aligned
 
 
 # ------------------------------------------------------------------------------------- manifest
@@ -317,7 +407,8 @@ def _check_batch_outputs(rows: list[ManifestRow], out: Path, *, report: bool, ov
 
 def _failed(section: str, error: str) -> dict[str, Any]:
     """A summary row for a section that did not align (the summary CSV's columns, all present)."""
-    return {"section": section, "status": "failed", "fitness": "", "runtime_s": "", "error": error, "output": ""}
+    return {"section": section, "status": "failed", "fitness": "", "qc": "", "runtime_s": "", "error": error,
+            "output": ""}
 
 
 def _align_row(row: ManifestRow, out_dir: str, report: bool, torch_threads: int | None,
@@ -343,7 +434,7 @@ def _align_row(row: ManifestRow, out_dir: str, report: bool, torch_threads: int 
             overwrite=overwrite,
             **row.options,
         )
-        rec.update(status="ok", fitness=f"{res['fitness']:.6g}", error="", output=res["output"])
+        rec.update(status="ok", fitness=f"{res['fitness']:.6g}", qc=res["qc"]["verdict"], error="", output=res["output"])
     except GalaInputError as exc:
         rec["error"] = str(exc)
     except Exception as exc:  # noqa: BLE001 - one section must never stop the others

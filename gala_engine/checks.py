@@ -67,7 +67,8 @@ def check_cells(adata: Any, *, signal: str = constants.SIGNAL_TOTAL_COUNTS, name
     adata
         The cells; ``obsm['spatial']`` holds ``(x, y)`` in µm (checked by :func:`gala_engine.io.read_cells`).
     signal
-        ``"total counts"``, ``"cell density"`` or a gene name (see :func:`gala_engine.io.cell_signal`).
+        ``"total counts"``, ``"cell density"``, a gene name, genes joined by ``,`` or ``pca[:k]`` (see
+        :mod:`gala_engine.signals`).
     name
         How to call the input in messages (e.g. the file name).
 

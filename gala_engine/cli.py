@@ -1,6 +1,7 @@
-"""Command line: ``python -m gala_engine align ...`` / ``batch ...`` (also installed as ``gala-align``).
+"""Command line: ``python -m gala_engine align ...`` / ``batch ...`` / ``params ...`` / ``replay ...`` (also
+installed as ``gala-align``).
 
-Exit codes: 0 success; 1 some batch sections failed; 2 bad input or usage (a one-line message on
+Exit codes: 0 success; 1 some batch sections failed, or a replay that does not match; 2 bad input or usage (a one-line message on
 stderr, no traceback); 130 interrupted.
 """
 
@@ -69,9 +70,21 @@ def _feature_option(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _signal_option(value: str) -> str:
+    """argparse type of ``--signal``: well-formed (a gene list without empty names, ``pca[:k]`` with k in range),
+    else a usage error; whether the genes exist is checked against the cells once they are read."""
+    from .signals import parse_signal
+
+    try:
+        parse_signal(value)
+    except GalaInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value.strip()
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="GALA: align spatial transcriptomics cells to their H&E image.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{align,batch,params}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{align,batch,params,replay}")
 
     a = sub.add_parser(
         "align",
@@ -86,8 +99,11 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--signal",
         default=constants.SIGNAL_TOTAL_COUNTS,
+        type=_signal_option,
         help=f"cell raster signal: '{constants.SIGNAL_TOTAL_COUNTS}' (default), "
-        f"'{constants.SIGNAL_DENSITY}', or a gene name",
+        f"'{constants.SIGNAL_DENSITY}', a gene name, several genes as channels ('EPCAM,KRT8'), or 'pca[:k]' "
+        "(the top k principal components of normalised log expression, default 3); a warning names a better "
+        "signal when this one is too flat to align",
     )
     a.add_argument("--dx", type=float, default=None, help="cell raster pixel size in µm (default: from the data)")
     a.add_argument(
@@ -98,6 +114,11 @@ def _parser() -> argparse.ArgumentParser:
         "nuclei (hematoxylin) + tissue for brightfield H&E/IHC, sobel for fluorescence such as DAPI)",
     )
     a.add_argument("--report", metavar="DIR", default=None, help="write a quality report (PNG + JSON) into DIR")
+    a.add_argument("--csv", metavar="OUT.csv", default=None,
+                   help="also write the cells as CSV: cell_id, x_um, y_um, x_px, y_px[, confidence]")
+    a.add_argument("--zarr", metavar="OUT.zarr", default=None,
+                   help="also write a SpatialData store (image, cells, table, the alignment as coordinate "
+                   "transformations; spatialdata.read_zarr, napari-spatialdata)")
     a.add_argument("--channel", type=int, default=None, help="image channel to align against (0-based; multi-channel images)")
     a.add_argument("--series", type=int, default=None, help="TIFF series / image (0-based; default: the largest)")
     a.add_argument("--plane", type=int, default=None, help="Z / time plane of a stack (0-based; default: first non-blank)")
@@ -133,6 +154,26 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--tutorial", action="store_true", help="the published tutorial's settings")
     t.add_argument("--params", default=None, metavar="FILE.toml", help="start from this file")
     t.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    r = sub.add_parser(
+        "replay",
+        help="re-run a recorded alignment and compare",
+        description="Re-run the alignment recorded in an aligned .h5ad (uns['gala']: parameters, seed, signal, "
+        "feature, dx, image reading) on the same inputs (checked by sha256), write it to --out and say whether "
+        "obsm['spatial_he'] matches (exit 0) or not (exit 1).",
+    )
+    r.add_argument("aligned", help="aligned .h5ad written by gala-align align / batch")
+    r.add_argument("--image", required=True, help="the image it was aligned to")
+    r.add_argument("--h5ad", required=True, help="the cells file it was made from")
+    r.add_argument("--out", required=True, help="the replay's aligned .h5ad (never one of the inputs)")
+    r.add_argument("--landmarks", default=None, metavar="PAIRS.csv", help="the landmarks file, if the run used one")
+    r.add_argument("--init-transform", default=None, metavar="MATRIX.csv",
+                   help="the starting-transform file, if the run used one")
+    r.add_argument("--device", default=None, choices=("cpu", "cuda"),
+                   help="compute device (default: as recorded; results differ across devices)")
+    r.add_argument("--tolerance", type=float, default=None, metavar="PX",
+                   help="largest |Δ spatial_he| (full-resolution px) that counts as a match (default 1e-4)")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing --out (never an input)")
     return p
 
 
@@ -222,18 +263,30 @@ def _cmd_align(args: argparse.Namespace) -> int:
             init_transform=args.init_transform,
             pixel_size=args.pixel_size,
             xenium_matrix=not args.no_xenium_matrix,
+            csv=args.csv,
+            zarr=args.zarr,
         )
     finally:
         bars.close()
     for warning in res.get("warnings", []):
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
+    if "qc" in res:  # the quality flags: the verdict, then what is off and what to try
+        from .qc import verdict_lines
+
+        for text in verdict_lines(res["qc"]):
+            print(f"{PROG}: {text}", file=sys.stderr)
     line = f"wrote {res['output']}: fitness {res['fitness']:.4f}, {res['runtime_s']:.1f} s on {res['device']}"
+    if "qc" in res:
+        line += f"; quality: {res['qc']['verdict']}"
     if "report" in res:
         rep = res["report"]
         line += f"; report {rep['png']} (overlap {rep['overlap_before']:.3f} → {rep['overlap_after']:.3f})"
     line += _landmark_line(res)
     if "xenium_matrix" in res:
         line += f"; Xenium Explorer matrix {res['xenium_matrix']}"
+    for key, label in (("csv", "cells CSV"), ("zarr", "SpatialData")):
+        if key in res:
+            line += f"; {label} {res[key]}"
     print(line, file=sys.stderr)
     return 0
 
@@ -290,6 +343,36 @@ def _cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from .io import path_problem
+    from .replay import MATCH_TOLERANCE_PX, replay
+
+    for label, path in (("aligned file", args.aligned), ("image", args.image), ("cells (--h5ad)", args.h5ad)):
+        if problem := path_problem(Path(path)):
+            raise GalaInputError(f"{label} {problem}")
+    if args.device:
+        from .device import resolve_device
+
+        resolve_device(args.device)  # a clear error when CUDA is missing
+    tolerance = MATCH_TOLERANCE_PX if args.tolerance is None else args.tolerance
+    if not tolerance > 0:
+        raise GalaInputError(f"--tolerance must be a positive number of pixels, got {args.tolerance}.")
+    bars = _Bars(enabled=not args.quiet)
+    try:
+        res = replay(args.aligned, args.image, args.h5ad, args.out, landmarks=args.landmarks,
+                     init_transform=args.init_transform, device=args.device, overwrite=args.overwrite,
+                     progress=bars, tolerance=tolerance)
+    finally:
+        bars.close()
+    for warning in res["warnings"]:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
+    verdict = "matches" if res["match"] else "DIFFERS"
+    print(f"replay {verdict}: max |Δ spatial_he| = {res['max_delta_px']:.3g} px (tolerance {tolerance:g} px; median "
+          f"{res['median_delta_px']:.3g} px) on {res['device']} (recorded: {res['recorded_device'] or '?'}); wrote "
+          f"{res['output']}", file=sys.stderr)
+    return 0 if res["match"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (see the module docstring)."""
     parser = _parser()
@@ -297,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)  # usage errors: argparse's message and exit code 2
     except SystemExit as exc:  # --help and usage errors: return the code instead of exiting
         return exc.code if isinstance(exc.code, int) else 2
-    commands = {"align": _cmd_align, "batch": _cmd_batch, "params": _cmd_params}
+    commands = {"align": _cmd_align, "batch": _cmd_batch, "params": _cmd_params, "replay": _cmd_replay}
     try:
         return commands[args.command](args)
     except GalaInputError as exc:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .errors import GalaInputError
-from .stain import estimate_stains, hematoxylin_density, is_brightfield, optical_density
+from .stain import estimate_stains, is_brightfield, stain_densities
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 FeatureKind = str  # "auto", one of CHANNEL_KINDS, or several joined by "+", e.g. "hematoxylin+tissue"
@@ -74,6 +74,28 @@ def sobel_magnitude(gray: np.ndarray) -> np.ndarray:
     return cv2.magnitude(gx, gy)
 
 
+def reproducible_cv2() -> None:
+    """Turn off OpenCV's Intel IPP paths in this thread (the flag is per thread): with them, ``cv2.Sobel`` and
+    ``GaussianBlur`` results depend on where numpy happened to allocate the buffers (measured: 4 runs in 20 of
+    the same Sobel differed), so the same run twice would not give the same raster (see gala_engine.replay)."""
+    if cv2.ipp.useIPP():
+        cv2.ipp.setUseIPP(False)
+
+
+def feature_planes(pixels: np.ndarray, kind: FeatureKind = "auto") -> list[np.ndarray]:
+    """The feature's planes at the image's loaded resolution, before any smoothing or reduction (float32, one per
+    ``+``-joined kind; see :func:`image_feature`). Computed once, they serve every raster level of a section."""
+    reproducible_cv2()
+    kind = resolve_feature(kind, pixels)
+    gray = to_gray(pixels)
+    if min(gray.shape) < 2:
+        raise GalaInputError(f"The image is too small ({gray.shape[0]}×{gray.shape[1]} pixels).")
+    if not np.isfinite(gray).all():
+        raise GalaInputError("The image contains NaN or infinite pixel values.")
+    cache: dict = {}
+    return [_channel(channel, pixels, gray, cache) for channel in kind.split("+")]
+
+
 def image_feature(
     pixels: np.ndarray,
     *,
@@ -81,6 +103,7 @@ def image_feature(
     scale: float = 1.0,
     kind: FeatureKind = "auto",
     smooth: float = 0.0,
+    planes: list[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Make the normalised source raster from an image.
 
@@ -101,33 +124,31 @@ def image_feature(
     smooth
         Gaussian std (loaded pixels) of the feature before reduction, at least ``reduce / 2``; set it
         to the cell raster's blur seen in image pixels so both rasters show structure at one scale.
+    planes
+        This image's :func:`feature_planes` for ``kind``, when already computed (e.g. for several levels).
 
     Returns
     -------
     YI, XI, I
         Row and column pixel-centre coordinates in full-resolution image pixels (pixel centres at
-        integers, origin at the top-left pixel) and the raster ``(1, h, w)`` float32 in [0, 1].
+        integers, origin at the top-left pixel) and the raster ``(C, h, w)`` float32 in [0, 1].
     """
-    kind = resolve_feature(kind, pixels)
-    gray = to_gray(pixels)
-    if min(gray.shape) < 2:
-        raise GalaInputError(f"The image is too small ({gray.shape[0]}×{gray.shape[1]} pixels).")
-    if not np.isfinite(gray).all():
-        raise GalaInputError("The image contains NaN or infinite pixel values.")
+    reproducible_cv2()
+    if planes is None:
+        planes = feature_planes(pixels, kind)
     reduce = max(int(reduce), 1)
     sigma = max(reduce / 2.0 if reduce > 1 else 0.0, float(smooth))
-    h, w = gray.shape[0] // reduce, gray.shape[1] // reduce
+    h, w = planes[0].shape[0] // reduce, planes[0].shape[1] // reduce
     if reduce > 1 and min(h, w) < 2:
         raise GalaInputError("The image reduction is too strong for this image; lower it.")
-    planes, stains = [], {}
-    for channel in kind.split("+"):
-        feature = _channel(channel, pixels, gray, stains)
+    reduced = []
+    for feature in planes:
         if sigma > 0:
             feature = cv2.GaussianBlur(feature, (0, 0), sigmaX=sigma)
         if reduce > 1:
             feature = cv2.resize(feature[: h * reduce, : w * reduce], (w, h), interpolation=cv2.INTER_AREA)
-        planes.append(normalize(feature.astype(np.float32)))
-    feature = np.stack(planes)
+        reduced.append(normalize(feature.astype(np.float32)))
+    feature = np.stack(reduced)
     # working pixel k covers loaded pixels [k*reduce, (k+1)*reduce): its centre in full-res pixels
     YI = (np.arange(feature.shape[1]) * reduce + (reduce - 1) / 2.0 + 0.5) * scale - 0.5
     XI = (np.arange(feature.shape[2]) * reduce + (reduce - 1) / 2.0 + 0.5) * scale - 0.5
@@ -149,26 +170,25 @@ def _unit_rgb(pixels: np.ndarray) -> np.ndarray:
 
 
 def _channel(kind: str, pixels: np.ndarray, gray: np.ndarray, cache: dict) -> np.ndarray:
-    """One feature plane (float32, full loaded resolution) of the image; ``cache`` keeps the stain estimate
-    between the channels of one image."""
+    """One feature plane (float32, full loaded resolution) of the image; ``cache`` keeps the stain estimate and
+    the stain densities (one optical-density pass gives both) between the channels of one image."""
     if kind == "sobel":
         return sobel_magnitude(gray)
     if kind == "intensity":
         return gray
     if kind == "inverted":
         return gray.max() - gray
-    if "stains" not in cache:
-        cache["rgb"] = _unit_rgb(pixels)
-        cache["stains"] = estimate_stains(cache["rgb"])
-    rgb, stains = cache["rgb"], cache["stains"]
-    if kind == "hematoxylin":
-        return hematoxylin_density(rgb, stains)
-    return optical_density(rgb, stains.background).sum(-1)  # "tissue": all stain
+    if "densities" not in cache:
+        rgb = _unit_rgb(pixels)
+        cache["densities"] = stain_densities(rgb, estimate_stains(rgb))
+    hematoxylin, total = cache["densities"]
+    return hematoxylin if kind == "hematoxylin" else total  # "tissue": all stain
 
 
 def tissue_mask(I: np.ndarray) -> np.ndarray:
     """(h, w) float32 tissue mask of a feature raster (C, h, w): Otsu's threshold on a smoothed sum of the
     channels, softened by a 1-pixel Gaussian (so a fitness reading it has sub-pixel gradients)."""
+    reproducible_cv2()
     img = np.asarray(I, dtype=np.float32).sum(0)
     smooth = cv2.GaussianBlur(img, (0, 0), sigmaX=max(min(img.shape) / 50.0, 1.0))
     u8 = (normalize(smooth) * 255).astype(np.uint8)

@@ -805,7 +805,9 @@ def cell_signal(adata: Any, signal: str = constants.SIGNAL_TOTAL_COUNTS) -> np.n
         The cells.
     signal
         ``"total counts"`` (row sums of ``X``; raw counts expected), ``"cell density"`` (all ones),
-        or a gene in ``var_names`` (its ``X`` column).
+        or a gene in ``var_names`` (its ``X`` column). Several channels (genes joined by ``,``, ``pca[:k]``; see
+        :mod:`gala_engine.signals`): the mean of the channels scaled to [0, 1], a per-cell summary for colouring
+        and checks (the target raster combines the channels' rasters: :func:`gala_engine.signals.combine_channels`).
 
     Raises
     ------
@@ -814,6 +816,13 @@ def cell_signal(adata: Any, signal: str = constants.SIGNAL_TOTAL_COUNTS) -> np.n
     """
     if signal == constants.SIGNAL_DENSITY:
         return np.ones(adata.n_obs, np.float64)
+    if signal not in (constants.SIGNAL_TOTAL_COUNTS,) and signal not in adata.var_names:
+        from .signals import parse_signal, signal_channels
+
+        if parse_signal(signal).kind == "pca" or "," in signal:  # several channels: one summary value per cell
+            weights, _ = signal_channels(adata, signal)
+            span = np.ptp(weights, axis=0)
+            return ((weights - weights.min(0)) / np.where(span > 0, span, 1.0)).mean(1)
     X = adata.X
     if X is None:
         raise GalaInputError(f"adata.X is empty, so '{signal}' cannot be computed; use '{constants.SIGNAL_DENSITY}'.")
@@ -859,6 +868,7 @@ def write_h5ad_atomic(
     path: str | os.PathLike[str],
     *,
     protect: Iterable[str | os.PathLike[str]] = (),
+    before_rename: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``adata`` to ``path`` (gzip) via a temporary file in the same folder and a rename.
 
@@ -870,6 +880,8 @@ def write_h5ad_atomic(
         Destination ``.h5ad``; replaced atomically, so readers never see a half-written file.
     protect
         Paths that must not be overwritten (the inputs).
+    before_rename
+        Called with the written temporary file before it is renamed (e.g. to add HDF5 hard links).
 
     Returns
     -------
@@ -894,6 +906,8 @@ def write_h5ad_atomic(
     adata = _writable_uns(adata)
     try:
         adata.write_h5ad(tmp, compression="gzip")
+        if before_rename is not None:
+            before_rename(tmp)
         os.chmod(tmp, mode)
         os.replace(tmp, dest)
     except BaseException:

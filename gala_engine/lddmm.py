@@ -76,7 +76,7 @@ def backward_shift(v: torch.Tensor, xv: list, XV: torch.Tensor | None = None) ->
     return shift
 
 
-def _fit_contrast(AI: torch.Tensor, J: torch.Tensor, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_contrast(AI: torch.Tensor, J: torch.Tensor, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted least squares ``J ≈ c0 + Σ_k c_k·AI_k`` (no gradient): the target's channels from all source
     channels (one source channel per target channel when the counts match and there is one, else all of them
     for each target channel). Returns ``c0`` (C_J,) and ``c`` (C_J, C_I)."""
@@ -218,7 +218,7 @@ def run_lddmm(
             v -= step * (grad + reg_grad_scale * v)
             AI = AI.detach()
             if contrast:
-                c0, c1 = _fit_contrast(AI, J, WM * fitted)
+                c0, c1 = fit_contrast(AI, J, WM * fitted)
             if it >= ESTEP_START:  # E-step, in log space
                 fAI = _apply_contrast(AI, c0, c1)
                 n = WM.numel()

@@ -19,10 +19,20 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import GalaInputError
 
-__all__ = ["check_outputs", "clean_stale_temps", "temp_prefix", "write_or_rescue"]
+__all__ = [
+    "check_outputs",
+    "check_store_output",
+    "clean_stale_temps",
+    "is_zarr_store",
+    "temp_prefix",
+    "write_dir_atomic",
+    "write_or_rescue",
+    "write_text_atomic",
+]
 
 _LEGACY_TEMP_AGE_S = 3600.0  # temporaries without an owner pid (older versions) are stale after an hour
 
@@ -191,3 +201,101 @@ def write_or_rescue(write: Callable[[Path], Path], dest: str | os.PathLike[str],
         f"could not write {what} to {dest} ({reason}), nor a copy into {tempfile.gettempdir()}; free disk space "
         "and run again."
     )
+
+
+def write_text_atomic(text: str, dest: str | os.PathLike[str], *, protect: Iterable[str | os.PathLike[str]] = ()) -> Path:
+    """Write UTF-8 ``text`` to ``dest`` via a temporary file in the same folder and a rename (readers never see
+    a half-written file); never over a path in ``protect``."""
+    dest = Path(dest)
+    for p in protect:
+        if p and _same(dest, Path(p)):
+            raise GalaInputError(f"refusing to overwrite the input file {p}; choose another output name.")
+    clean_stale_temps(dest)
+    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(dest), suffix=".tmp", dir=dest.parent if str(dest.parent) else ".")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dest
+
+
+# --- folders (a SpatialData .zarr store is a folder) -------------------------------------------------------
+
+_STORE_MARKERS = ("zarr.json", ".zgroup", ".zattrs")  # a zarr store's top-level files
+
+
+def is_zarr_store(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a folder holding a zarr store (v2 or v3) at its top."""
+    path = Path(path)
+    return path.is_dir() and any((path / m).is_file() for m in _STORE_MARKERS)
+
+
+def check_store_output(label: str, dest: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str] | None] = (),
+                       *, overwrite: bool = False) -> None:
+    """Refuse, before any work, a folder output (a ``.zarr`` store) that would lose something: an input or a
+    folder holding an input, an existing path unless ``overwrite`` — and even then only an existing zarr store
+    is replaced, never another folder or a file — or a folder that cannot be written."""
+    dest = Path(dest)
+    for p in (Path(p) for p in inputs if p):
+        if _same(dest, p) or dest.resolve() in p.resolve().parents:
+            raise GalaInputError(f"{label} {dest} is (or holds) the input {p.name}; choose another output name.")
+    if dest.exists() or dest.is_symlink():
+        if not overwrite:
+            raise GalaInputError(f"{label} {dest} already exists; pass --overwrite to replace it, or choose another name.")
+        if dest.is_symlink() or not is_zarr_store(dest):
+            raise GalaInputError(f"{label} {dest} exists and is not a zarr store; it is never replaced: choose another "
+                                 "name.")
+    parent = dest.parent if str(dest.parent) else Path(".")
+    _probe_folder(parent, label)
+    _clean_stale_temp_dirs(dest)
+
+
+def _clean_stale_temp_dirs(dest: Path) -> None:
+    """Remove temporary store folders (``.<name>.<pid>-<random>.tmp``) left beside ``dest`` by dead writers."""
+    import shutil
+
+    head = f".{dest.name}."
+    try:
+        candidates = [p for p in dest.parent.iterdir() if p.name.startswith(head) and p.name.endswith(".tmp")]
+    except OSError:
+        return
+    for p in candidates:
+        m = re.match(r"(\d+)-", p.name[len(head) : -len(".tmp")])
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))) and p.is_dir() \
+                and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def write_dir_atomic(write: Callable[[Path], Any], dest: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """``write(tmp)`` into a new temporary folder beside ``dest``, then rename it to ``dest``: readers never see
+    a half-written store. With ``overwrite``, an existing zarr store at ``dest`` is replaced (moved aside first,
+    removed after the rename); anything else there is refused (:func:`check_store_output`)."""
+    import shutil
+
+    dest = Path(dest)
+    check_store_output("output", dest, overwrite=overwrite)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(dest), suffix=".tmp", dir=dest.parent if str(dest.parent) else "."))
+    old: Path | None = None
+    try:
+        inner = tmp / dest.name
+        write(inner)
+        if dest.exists():
+            old = Path(tempfile.mkdtemp(prefix=temp_prefix(dest), suffix=".tmp", dir=tmp.parent))
+            os.replace(dest, old / dest.name)
+        os.replace(inner, dest)
+    except BaseException:
+        if old is not None and (old / dest.name).exists() and not dest.exists():
+            os.replace(old / dest.name, dest)  # put the previous store back
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return dest

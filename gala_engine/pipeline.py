@@ -15,9 +15,10 @@ from .device import device_name, resolve_device
 from .errors import GalaInputError
 from .events import ProgressCallback, ProgressEvent, StopPredicate, stopped
 from .features import normalize, tissue_extent, tissue_mask
-from .lddmm import default_a, run_lddmm, velocity_grid
+from .lddmm import default_a, fit_contrast, run_lddmm, velocity_grid
 from .params import AlignParams
 from .search import (
+    MAX_SCORED_PIXELS,
     BatchedFitness,
     blur_raster,
     fill_gene_space,
@@ -56,10 +57,11 @@ def _check_raster(name: str, R, x) -> np.ndarray:
     return arr
 
 
-def _fitness(I, xI_level, J, xJ_level, p: AlignParams, space, xI, xJ) -> BatchedFitness:
+def _fitness(I, xI_level, J, xJ_level, p: AlignParams, space, xI, xJ, max_pixels: int = MAX_SCORED_PIXELS):
     """Fitness on one resolution level; genes stay defined relative to the full grids' centres."""
     return BatchedFitness(I, xI_level, J, xJ_level, kind=p.fitness, scale_floor=space.scale_floor,
-                          max_anisotropy=p.max_anisotropy, centres=(grid_centre(xI), grid_centre(xJ)))
+                          max_anisotropy=p.max_anisotropy, centres=(grid_centre(xI), grid_centre(xJ)),
+                          max_pixels=max_pixels)
 
 
 def _axes(x) -> list[np.ndarray]:
@@ -154,8 +156,11 @@ def gala(
     I_c, xI_c = pool_raster(I_t, xI, fI)
     J_c, xJ_c = pool_raster(J_t, xJ, fJ)
     # coarse-to-fine: the GA scores blurred pooled rasters (a wide basin), refinement sharpens
+    # on the blurred GA level the image channels are averaged into one (at that scale nuclei and total stain
+    # coincide: the channels' mix matters for the detail the sharper levels see), a third of the resampling
+    I_ga = I_c if p.fitness == "sse" else I_c.mean(0, keepdim=True)
     levels = [
-        _fitness(blur_raster(I_c, p.ga_blur), xI_c, blur_raster(J_c, p.ga_blur), xJ_c, p, space, xI, xJ),
+        _fitness(blur_raster(I_ga, p.ga_blur), xI_c, blur_raster(J_c, p.ga_blur), xJ_c, p, space, xI, xJ),
         _fitness(I_c, xI_c, J_c, xJ_c, p, space, xI, xJ),
         _fitness(I_t, xI, J_t, xJ, p, space, xI, xJ),
     ]
@@ -217,43 +222,49 @@ def gala(
                 starts, level_scores = refine_genes(level, starts, space, iterations=per_level, progress=progress,
                                                     should_stop=should_stop, repeat=repeat)
             best_genes = starts[int(np.argmax(level_scores))]
-            best_genes, score = refine_genes(full, best_genes, space, iterations=per_level,
-                                             progress=progress, should_stop=should_stop, repeat=repeat)
             was_stopped = stopped(should_stop)
             finish = p  # the fitness the last refinements use
+            finish_levels = [full]
             if outline and not was_stopped and _tissue_covered(I_t, xI, J_t, xJ, best_genes, full) >= FULL_COVERAGE:
+                # nearly all the image's tissue lies under the cells: the whole raster decides, from the coarse
+                # pose (pooled, then full rasters)
                 finish = dataclasses.replace(p, fitness="ncc")
-                for I_l, xI_l, J_l, xJ_l in ((I_c, xI_c, J_c, xJ_c), (I_t, xI, J_t, xJ)):
-                    best_genes, score = refine_genes(_fitness(I_l, xI_l, J_l, xJ_l, finish, space, xI, xJ), best_genes,
-                                                     space, iterations=per_level, progress=progress,
-                                                     should_stop=should_stop, repeat=repeat)
+                finish_levels = [_fitness(I_l, xI_l, J_l, xJ_l, finish, space, xI, xJ)
+                                 for I_l, xI_l, J_l, xJ_l in ((I_c, xI_c, J_c, xJ_c), (I_t, xI, J_t, xJ))]
                 fitness_used = "tissue, then ncc"
+            for level in finish_levels:  # (a stop request ends each after one step: the score stays its pose's)
+                best_genes, score = refine_genes(level, best_genes, space, iterations=per_level, progress=progress,
+                                                 should_stop=should_stop, repeat=repeat)
                 was_stopped = stopped(should_stop)
+            fine_iterations = max(per_level // FINE_SHARE, 1)
             for xI_f, I_f, xJ_f, J_f in fine_levels or ():  # sub-pixel: finer rasters of the same section
                 if was_stopped:
                     break
                 I_f = torch.as_tensor(np.stack([normalize(c) for c in np.asarray(I_f)]), dtype=dtype, device=device)
                 J_f = torch.as_tensor(np.stack([normalize(c) for c in np.asarray(J_f)]), dtype=dtype, device=device)
-                best_genes, score = refine_genes(_fitness(I_f, _axes(xI_f), J_f, _axes(xJ_f), finish, space, xI, xJ),
-                                                 best_genes, space, iterations=per_level, progress=progress,
+                fit_f = _fitness(I_f, _axes(xI_f), J_f, _axes(xJ_f), finish, space, xI, xJ, max_pixels=FINE_PIXELS)
+                best_genes, score = refine_genes(fit_f, best_genes, space, iterations=fine_iterations, progress=progress,
                                                  should_stop=should_stop, repeat=repeat)
                 was_stopped = stopped(should_stop)
         A = genes_to_matrix(torch.as_tensor(best_genes, dtype=dtype, device=device), full.cI, full.cJ)
         if p.num_iterations and not was_stopped:
+            I_warp = _mixed_channels(I_t, xI, J_t, xJ, A, xv_full) if p.contrast else I_t
             folds = _checkerboard_folds(J_t.shape[1:], device) if p.lddmm_validate else [None]
-            # the folds share the iterations (each sees half the pixels): cross-validation costs one run
-            per_fold = dataclasses.replace(p, num_iterations=max(p.num_iterations // len(folds), 1))
+            # the folds share the iterations and the early stop's patience (each sees half the pixels):
+            # cross-validation costs one run
+            per_fold = dataclasses.replace(p, num_iterations=max(p.num_iterations // len(folds), 1),
+                                           lddmm_patience=p.lddmm_patience and max(p.lddmm_patience // len(folds), 1))
             fits = []
             for mask in folds:
-                lddmm, fold_energy = _fit_lddmm(I_t, xI, J_t, xJ, A, per_fold, v, xv_full, mask, progress, should_stop,
-                                                repeat)
+                lddmm, fold_energy = _fit_lddmm(I_warp, xI, J_t, xJ, A, per_fold, v, xv_full, mask, progress,
+                                                should_stop, repeat)
                 energy_history.extend(fold_energy)
                 fits.append(lddmm)
                 was_stopped = lddmm.stopped
                 if was_stopped:
                     break
             if p.lddmm_validate and not was_stopped:
-                validation = _validate_warp(I_t, xI, J_t, xJ, A, fits, folds)
+                validation = _validate_warp(I_warp, xI, J_t, xJ, A, fits, folds)
                 lddmm = fits[-1]
                 lddmm.v = (fits[0].v + fits[1].v) / 2.0 if validation["accepted"] else torch.zeros_like(fits[0].v)
             v = lddmm.v
@@ -297,6 +308,9 @@ def _init_genes(init_A, xI: list, xJ: list) -> np.ndarray:
     return matrix_to_genes(A, xI, xJ)
 
 
+# the sub-pixel levels start next to the optimum: a quarter of a level's refinement steps on at most 2¹⁴ of their
+# target pixels (a fixed random subset) suffice
+FINE_SHARE, FINE_PIXELS = 4, 1 << 14
 FULL_COVERAGE = 0.8  # share of the image's tissue under the cells above which the whole raster is compared
 
 
@@ -308,6 +322,19 @@ def _tissue_covered(I, xI, J, xJ, genes, fit: BatchedFitness) -> float:
     points = grid_points(xI, dtype=I.dtype, device=I.device) @ A[:2, :2].T + A[:2, 2]
     under_cells = sample(support, xJ, points)[0]
     return float((mask * under_cells).sum() / mask.sum().clamp_min(1e-12))
+
+
+def _mixed_channels(I: torch.Tensor, xI: list, J: torch.Tensor, xJ: list, A: torch.Tensor, xv: list) -> torch.Tensor:
+    """The image's channels mixed into one by the least-squares contrast fit at the affine pose ``A`` (over the
+    cells' support), for LDDMM: it then warps one channel instead of C, and its per-step contrast fit keeps the
+    scale and offset free. The warp moves the image little, so the mix found at the affine pose holds."""
+    if I.shape[0] == 1:
+        return I
+    still = torch.zeros((1, xv[0].size, xv[1].size, 2), dtype=I.dtype, device=I.device)
+    affine_only = transform_image_source_to_target(xv, still, A, xI, I, xJ)
+    support = pixel_weights(J, "ncc_support").reshape(J.shape[1:])
+    _, mix = fit_contrast(affine_only, J, support)  # (1, C)
+    return torch.einsum("jk,khw->jhw", mix, I)
 
 
 def _fit_lddmm(I, xI, J, xJ, A, p: AlignParams, v0, xv, mask, progress, should_stop, repeat):

@@ -330,6 +330,66 @@ def _metrics_panel(m: dict[str, Any]) -> np.ndarray:
     return panel
 
 
+_VERDICT_COLOURS = {"ok": (0, 130, 0), "check": (0, 140, 230), "likely wrong": (0, 0, 210)}  # BGR
+_ASCII = {"µ": "u", "…": "..", "×": "x", "°": " deg", "—": "-", "–": "-", "≤": "<=", "→": "->"}
+
+
+def _ascii(s: str) -> str:
+    for k, v in _ASCII.items():
+        s = s.replace(k, v)
+    return s
+
+
+def _wrap(s: str, width: int) -> list[str]:
+    words, lines, cur = _ascii(s).split(), [], ""
+    for w in words:
+        if cur and len(cur) + 1 + len(w) > width:
+            lines.append(cur)
+            cur = w
+        else:
+            cur = f"{cur} {w}".strip()
+    return lines + ([cur] if cur else [])
+
+
+def _confidence_panel(image: LoadedImage, xy_px: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+    """Cells on the image coloured by their confidence (red 0 → yellow → green 1)."""
+    panel, f, off = _background(image)
+    conf = np.clip(np.asarray(confidence, np.float64), 0.0, 1.0)
+    xy = np.asarray(xy_px, np.float64)
+    if len(xy) > _MAX_DOTS:
+        keep = np.random.default_rng(0).choice(len(xy), _MAX_DOTS, replace=False)
+        xy, conf = xy[keep], conf[keep]
+    order = np.argsort(-conf)  # the least confident drawn last, on top
+    for (x, y), c in zip(xy[order], conf[order]):
+        colour = (0, int(round(255 * min(1.0, 2 * c))), int(round(255 * min(1.0, 2 * (1 - c)))))  # BGR
+        cv2.circle(panel, (int(round(x * f + off[1])), int(round(y * f + off[0]))), 2, colour, -1, cv2.LINE_AA)
+    _text(panel, f"per-cell confidence (median {np.median(confidence):.2f})" if len(confidence) else
+          "per-cell confidence", (8, 20), scale=0.5)
+    _text(panel, "red 0 - yellow 0.5 - green 1", (8, _PANEL - 10), scale=0.42)
+    return panel
+
+
+def _qc_panel(qc: dict[str, Any]) -> np.ndarray:
+    """The quality flags as text, two panels wide: the verdict, then each flag's verdict and message."""
+    panel = np.full((_PANEL, 2 * _PANEL, 3), 255, np.uint8)
+    verdict = qc["verdict"]
+    _text(panel, f"quality check: {verdict.upper()}", (8, 24), scale=0.65, color=_VERDICT_COLOURS[verdict], thick=2)
+    y = 52
+    for name, flag in qc["flags"].items():
+        colour = _VERDICT_COLOURS[flag["verdict"]]
+        for k, line in enumerate(_wrap(f"{name}: {flag['verdict']} - {flag['message']}", 100)):
+            _text(panel, ("" if k == 0 else "    ") + line, (10, y), scale=0.42, color=colour)
+            y += 17
+        if flag["verdict"] != "ok":
+            for line in _wrap(f"try: {flag['hint']}", 96):
+                _text(panel, "    " + line, (10, y), scale=0.4, color=(90, 90, 90))
+                y += 16
+        y += 4
+        if y > _PANEL - 10:
+            break
+    return panel
+
+
 def write_report(
     adata: Any,
     image: LoadedImage,
@@ -340,6 +400,7 @@ def write_report(
     name: str = "gala_report",
     inputs: dict[str, str] | None = None,
     landmarks: Any = None,
+    quality: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``{name}.png`` and ``{name}.json`` into ``out_dir`` (created if missing).
 
@@ -349,7 +410,9 @@ def write_report(
     deformation, runtime, device, parameters, package versions) plus ``inputs`` and the file names.
     With ``landmarks`` (a :class:`gala_engine.landmarks.Landmarks`), the "after" panel marks them with
     their residual arrows and the JSON holds ``"landmarks": {"median_px": …, "pairs": [...]}``
-    (:func:`gala_engine.landmarks.landmark_summary`).
+    (:func:`gala_engine.landmarks.landmark_summary`). The quality flags and per-cell confidence
+    (:func:`gala_engine.qc.assess`; ``quality``, computed here when not given) add a confidence map and the flags to
+    the PNG and ``"qc"`` to the JSON.
 
     Returns
     -------
@@ -380,10 +443,18 @@ def write_report(
     )
     top = np.concatenate([before, after, grid], axis=1)
     bottom = np.concatenate([_fitness_panel(result), _energy_panel(result), _metrics_panel(metrics)], axis=1)
-    canvas = np.concatenate([top, bottom], axis=0)
+    if quality is None:
+        from .qc import assess
+
+        quality = assess(rasters, result, xy_um)
+    metrics["qc"] = quality["qc"]
+    third = np.concatenate([_confidence_panel(image, result.cells_to_image(xy_um), quality["confidence"]),
+                            _qc_panel(quality["qc"])], axis=1)
+    canvas = np.concatenate([top, bottom, third], axis=0)
     cv2.line(canvas, (0, _PANEL), (canvas.shape[1], _PANEL), (200, 200, 200), 1)
-    for k in (1, 2):
-        cv2.line(canvas, (k * _PANEL, 0), (k * _PANEL, canvas.shape[0]), (200, 200, 200), 1)
+    cv2.line(canvas, (0, 2 * _PANEL), (canvas.shape[1], 2 * _PANEL), (200, 200, 200), 1)
+    for k in (1, 2):  # the flags panel (third row, right) is two panels wide
+        cv2.line(canvas, (k * _PANEL, 0), (k * _PANEL, canvas.shape[0] if k == 1 else 2 * _PANEL), (200, 200, 200), 1)
     png = out / f"{name}.png"
     js = out / f"{name}.json"
     if not cv2.imwrite(str(png), canvas):

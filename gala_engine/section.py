@@ -20,11 +20,13 @@ from . import constants
 from .budget import check_prepare
 from .errors import GalaInputError
 from .events import ProgressCallback, StopPredicate
-from .features import FeatureKind, image_feature, resolve_feature
-from .io import LoadedImage, cell_signal, spatial_yx, write_h5ad_atomic
+from .features import FeatureKind, feature_planes, image_feature, resolve_feature
+from .flatness import Splatter
+from .io import LoadedImage, spatial_yx, write_h5ad_atomic
 from .params import AlignParams
 from .pipeline import gala, to_cpu
 from .raster import choose_dx, rasterize
+from .signals import ChannelRasters, combine_channels, signal_channels
 from .transform import transform_points_target_to_source
 
 
@@ -46,6 +48,9 @@ class SectionRasters:
     signal: str
     feature: str
     fine: list = field(default_factory=list)  # finer (xI, I, xJ, J) of the same section, for sub-pixel refinement
+    # how informative J is for alignment (gala_engine.flatness; < flatness.FLAT_LEVEL: too flat to align)
+    informativeness: float = float("nan")
+    channels: ChannelRasters | None = None  # a signal of several channels (genes, pca): each one and how J mixes them
 
     @property
     def flat_target(self) -> bool:
@@ -103,7 +108,7 @@ def prepare_section(
     """
     yx = spatial_yx(adata)
     check_prepare(yx, image, dx=dx, image_reduce=image_reduce)  # memory / time budget before any work
-    weights = cell_signal(adata, signal)
+    weights, names = signal_channels(adata, signal)  # (N, K) ≥ 0: one channel per gene / principal component
     if signal != constants.SIGNAL_DENSITY and not np.any(weights > 0):
         raise GalaInputError(f"Every cell has zero {signal}; choose 'cell density' or a gene as the signal.")
     if dx is None:
@@ -111,14 +116,22 @@ def prepare_section(
     spacing = cell_spacing(yx)
     if blur is None:
         blur = max(1.0, 0.5 * spacing / (2.0 * dx))
-    g = None if signal == constants.SIGNAL_DENSITY else weights
+    g = None if signal == constants.SIGNAL_DENSITY else weights[:, 0]
     feature = resolve_feature(feature, image.pixels)
+    planes = feature_planes(image.pixels, feature)  # once: every level blurs and reduces the same planes
+    mixed: list[ChannelRasters] = []  # several channels: the coarse level's combination, reused by finer levels
 
     def pair(dx_l: float, blur_l: float, reduce_l: int | None):
-        XJ, YJ, J = rasterize(yx[:, 1], yx[:, 0], g=g, dx=dx_l, blur=blur_l)
+        if weights.shape[1] > 1:  # one target raster from the channels (gala_engine.signals.combine_channels)
+            sp = Splatter(yx, dx_l, blur_l)
+            mixed.append(combine_channels(sp, weights, names, mix=mixed[0].weights if mixed else None))
+            (YJ, XJ), J = sp.xJ, mixed[-1].raster
+        else:
+            XJ, YJ, J = rasterize(yx[:, 1], yx[:, 0], g=g, dx=dx_l, blur=blur_l)
         reduce_l = default_image_reduce(image, J.shape) if reduce_l is None else reduce_l
         smooth = matched_image_blur(image, yx, 2.0 * blur_l * dx_l) if match_blur else 0.0
-        YI, XI, I = image_feature(image.pixels, reduce=reduce_l, scale=image.scale, kind=feature, smooth=smooth)
+        YI, XI, I = image_feature(image.pixels, reduce=reduce_l, scale=image.scale, kind=feature, smooth=smooth,
+                                  planes=planes)
         return [YI, XI], I, [YJ, XJ], J.astype(np.float32), reduce_l
 
     xI, I, xJ, J, reduce = pair(dx, blur, None if image_reduce is None else int(image_reduce))
@@ -127,7 +140,14 @@ def prepare_section(
         if dx / factor < spacing or reduce // factor < 1:
             break
         fine.append(pair(dx / factor, max(1.0, 0.5 * spacing / (2.0 * dx / factor)), reduce // factor)[:4])
-    return SectionRasters(I, xI, J, xJ, float(dx), reduce, tuple(image.full_shape), signal, feature, fine)
+    if mixed:
+        score = mixed[0].score
+    else:
+        sp = Splatter(yx, dx, blur)
+        # the score of what rasterize splats: the weights min–max scaled
+        score = sp.density_contrast if g is None else sp.informativeness((g - g.min()) / max(np.ptp(g), 1e-300))
+    return SectionRasters(I, xI, J, xJ, float(dx), reduce, tuple(image.full_shape), signal, feature, fine,
+                          informativeness=score, channels=mixed[0] if mixed else None)
 
 
 @dataclass
@@ -236,11 +256,15 @@ def align_section(
     return AlignmentResult.from_gala(result, dx=rasters.dx)
 
 
-def aligned_adata(adata: Any, result: AlignmentResult, *, landmarks: Any = None) -> Any:
+def aligned_adata(adata: Any, result: AlignmentResult, *, landmarks: Any = None,
+                  quality: dict[str, Any] | None = None, image: dict[str, Any] | None = None) -> Any:
     """A copy of ``adata`` with ``obsm['spatial_he']`` (x, y full-resolution pixels), the affine-only
     positions and ``uns['gala']``; the input's own fields are untouched. With ``landmarks`` (a
     :class:`gala_engine.landmarks.Landmarks`), ``uns['gala']['landmarks']`` holds the pairs and their
-    errors under this result (:func:`gala_engine.landmarks.landmarks_uns`)."""
+    errors under this result (:func:`gala_engine.landmarks.landmarks_uns`). With ``quality``
+    (:func:`gala_engine.qc.assess`), ``uns['gala']['qc']`` holds the quality flags and ``obs['gala_confidence']``
+    the per-cell confidence. ``image``: the record of the image used
+    (:func:`gala_engine.provenance.image_record`), kept as ``uns['gala']['image']``."""
     out = adata.copy()
     xy = np.asarray(out.obsm[constants.SPATIAL_KEY], dtype=np.float64)[:, :2]
     out.obsm[constants.ALIGNED_KEY] = result.cells_to_image(xy)
@@ -257,14 +281,21 @@ def aligned_adata(adata: Any, result: AlignmentResult, *, landmarks: Any = None)
         from .landmarks import landmarks_uns
 
         meta["landmarks"] = landmarks_uns(result, landmarks)
+    if quality is not None:
+        meta["qc"] = quality["qc"]
+        out.obs[constants.CONFIDENCE_KEY] = np.asarray(quality["confidence"], dtype=np.float64)
+    if image:
+        meta["image"] = dict(image)
     out.uns[constants.UNS_KEY] = meta
     return out
 
 
-def write_aligned(adata: Any, result: AlignmentResult, path: str | Path, *, protect=(), landmarks: Any = None) -> Path:
-    """Write the aligned ``.h5ad`` atomically (never over a path in ``protect``); ``landmarks``: see
-    :func:`aligned_adata`."""
-    return write_h5ad_atomic(aligned_adata(adata, result, landmarks=landmarks), path, protect=protect)
+def write_aligned(adata: Any, result: AlignmentResult, path: str | Path, *, protect=(), landmarks: Any = None,
+                  quality: dict[str, Any] | None = None, image: dict[str, Any] | None = None) -> Path:
+    """Write the aligned ``.h5ad`` atomically (never over a path in ``protect``); ``landmarks``, ``quality``,
+    ``image``: see :func:`aligned_adata`."""
+    return write_h5ad_atomic(aligned_adata(adata, result, landmarks=landmarks, quality=quality, image=image), path,
+                             protect=protect)
 
 
 def median_error_px(predicted_xy: np.ndarray, truth_xy: np.ndarray) -> float:

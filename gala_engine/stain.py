@@ -84,19 +84,29 @@ def estimate_stains(rgb: np.ndarray, *, percentile: float = 1.0) -> StainVectors
     return StainVectors(np.clip(h, 0.0, None), np.clip(other, 0.0, None), background, "macenko")
 
 
-def hematoxylin_density(rgb: np.ndarray, stains: StainVectors | None = None, *, band: int = 1024) -> np.ndarray:
-    """(H, W, 3) RGB in [0, 1] → (H, W) float32 hematoxylin concentration (≥ 0), by least squares on the
-    stain vectors and their cross product (the residual). Row bands of ``band`` rows bound the memory."""
+def stain_densities(rgb: np.ndarray, stains: StainVectors | None = None, *,
+                    band: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) RGB in [0, 1] → (hematoxylin concentration ≥ 0, total optical density), each (H, W) float32,
+    from one optical-density pass. Hematoxylin by least squares on the stain vectors and their cross product
+    (the residual). Row bands of ``band`` rows bound the memory."""
     rgb = np.asarray(rgb)
     if stains is None:
         stains = estimate_stains(rgb)
     residual = _unit(np.cross(stains.hematoxylin, stains.counterstain))
     unmix = np.linalg.inv(np.stack([stains.hematoxylin, stains.counterstain, residual]))  # OD = C @ M → C = OD @ M⁻¹
-    out = np.empty(rgb.shape[:2], dtype=np.float32)
+    hematoxylin = np.empty(rgb.shape[:2], dtype=np.float32)
+    total = np.empty(rgb.shape[:2], dtype=np.float32)
     column = unmix[:, 0].astype(np.float32)
     for start in range(0, rgb.shape[0], band):
-        out[start : start + band] = optical_density(rgb[start : start + band, :, :3], stains.background) @ column
-    return np.clip(out, 0.0, None)
+        od = optical_density(rgb[start : start + band, :, :3], stains.background)
+        hematoxylin[start : start + band] = od @ column
+        total[start : start + band] = od.sum(-1)
+    return np.clip(hematoxylin, 0.0, None), total
+
+
+def hematoxylin_density(rgb: np.ndarray, stains: StainVectors | None = None, *, band: int = 1024) -> np.ndarray:
+    """(H, W, 3) RGB in [0, 1] → (H, W) float32 hematoxylin concentration (≥ 0) (:func:`stain_densities`)."""
+    return stain_densities(rgb, stains, band=band)[0]
 
 
 def is_brightfield(pixels: np.ndarray) -> bool:

@@ -6,7 +6,8 @@ import streamlit as st
 
 from gala_engine.demo import DEMOS
 from gala_engine.features import FEATURE_CHOICES
-from gala_engine.io import cell_signal, spatial_yx
+from gala_engine.io import spatial_yx
+from gala_engine.signals import FLAT_LEVEL, flat_warning
 from ui import figures, state
 from ui.data import (
     DataError,
@@ -17,7 +18,10 @@ from ui.data import (
     server_dataset,
     set_dataset,
     signal_choices,
+    signal_previews,
+    signal_values,
     upload_dataset,
+    upload_problems,
 )
 from ui.data import summary as data_summary
 from ui.data import warnings as data_warnings
@@ -59,11 +63,14 @@ with demo_tab:
         _load(demo_dataset, name)
 with upload_tab:
     c1, c2 = st.columns(2)
-    cells_up = c1.file_uploader("Cells (.h5ad with obsm['spatial'] in µm)", type=["h5ad"], key="up_cells")
-    image_up = c2.file_uploader("Tissue image (PNG, JPEG, TIFF)", type=["png", "jpg", "jpeg", "tif", "tiff"],
-                                key="up_image")
+    # no type= filter: the browser's refusal of a wrong type is a bare red "!"; upload_problems says it in words
+    cells_up = c1.file_uploader("Cells (.h5ad with obsm['spatial'] in µm)", key="up_cells")
+    image_up = c2.file_uploader("Tissue image (PNG, JPEG, TIFF)", key="up_image")
     up_options = _image_options("up")
-    if st.button("Load uploaded files", disabled=not (cells_up and image_up), key="load_upload"):
+    problems = upload_problems(cells_up, image_up)
+    for problem in problems:
+        st.error(problem)
+    if st.button("Load uploaded files", disabled=not (cells_up and image_up) or bool(problems), key="load_upload"):
         _load(upload_dataset, cells_up.name, cells_up.getvalue(), image_up.name, image_up.getvalue(), up_options)
 with server_tab:
     if data_dir() is None:
@@ -89,12 +96,12 @@ if data is None:
 
 st.subheader(f"Loaded: {data.name}")
 s = data_summary(data)
-m = st.columns(5)
-m[0].metric("Cells", f"{s['cells']:,}")
-m[1].metric("Genes", f"{s['genes']:,}")
-m[2].metric("Cell extent (µm)", f"{s['extent_um'][0]:,.0f} × {s['extent_um'][1]:,.0f}")
-m[3].metric("Image (px)", f"{s['image_px'][0]:,} × {s['image_px'][1]:,}")
-m[4].metric("Image type", s["channels"])
+with st.container(horizontal=True):  # each number as wide as it needs (wraps, never cut off)
+    st.metric("Cells", f"{s['cells']:,}", width="content")
+    st.metric("Genes", f"{s['genes']:,}", width="content")
+    st.metric("Cell extent (µm)", f"{s['extent_um'][0]:,.0f} × {s['extent_um'][1]:,.0f}", width="content")
+    st.metric("Image (px)", f"{s['image_px'][0]:,} × {s['image_px'][1]:,}", width="content")
+    st.metric("Image type", s["channels"], width="content")
 for w in data_warnings(data):
     st.warning(w)
 
@@ -102,8 +109,11 @@ st.subheader("What the engine aligns")
 cfg = state.settings()
 c1, c2, c3, c4 = st.columns(4)
 choices = signal_choices(data)
-cfg["signal"] = c1.selectbox("Target signal", choices, index=choices.index(cfg["signal"]),
-                             help="What the cell raster shows: total counts per cell, cell density, or one gene.",
+choices += [cfg["signal"]] if cfg["signal"] not in choices else []
+cfg["signal"] = c1.selectbox("Target signal", choices, index=choices.index(cfg["signal"]), accept_new_options=True,
+                             help="What the cell raster shows: total counts per cell, cell density, one gene, "
+                                  "several genes as channels (type e.g. EPCAM,KRT8), or pca / pca:k (the top k "
+                                  "principal components of normalised log expression, as channels).",
                              key="w_signal")
 auto_dx = c2.checkbox("automatic dx", value=cfg["dx"] is None, key="w_dx_auto",
                       help="Pick the cell raster's pixel size from the data extent (about 200 pixels a side).")
@@ -126,10 +136,9 @@ except DataError as err:
     st.stop()
 for w in raster_warnings():
     st.warning(w)
-values = cell_signal(data.adata, r.signal)
-if r.flat_target:
-    st.warning("The cell raster is almost flat (e.g. a full grid of spots): the alignment has little to go on. "
-               "Try one gene as the signal.")
+values = signal_values(data, r.signal)
+if r.informativeness < FLAT_LEVEL:  # too flat to align: rank the candidates to name a better one
+    st.warning(flat_warning(r.signal, r.informativeness, signal_previews(data, r.signal, r.dx)))
 st.caption(f"Cell raster: {r.J.shape[2]} × {r.J.shape[1]} px at dx = {r.dx:g} µm · image raster: "
            f"{r.I.shape[2]} × {r.I.shape[1]} px (downsampling {r.image_reduce}×).")
 
@@ -141,4 +150,12 @@ cells_col, cell_raster_col = st.columns(2)
 cells_col.plotly_chart(figures.cells_figure(spatial_yx(data.adata)[:, ::-1], values, title=f"Cells: {cfg['signal']}"),
                        theme=None, key="fig_cells")
 cell_raster_col.plotly_chart(figures.raster_figure(r.J, r.xJ, title="Cell raster", unit="µm"), theme=None, key="fig_J")
+if st.toggle(f"Compare target signals (informativeness of '{r.signal}': {r.informativeness:.2f})",
+             key="w_signal_previews", help="Each candidate's cell raster and how much it varies inside the tissue at "
+             f"the search's scale; below {FLAT_LEVEL} it is too flat to align."):
+    cols = st.columns(4)
+    for k, cand in enumerate(signal_previews(data, r.signal, r.dx)):
+        title = f"{cand.signal[:24]}: {cand.score:.2f}" + (" (too flat)" if cand.flat else "")
+        cols[k % 4].plotly_chart(figures.raster_figure(cand.raster, cand.xJ, title=title, unit="µm", height=260),
+                                 theme=None, key=f"fig_signal_{k}")
 st.page_link("pages/2_align.py", label="Next: align →", icon=":material/tune:")

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 
 from gala_engine.io import spatial_yx
@@ -17,6 +16,7 @@ from gala_engine.io import spatial_yx
 from . import figures, state
 from .data import Dataset
 from .jobs import Job, Snapshot
+from .runs import history_table as runs_table
 from .runs import record_finished
 
 STAGE_WORDS = {"": "preparing", "scan": "scanning rotations", "ga": "searching for the pose",
@@ -32,11 +32,6 @@ CURVE_NOTES = {
             "pixels are re-estimated the energy is on a new scale: a jump there is not a divergence.",
 }
 _STAGE_CURVE = {"scan": "search", "ga": "search", "refine": "fine-tuning", "lddmm": "warp"}
-# the run history's columns in plain words (the rows keep the engine's names, as exported)
-HISTORY_WORDS = {"run": "run", "state": "state", "fitness": "match score", "runtime_s": "time (s)",
-                 "error_px (vs truth)": "error vs truth (px)", "generations": "search rounds",
-                 "population": "poses per round", "restarts": "searches", "lddmm_iters": "warp steps",
-                 "seed": "seed", "device": "device", "genes": "pose (rotation, scale y, scale x, shift y, shift x)"}
 
 
 def current_job(data: Dataset | None) -> Job | None:
@@ -181,9 +176,8 @@ def history_table(data: Dataset) -> None:
     others = len(rows) - len(mine)
     if mine:
         st.subheader("Runs on this data")
-        df = pd.DataFrame(mine)
-        df = df[[c for c in HISTORY_WORDS if c in df.columns]].rename(columns=HISTORY_WORDS)
-        st.dataframe(df, hide_index=True, key="history_table", width="stretch")
+        table, columns = runs_table(mine)  # key numbers, then settings and pose in one column each: fits the page
+        st.dataframe(table, column_config=columns, hide_index=True, key="history_table")
         st.page_link("pages/3_viewer.py", label="Open the viewer →", icon=":material/visibility:")
     if others:
         st.caption(f"{others} run(s) on other data are kept with that data: load it again to see them.")

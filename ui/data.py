@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -22,6 +23,7 @@ from gala_engine.demo import load_demo
 from gala_engine.errors import GalaInputError
 from gala_engine.io import LoadedImage, cell_signal, read_cells, read_image, spatial_yx
 from gala_engine.section import SectionRasters, prepare_section
+from gala_engine.signals import SignalScore, candidate_signals, parse_signal, rank_signals
 
 from . import state
 from .session_files import SessionFolder, sweep_stale
@@ -48,6 +50,9 @@ class Dataset:
     # how to load it again (kept by the session store): {"kind": "demo", "name"} | {"kind": "upload",
     # "cells_name", "image_name", "cells_path", "image_path", "options"} | {"kind": "server", "cells", "image", "options"}
     source: dict = field(default_factory=dict)
+    cells_file: str = ""  # the user's own file names (never a server temp path): downloads, uns['gala']
+    image_file: str = ""
+    image_options: dict = field(default_factory=dict)  # channel / series / plane the image was read with
 
 
 class DataError(Exception):
@@ -97,6 +102,7 @@ def demo_dataset(name: str = DEFAULT_DEMO) -> Dataset:
     """One of :data:`gala_engine.demo.DEMOS` as a :class:`Dataset`."""
     adata, image, truth = _demo(name)
     return Dataset(name=f"demo: {name}", origin="demo", adata=adata, image=image, truth=truth,
+                   cells_file=f"{name}.h5ad", image_file=Path(image.source).name,
                    uid=content_id("demo", name), source={"kind": "demo", "name": name})
 
 
@@ -136,13 +142,53 @@ def _read_pair(cells_path: Path, image_path: Path, *, cells_name: str, image_nam
     return adata, image, notes
 
 
+CELLS_SUFFIXES = (".h5ad",)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+def upload_problems(cells: Any, image: Any) -> list[str]:
+    """Plain-words messages for uploads of the wrong kind (by file name; the content is checked on loading).
+    ``cells`` / ``image``: Streamlit ``UploadedFile`` objects (anything with ``.name``) or None."""
+    out = []
+    if cells is not None and Path(cells.name).suffix.lower() not in CELLS_SUFFIXES:
+        out.append(f"'{cells.name}' is not a cells file: the cells must be an AnnData .h5ad file with the cell "
+                   "centroids in obsm['spatial'] (x, y in µm). Convert a table with anndata (e.g. "
+                   "squidpy.read.vizgen / xenium, or anndata.AnnData(obsm={'spatial': xy})) and upload the .h5ad.")
+    if cells is not None and Path(cells.name).suffix.lower() in IMAGE_SUFFIXES:
+        out[-1] += " It looks like an image: put it in the box on the right."
+    if image is not None and Path(image.name).suffix.lower() not in IMAGE_SUFFIXES:
+        kinds = ", ".join(s.lstrip(".").upper() for s in IMAGE_SUFFIXES)
+        out.append(f"'{image.name}' is not an image this app reads: upload the tissue image as {kinds} "
+                   "(OME-TIFF and pyramidal TIFF included).")
+        if Path(image.name).suffix.lower() in CELLS_SUFFIXES:
+            out[-1] += " It looks like the cells file: put it in the box on the left."
+    return out
+
+
+def _spool_name(name: str, fallback: str) -> str:
+    """A safe file name close to the user's (no folders, no odd characters), or ``fallback``."""
+    base = re.sub(r"[^\w.+-]+", "_", Path(str(name)).name).strip("._")[:120]
+    return base if base and Path(base).suffix else fallback
+
+
+def scrub_paths(text: str) -> str:
+    """``text`` without server paths (the temp root and the data folder), for any message a user sees."""
+    root = data_dir()
+    if root is not None:
+        text = text.replace(str(root), "<data folder>")
+    return text.replace(tempfile.gettempdir(), "<tmp>")
+
+
 def upload_dataset(cells_name: str, cells_bytes: bytes, image_name: str, image_bytes: bytes,
                    image_options: dict[str, Any] | None = None) -> Dataset:
     """Spool two uploads to the session folder and read them."""
     folder = session_tmpdir() / uuid.uuid4().hex[:8]
-    folder.mkdir()
-    cells_path = folder / ("cells" + (Path(cells_name).suffix or ".h5ad"))
-    image_path = folder / ("image" + (Path(image_name).suffix or ".img"))
+    # each file under the user's own name (in its own sub-folder): a message from a reader that names the
+    # file then shows the user's name, not an internal one
+    cells_path = folder / "cells" / _spool_name(cells_name, "cells.h5ad")
+    image_path = folder / "image" / _spool_name(image_name, "image.img")
+    cells_path.parent.mkdir(parents=True)
+    image_path.parent.mkdir()
     cells_path.write_bytes(cells_bytes)
     image_path.write_bytes(image_bytes)
     try:
@@ -152,7 +198,8 @@ def upload_dataset(cells_name: str, cells_bytes: bytes, image_name: str, image_b
         shutil.rmtree(folder, ignore_errors=True)  # nothing of a refused upload is kept
         raise
     return Dataset(name=f"upload: {cells_name} + {image_name}", origin="upload", adata=adata, image=image,
-                   notes=notes, uid=content_id("upload", cells_bytes, image_bytes, image_options or {}),
+                   notes=notes, cells_file=cells_name, image_file=image_name, image_options=dict(image_options or {}),
+                   uid=content_id("upload", cells_bytes, image_bytes, image_options or {}),
                    source={"kind": "upload", "cells_name": cells_name, "image_name": image_name,
                            "cells_path": str(cells_path), "image_path": str(image_path),
                            "options": dict(image_options or {})})
@@ -165,7 +212,8 @@ def stored_dataset(cells_path: Path, image_path: Path, *, cells_name: str, image
     adata, image, notes = _read_pair(cells_path, image_path, cells_name=cells_name, image_name=image_name,
                                      image_options=image_options)
     return Dataset(name=f"upload: {cells_name} + {image_name}", origin="upload", adata=adata, image=image,
-                   notes=notes, uid=uid,
+                   notes=notes, uid=uid, cells_file=cells_name, image_file=image_name,
+                   image_options=dict(image_options or {}),
                    source={"kind": "upload", "cells_name": cells_name, "image_name": image_name,
                            "cells_path": str(cells_path), "image_path": str(image_path),
                            "options": dict(image_options or {})})
@@ -207,7 +255,8 @@ def server_dataset(cells_text: str, image_text: str, image_options: dict[str, An
                                      image_name=image_path.name, image_options=image_options)
     stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in (cells_path, image_path)]
     return Dataset(name=f"server: {cells_path.name} + {image_path.name}", origin="server", adata=adata, image=image,
-                   notes=notes, uid=content_id("server", stats, image_options or {}),
+                   notes=notes, cells_file=cells_path.name, image_file=image_path.name,
+                   image_options=dict(image_options or {}), uid=content_id("server", stats, image_options or {}),
                    source={"kind": "server", "cells": cells_text, "image": image_text,
                            "options": dict(image_options or {})})
 
@@ -224,9 +273,17 @@ def set_dataset(data: Dataset) -> None:
     if selected is None or selected[0] != data.uid:  # the viewer shows this data's latest run, or none
         mine = [rid for rid, (uid, _) in state.results().items() if uid == data.uid]
         st.session_state[state.SELECTED_RUN] = max(mine) if mine else None
-    sig = state.settings()["signal"]
-    if sig not in (constants.SIGNAL_TOTAL_COUNTS, constants.SIGNAL_DENSITY) and sig not in data.adata.var_names:
+    if not signal_usable(data.adata, state.settings()["signal"]):
         state.settings()["signal"] = constants.SIGNAL_TOTAL_COUNTS
+
+
+def signal_usable(adata: Any, signal: str) -> bool:
+    """True when ``signal`` is well formed and names only genes of ``adata`` (pca/totals/density always)."""
+    try:
+        spec = parse_signal(signal, adata.var_names)
+    except GalaInputError:
+        return False
+    return spec.kind != "genes" or all(g in adata.var_names for g in spec.genes)
 
 
 def summary(data: Dataset) -> dict[str, Any]:
@@ -262,13 +319,29 @@ def warnings(data: Dataset) -> list[str]:
 
 
 def signal_choices(data: Dataset) -> list[str]:
-    """The target-signal options: total counts, density, then every gene (most expressed first)."""
+    """The target-signal options: total counts, density, ``pca`` (top 3 principal components as channels) and
+    ``pca:1``, then every gene (most expressed first). Gene lists (``"EPCAM,KRT8"``) and ``pca:k`` are typed."""
     X = data.adata.X
     names = np.asarray(data.adata.var_names).astype(str)
+    pcs = []
     if X is not None and names.size:
         totals = np.asarray(X.sum(axis=0)).ravel()
         names = names[np.argsort(-totals, kind="stable")]
-    return [constants.SIGNAL_TOTAL_COUNTS, constants.SIGNAL_DENSITY, *names.tolist()]
+        pcs = ["pca", "pca:1"] if min(data.adata.n_obs, data.adata.n_vars) > 3 else []
+    fixed = [constants.SIGNAL_TOTAL_COUNTS, constants.SIGNAL_DENSITY, *pcs]
+    return fixed + [n for n in names.tolist() if n not in fixed]
+
+
+def signal_previews(data: Dataset, current: str, dx: float | None) -> list[SignalScore]:
+    """Candidate signals (totals, density, pca, the most variable genes, and ``current``) rasterised at ``dx``
+    with their informativeness, best first; computed once per dataset, signal and dx."""
+    def build() -> list[SignalScore]:
+        try:
+            return rank_signals(data.adata, [*candidate_signals(data.adata), current], dx=dx)
+        except GalaInputError:
+            return []
+
+    return state.memo("signal_previews", (data.uid, current, dx), build)
 
 
 def rasters(data: Dataset, settings: dict[str, Any]) -> SectionRasters:
@@ -286,7 +359,7 @@ def rasters(data: Dataset, settings: dict[str, Any]) -> SectionRasters:
         r = prepare_section(data.adata, data.image, signal=found.signal, dx=settings["dx"],
                             feature=settings["feature"], image_reduce=settings["reduce"])
     except GalaInputError as err:
-        raise DataError(str(err)) from None
+        raise DataError(scrub_paths(str(err))) from None
     extra = [w for w in found.warnings if w not in data.notes]
     st.session_state[state.RASTERS] = (key, r, extra)
     return r
@@ -296,6 +369,12 @@ def raster_warnings() -> list[str]:
     """Warnings about the current rasters' signal (e.g. all-zero counts → cell density)."""
     cached = state.get(state.RASTERS)
     return list(cached[2]) if cached is not None else []
+
+
+def signal_values(data: Dataset, signal: str) -> np.ndarray:
+    """Per-cell values of ``signal`` to colour the cells by (a summary of several channels; see
+    :func:`gala_engine.io.cell_signal`), computed once per dataset and signal (pca is not redone on every rerun)."""
+    return state.memo("signal_values", (data.uid, signal), lambda: colour_values(data, signal))
 
 
 def colour_values(data: Dataset, colour: str) -> np.ndarray:

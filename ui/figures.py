@@ -12,41 +12,31 @@ import plotly.graph_objects as go
 from PIL import Image
 
 from gala_engine.affine import genes_to_matrix_np
+from gala_engine.display import screen_image
 from gala_engine.io import LoadedImage
 from gala_engine.lddmm import ESTEP_START
 
-LAYER_COLOURS = {
-    "after LDDMM": "Viridis",
-    "after affine": "#ff7f0e",
-    "before (µm as px)": "#d62728",
+LAYER_COLOURS = {  # one colour per layer, light enough for dark (DAPI) images, distinct from Viridis
+    "after LDDMM": "#39d353",
+    "after affine": "#ffa31a",
+    "before (centred)": "#ff4fd8",
     "ground truth": "#00e5ff",
 }
+CONFIDENCE_COLOUR = "alignment confidence"  # the viewer's colour option for obs['gala_confidence'] (0–1)
+GRID = "deformation grid"
 _MARGIN = dict(l=60, r=10, t=40, b=45)  # room for the tick labels
 _CHART_MARGIN = dict(l=60, r=10, t=40, b=40)
-
-
-def _display_rgb(pixels: np.ndarray) -> np.ndarray:
-    """uint8 RGB for the screen; grayscale (e.g. DAPI) is contrast-stretched to the 1–99.5 percentiles."""
-    if pixels.shape[2] == 1:
-        g = pixels[..., 0]
-        lo, hi = np.percentile(g, [1.0, 99.5])
-        g = np.clip((g - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
-        pixels = np.repeat(g[..., None], 3, axis=2)
-    return (np.clip(pixels, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
 
 
 _THUMBS: dict[tuple[int, int], tuple[np.ndarray, tuple[str, float, float, int, int]]] = {}
 
 
 def _make_thumbnail(image: LoadedImage, max_side: int) -> tuple[str, float, float, int, int]:
-    h, w = image.pixels.shape[:2]
-    step = max(1, int(np.ceil(max(h, w) / max_side)))
-    rgb = _display_rgb(image.pixels[::step, ::step])
+    shot = screen_image(image, max_side=max_side)  # area-averaged: no aliasing bands
     buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="JPEG", quality=85)
+    Image.fromarray(shot.rgb).save(buf, format="JPEG", quality=85)
     uri = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-    full_h, full_w = image.full_shape
-    return uri, full_w / rgb.shape[1], full_h / rgb.shape[0], rgb.shape[1], rgb.shape[0]
+    return uri, shot.dx, shot.dy, shot.rgb.shape[1], shot.rgb.shape[0]
 
 
 def thumbnail(image: LoadedImage, max_side: int = 1200) -> tuple[str, float, float, int, int]:
@@ -224,29 +214,80 @@ def preview_figure(image: LoadedImage, xy_px: np.ndarray, *, title: str = "Curre
     return fig
 
 
-def overlay_figure(image: LoadedImage, layers: dict[str, np.ndarray], values: np.ndarray, *, colour_label: str,
-                   opacity: float = 0.7, grid: list[np.ndarray] | None = None, height: int = 750) -> go.Figure:
-    """Image + cells (one ``Scattergl`` per layer) in full-resolution pixels; optional warped grid lines."""
-    fig = go.Figure(image_trace(image))
-    for line in grid or []:
-        fig.add_trace(go.Scatter(x=line[:, 0], y=line[:, 1], mode="lines", hoverinfo="skip", showlegend=False,
-                                 line=dict(color="rgba(255,255,255,0.5)", width=1)))
-    first = True
+def colour_scale(colour_label: str) -> dict:
+    """Marker colour-scale settings for a colour option: red (0) → yellow → green (1) on a fixed 0–1 range for the
+    alignment confidence, Viridis on the values' own range otherwise."""
+    if colour_label == CONFIDENCE_COLOUR:
+        return dict(colorscale="RdYlGn", cmin=0.0, cmax=1.0)
+    return dict(colorscale="Viridis")
+
+
+ScreenUri = tuple  # (data URI, x0, y0, dx, dy, mean brightness) as ui.viewer.screen_uri returns
+
+
+def _uri_trace(shot: ScreenUri, name: str) -> go.Image:
+    return go.Image(source=shot[0], x0=shot[1], y0=shot[2], dx=shot[3], dy=shot[4], hoverinfo="skip", name=name,
+                    uid=name)
+
+
+def _joined(lines: list[np.ndarray]) -> np.ndarray:
+    """Polylines as one (M, 2) array with NaN rows between them (one trace draws them all)."""
+    gap = np.full((1, 2), np.nan, np.float32)
+    return np.concatenate([p for line in lines for p in (np.asarray(line, np.float32), gap)]) if lines else gap
+
+
+def overlay_figure(image: ScreenUri, layers: dict[str, np.ndarray], values: np.ndarray, *, colour_label: str,
+                   shown: Sequence[str] = ("after LDDMM", "ground truth"), colour_layer: str = "after LDDMM",
+                   opacity: float = 0.8, grid: list[np.ndarray] | None = None, detail: ScreenUri | None = None,
+                   view: tuple[float, float, float, float] | None = None, dark: bool = False,
+                   height: int = 720) -> go.Figure:
+    """Image + cells in full-resolution pixels, every layer in the figure so the legend shows and hides them
+    in the browser without a round trip (``shown``: visible at first; the choice survives redraws).
+
+    One WebGL ``Scattergl`` per layer: ``colour_layer`` coloured by ``values`` (:func:`colour_scale`), the others one light
+    colour each, every marker outlined so it shows on dark and light images. ``grid``: warped grid lines (one
+    trace, hidden at first unless in ``shown``). ``detail``: a full-resolution crop drawn over the image and
+    ``view`` = (x0, x1, y0, y1) the axis ranges to show (None: the whole image)."""
+    fig = go.Figure(_uri_trace(image, "image"))
+    if detail is not None:
+        fig.add_trace(_uri_trace(detail, "detail"))
+    edge = "rgba(255,255,255,0.75)" if dark else "rgba(0,0,0,0.6)"
+    if grid is not None:
+        g = _joined(grid)
+        fig.add_trace(go.Scattergl(x=g[:, 0], y=g[:, 1], mode="lines", hoverinfo="skip", name=GRID, uid=GRID,
+                                   visible=True if GRID in shown else "legendonly",
+                                   line=dict(color="rgba(255,255,255,0.7)" if dark else "rgba(30,30,30,0.7)",
+                                             width=1)))
     for name, xy in layers.items():
         xy = np.asarray(xy, np.float32)
-        if name == "after LDDMM" or (first and "after LDDMM" not in layers):
-            marker = dict(size=6, color=np.asarray(values, np.float32), colorscale="Viridis", opacity=opacity,
-                          showscale=True, colorbar=dict(title=colour_label, len=0.6),
-                          line=dict(width=0.5, color="white"))  # visible on dark (DAPI) backgrounds too
-            first = False
+        if name == colour_layer:
+            marker = dict(size=7, color=np.asarray(values, np.float32), **colour_scale(colour_label),
+                          opacity=opacity,
+                          showscale=True, colorbar=dict(title=dict(text=colour_label, side="right"), len=0.6,
+                                                        thickness=14),
+                          line=dict(width=0.8, color=edge))
         elif name == "ground truth":  # rings, so the aligned cells stay visible inside them
-            marker = dict(size=10, symbol="circle-open", color=LAYER_COLOURS[name], opacity=opacity, line=dict(width=1.5))
+            marker = dict(size=11, symbol="circle-open", color=LAYER_COLOURS[name], opacity=opacity,
+                          line=dict(width=1.5))
         else:
-            marker = dict(size=5, color=LAYER_COLOURS.get(name, "#ffffff"), opacity=opacity)
-        fig.add_trace(go.Scattergl(x=xy[:, 0], y=xy[:, 1], mode="markers", name=name, marker=marker,
+            marker = dict(size=6, color=LAYER_COLOURS.get(name, "#ffffff"), opacity=opacity,
+                          line=dict(width=0.6, color=edge))
+        fig.add_trace(go.Scattergl(x=xy[:, 0], y=xy[:, 1], mode="markers", name=name, uid=name, marker=marker,
+                                   visible=True if name in shown else "legendonly",
+                                   selected=dict(marker=dict(opacity=opacity)),
+                                   unselected=dict(marker=dict(opacity=opacity)),
                                    hovertemplate="x=%{x:.0f} px<br>y=%{y:.0f} px<extra>" + name + "</extra>"))
-    fig.update_layout(legend=dict(orientation="h", y=1.04, x=0), dragmode="zoom")
-    return _image_axes(fig, height)
+    fig.update_layout(legend=dict(orientation="h", y=1.01, x=0, yanchor="bottom", font=dict(size=12)),
+                      modebar=dict(orientation="v"),  # on the right, clear of the legend above the image
+                      dragmode="zoom", uirevision="overlay")  # keeps zoom and legend choices across redraws
+    _image_axes(fig, height)
+    fig.update_yaxes(constrain="domain", constraintoward="top")  # a wide window: the image under the legend
+    fig.update_xaxes(constrain="domain", constraintoward="left")
+    if view is not None:
+        rev = f"detail {view}"  # a new box sets the axes; the legend's choices stay (legend.uirevision)
+        fig.update_xaxes(range=[view[0], view[1]], autorange=False, uirevision=rev)
+        fig.update_yaxes(range=[view[3], view[2]], autorange=False, uirevision=rev)
+    return fig
 
 
 # ------------------------------------------------------------------------------------- landmarks

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import tempfile
 import time
 
 import anndata
@@ -90,10 +91,9 @@ def test_short_run_history_viewer_and_downloads(app):
 
     app.switch_page("pages/3_viewer.py").run()
     assert not app.exception, app.exception
-    assert app.multiselect(key="w_view_layers").value == ["after LDDMM", "ground truth"]
-    app.multiselect(key="w_view_layers").set_value(["after affine", "before (µm as px)"]).run()
+    assert app.selectbox(key="w_view_colour_on").value == "after LDDMM"  # layers: shown / hidden in the legend
+    app.selectbox(key="w_view_colour_on").select("after affine").run()
     app.selectbox(key="w_view_colour").select(str(app.session_state[state.DATA].adata.var_names[3])).run()
-    app.checkbox(key="w_view_grid").check().run()
     assert not app.exception
 
     uid, result = app.session_state[state.RESULTS][1]
@@ -105,6 +105,28 @@ def test_short_run_history_viewer_and_downloads(app):
     assert "A" in out.uns["gala"]
     with np.load(io.BytesIO(transform_npz_bytes(result)), allow_pickle=False) as z:
         assert z["A"].shape == (3, 3)
+    _check_ecosystem_downloads(out, result, data)
+
+
+def _check_ecosystem_downloads(out, result, data) -> None:
+    """The .h5ad carries the image for scanpy/squidpy; the CSV and the zipped SpatialData store hold the run."""
+    import zipfile
+
+    import pandas as pd
+    import spatialdata as sd
+
+    from ui.exports import cells_csv_bytes, spatialdata_zip_bytes
+
+    lib = out.uns["spatial"]["gala_he"]
+    assert lib["images"]["hires"].dtype == np.uint8 and "tissue_hires_scalef" in lib["scalefactors"]
+    frame = pd.read_csv(io.BytesIO(cells_csv_bytes(result, data)))
+    np.testing.assert_allclose(frame[["x_px", "y_px"]], out.obsm["spatial_he"], atol=1e-5)
+    raw = spatialdata_zip_bytes(result, data, name="run")
+    with tempfile.TemporaryDirectory() as tmp:
+        zipfile.ZipFile(io.BytesIO(raw)).extractall(tmp)
+        sdata = sd.read_zarr(f"{tmp}/run.zarr")
+        he = sd.transform(sdata["cells_he"], to_coordinate_system="he_pixels")
+        np.testing.assert_allclose(np.c_[he.geometry.x, he.geometry.y], out.obsm["spatial_he"], atol=0.01)
 
 
 def test_viewer_without_runs_says_what_to_do(app):

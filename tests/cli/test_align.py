@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import anndata as ad
@@ -50,6 +51,9 @@ def test_align_synthetic_known_transform(synth: Synth, synth_run: Run) -> None:
     A = np.asarray(aligned.uns[constants.UNS_KEY]["A_affine"])
     np.testing.assert_allclose(np.linalg.det(A[:2, :2]), np.linalg.det(synth.A[:2, :2]), rtol=0.1)
     assert not list(synth_run.out.parent.glob(".*.tmp"))  # atomic write leaves no temporary file
+    image = aligned.uns[constants.UNS_KEY]["image"]  # which image: name, size, checksum, pixels
+    assert image["file"] == Path(synth.image).name and image["bytes"] == Path(synth.image).stat().st_size
+    assert image["sha256"] == hashlib.sha256(Path(synth.image).read_bytes()).hexdigest()
 
 
 def _err_line(proc) -> str:

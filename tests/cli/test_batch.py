@@ -42,6 +42,7 @@ def test_batch_two_ok_one_failure(synth: Synth, tmp_path: Path) -> None:
     assert "broken.h5ad" in rows["broken"]["error"]
     for name, s in (("first", synth), ("second", other)):
         assert float(rows[name]["fitness"]) > 0.3 and float(rows[name]["runtime_s"]) > 0
+        assert rows[name]["qc"] in ("ok", "check", "likely wrong")  # the quality verdict (issue 13)
         xy = ad.read_h5ad(out / f"{name}.h5ad").obsm[constants.ALIGNED_KEY]
         um_per_px = np.sqrt(abs(np.linalg.det(s.A[:2, :2])))
         err_um = np.median(np.linalg.norm(xy - s.truth_xy, axis=1)) * um_per_px

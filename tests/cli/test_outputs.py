@@ -10,7 +10,8 @@ from pathlib import Path
 import anndata as ad
 import pytest
 
-from gala_engine import constants, section
+from gala_engine import constants
+from gala_engine import io as gala_io
 from gala_engine.batch import read_manifest, run_batch
 from gala_engine.cli import main
 from gala_engine.errors import GalaInputError
@@ -107,15 +108,15 @@ def test_params_command_never_overwrites_its_input(tmp_path, capsys) -> None:
 
 
 def test_late_write_failure_keeps_the_result_and_says_where(inputs, tmp_path, capsys, monkeypatch) -> None:
-    real = section.write_aligned
+    real = gala_io.write_h5ad_atomic  # what align_files writes the aligned .h5ad with
     out = tmp_path / "out.h5ad"
 
-    def full_disk(adata, result, path, **kw):
+    def full_disk(adata, path, **kw):
         if Path(path) == out:
             raise OSError(28, "No space left on device")
-        return real(adata, result, path, **kw)
+        return real(adata, path, **kw)
 
-    monkeypatch.setattr(section, "write_aligned", full_disk)
+    monkeypatch.setattr(gala_io, "write_h5ad_atomic", full_disk)
     line = _refused(capsys, _align(inputs, out), r"could not write the aligned .h5ad to .*No space left on device.*"
                                                  r"it was kept in (\S+): move it")
     kept = Path(re.search(r"kept in (\S+):", line).group(1))

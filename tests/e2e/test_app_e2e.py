@@ -79,6 +79,7 @@ def test_demo_run_viewer_download(page: Page, app_url: str, tmp_path):
 
     _nav(page, "Viewer")
     expect(page.get_by_text("Median distance to truth")).to_be_visible()
+    expect(page.get_by_text("Quality check:")).to_be_visible()  # the run's verdict (issue 13)
     page.wait_for_timeout(1500)
     page.screenshot(path=SCREENSHOTS / "3_viewer.png", full_page=True)
 
@@ -93,3 +94,26 @@ def test_demo_run_viewer_download(page: Page, app_url: str, tmp_path):
     inside = (xy[:, 0] >= 0) & (xy[:, 0] < width) & (xy[:, 1] >= 0) & (xy[:, 1] < height)
     assert inside.mean() > 0.95, inside.mean()
     assert adata.uns["gala"]["params"]["num_generations"] == int(SHORT["search rounds per search"])
+    assert adata.uns["gala"]["qc"]["verdict"] in ("ok", "check", "likely wrong")
+    conf = np.asarray(adata.obs["gala_confidence"], dtype=np.float64)
+    assert conf.shape == (adata.n_obs,) and conf.min() >= 0 and conf.max() <= 1
+    assert adata.uns["spatial"]["gala_he"]["images"]["hires"].shape == (1800, 2000, 3)  # scanpy/squidpy layout
+
+    # the cells CSV and the zipped SpatialData store of the same run
+    import zipfile
+
+    import pandas as pd
+    import spatialdata as sd
+
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Download cells .csv").click()
+    info.value.save_as(tmp_path / "cells.csv")
+    frame = pd.read_csv(tmp_path / "cells.csv")
+    np.testing.assert_allclose(frame[["x_px", "y_px"]], xy, atol=1e-5)
+    with page.expect_download(timeout=120_000) as info:
+        page.get_by_role("button", name="Download SpatialData .zarr (zip)").click()
+    info.value.save_as(tmp_path / "store.zip")
+    zipfile.ZipFile(tmp_path / "store.zip").extractall(tmp_path / "store")
+    (store,) = (tmp_path / "store").glob("*.zarr")
+    he = sd.transform(sd.read_zarr(store)["cells_he"], to_coordinate_system="he_pixels")
+    np.testing.assert_allclose(np.c_[he.geometry.x, he.geometry.y], xy, atol=0.01)

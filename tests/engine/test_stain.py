@@ -64,3 +64,27 @@ def test_feature_names_are_checked():
             check_feature(bad)
     with pytest.raises(GalaInputError, match="colour"):
         image_feature(np.random.default_rng(0).random((32, 32)), kind="hematoxylin")
+
+
+def test_one_optical_density_pass_gives_the_same_planes_as_separate_ones():
+    """stain_densities (one OD pass, as the feature uses) = hematoxylin_density and the OD sum computed apart."""
+    from gala_engine.stain import estimate_stains, optical_density, stain_densities
+
+    rgb = np.random.default_rng(1).uniform(0.2, 1.0, (40, 30, 3)).astype(np.float32)
+    stains = estimate_stains(rgb)
+    hema, total = stain_densities(rgb, stains, band=7)  # bands that do not divide the rows
+    np.testing.assert_allclose(hema, hematoxylin_density(rgb, stains), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(total, optical_density(rgb, stains.background).sum(-1), rtol=1e-6, atol=1e-7)
+
+
+def test_feature_planes_computed_once_serve_every_level():
+    """image_feature(planes=feature_planes(...)) is the feature computed from the pixels, at any reduction."""
+    from gala_engine.features import feature_planes
+
+    he = read_image(DEMO_DIR / "visium_tiny" / "tissue_lowres_image.png").pixels
+    planes = feature_planes(he, "hematoxylin+tissue")
+    for reduce, smooth in ((1, 0.0), (2, 1.5), (4, 3.0)):
+        direct = image_feature(he, reduce=reduce, kind="hematoxylin+tissue", smooth=smooth)
+        reused = image_feature(he, reduce=reduce, kind="hematoxylin+tissue", smooth=smooth, planes=planes)
+        for a, b in zip(direct, reused):
+            np.testing.assert_array_equal(a, b)
