@@ -9,7 +9,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from ui import state
+from ui import session, state
 from ui.data import DataError, demo_dataset, set_dataset
 from ui.sidebar import sidebar
 
@@ -17,6 +17,9 @@ from ui.sidebar import sidebar
 st.set_page_config(page_title="GALA Studio", page_icon=str(Path(__file__).parent / "assets" / "icon.png"),
                    layout="wide")
 
+session.attach()  # restores the session named in the URL (?sid=…) after a refresh
+# less empty margin around the pages, so what a run shows fits a 1024 × 768 screen
+st.html("<style>[data-testid='stMainBlockContainer']{padding:2.5rem 1.5rem 3rem 1.5rem}</style>")
 if not state.get(state.AUTOLOADED):
     st.session_state[state.AUTOLOADED] = True
     if state.get(state.DATA) is None:
@@ -32,5 +35,10 @@ pages = [
     st.Page("pages/4_landmarks.py", title="Landmarks", icon=":material/my_location:"),
 ]
 nav = st.navigation(pages)
+if nav.title != "Data":  # a loading error belongs to the Data page's last attempt: stale elsewhere
+    st.session_state.pop(state.DATA_ERROR, None)
 sidebar()
-nav.run()
+try:
+    nav.run()
+finally:  # also after st.stop() / st.rerun(): the store keeps what this run changed
+    session.autosave()

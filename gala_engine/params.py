@@ -114,6 +114,23 @@ class AlignParams:
         base.update(overrides)
         return cls(**base)
 
+    @classmethod
+    def fast_check(cls, **overrides: Any) -> AlignParams:
+        """A quick first look (seconds on a small section): one short search and its fine-tuning, no warp."""
+        base = dict(num_generations=60, sol_per_pop=60, num_parents_mating=30, ga_restarts=1, ga_patience=30,
+                    refine_iterations=100, num_iterations=0)
+        base.update(overrides)
+        return cls(**base)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> AlignParams:
+        """The settings of one of :data:`PRESETS` ('fast check', 'standard' = the defaults, 'thorough
+        (published settings)' = :meth:`tutorial`)."""
+        makers = {"fast check": cls.fast_check, "standard": cls, "thorough (published settings)": cls.tutorial}
+        if name not in makers:
+            raise GalaInputError(f"unknown preset {name!r}; choose one of {list(makers)}.")
+        return makers[name](**overrides)
+
     @staticmethod
     def help(name: str) -> str:
         """Help text of one parameter."""
@@ -124,6 +141,8 @@ class AlignParams:
         """Names of the parameters of one group ('ga', 'lddmm', 'general')."""
         return [f.name for f in dataclasses.fields(AlignParams) if f.metadata["group"] == name]
 
+
+PRESETS = ("fast check", "standard", "thorough (published settings)")  # names of AlignParams.preset
 
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 _STOP = re.compile(r"reach_-?\d+(\.\d+)?([eE][-+]?\d+)?|saturate_[1-9]\d*")

@@ -272,6 +272,7 @@ def aligned_adata(adata: Any, result: AlignmentResult, *, landmarks: Any = None,
     meta = result.metadata()
     meta["params"] = {k: ("" if v is None else v) for k, v in meta["params"].items()}  # h5ad has no None
     meta["A"], meta["A_affine"], meta["genes"] = result.A, result.A_affine, result.genes
+    meta["v"], meta["xv_rows"], meta["xv_cols"] = result.v, result.xv[0], result.xv[1]  # the warp: reopenable
     best = [h["best"] for h in result.ga_history]
     meta["fitness_history"] = np.asarray(best[-1] if best else [], dtype=np.float64)
     meta["energy_history"] = np.asarray(result.energy_history, dtype=np.float64).reshape(-1, 3)

@@ -25,6 +25,7 @@ from ui.data import (
 )
 from ui.data import summary as data_summary
 from ui.data import warnings as data_warnings
+from ui.session import session_controls
 
 
 def _image_options(where: str) -> dict[str, int]:
@@ -49,6 +50,9 @@ def _load(loader, *args) -> None:
             set_dataset(loader(*args))
     except DataError as err:
         st.session_state[state.DATA_ERROR] = str(err)
+    else:
+        st.session_state.pop(state.SESSION_NOTE, None)  # a note about restoring older data is stale now
+        st.rerun()  # the sidebar (drawn before this page) shows the new data at once
 
 
 st.title("1 · Data")
@@ -78,6 +82,9 @@ with server_tab:
     srv_options = _image_options("srv")
     if st.button("Load from server", key="load_server"):
         _load(server_dataset, cells_path, image_path, srv_options)
+
+with st.expander("Save or open a session (settings, landmarks, runs, uploaded files)"):
+    session_controls()
 
 if err := state.get(state.DATA_ERROR):
     st.error(err)

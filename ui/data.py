@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -45,6 +47,9 @@ class Dataset:
     truth: np.ndarray | None = None
     uid: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     notes: list[str] = field(default_factory=list)  # warnings found while loading
+    # how to load it again (kept by the session store): {"kind": "demo", "name"} | {"kind": "upload",
+    # "cells_name", "image_name", "cells_path", "image_path", "options"} | {"kind": "server", "cells", "image", "options"}
+    source: dict = field(default_factory=dict)
     cells_file: str = ""  # the user's own file names (never a server temp path): downloads, uns['gala']
     image_file: str = ""
     image_options: dict = field(default_factory=dict)  # channel / series / plane the image was read with
@@ -83,11 +88,22 @@ def _demo(name: str) -> tuple[Any, LoadedImage, np.ndarray]:
     return demo.adata, read_image(demo.image_path, max_side=MAX_IMAGE_SIDE), demo.um_to_px
 
 
+def content_id(*parts: Any) -> str:
+    """A short id from the data's content (file bytes, paths, options): the same data loaded again gets the same
+    id, so its runs and landmarks come back with it."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else json.dumps(part, sort_keys=True, default=str).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
 def demo_dataset(name: str = DEFAULT_DEMO) -> Dataset:
     """One of :data:`gala_engine.demo.DEMOS` as a :class:`Dataset`."""
     adata, image, truth = _demo(name)
     return Dataset(name=f"demo: {name}", origin="demo", adata=adata, image=image, truth=truth,
-                   cells_file=f"{name}.h5ad", image_file=Path(image.source).name)
+                   cells_file=f"{name}.h5ad", image_file=Path(image.source).name,
+                   uid=content_id("demo", name), source={"kind": "demo", "name": name})
 
 
 def _scrub(text: str, path: Path, name: str) -> str:
@@ -182,7 +198,25 @@ def upload_dataset(cells_name: str, cells_bytes: bytes, image_name: str, image_b
         shutil.rmtree(folder, ignore_errors=True)  # nothing of a refused upload is kept
         raise
     return Dataset(name=f"upload: {cells_name} + {image_name}", origin="upload", adata=adata, image=image,
-                   notes=notes, cells_file=cells_name, image_file=image_name, image_options=dict(image_options or {}))
+                   notes=notes, cells_file=cells_name, image_file=image_name, image_options=dict(image_options or {}),
+                   uid=content_id("upload", cells_bytes, image_bytes, image_options or {}),
+                   source={"kind": "upload", "cells_name": cells_name, "image_name": image_name,
+                           "cells_path": str(cells_path), "image_path": str(image_path),
+                           "options": dict(image_options or {})})
+
+
+def stored_dataset(cells_path: Path, image_path: Path, *, cells_name: str, image_name: str,
+                   image_options: dict[str, Any] | None, uid: str) -> Dataset:
+    """An uploaded pair kept by the session store (or inside a session file), read again with the same checks as
+    an upload; ``uid`` is the id its runs were recorded under."""
+    adata, image, notes = _read_pair(cells_path, image_path, cells_name=cells_name, image_name=image_name,
+                                     image_options=image_options)
+    return Dataset(name=f"upload: {cells_name} + {image_name}", origin="upload", adata=adata, image=image,
+                   notes=notes, uid=uid, cells_file=cells_name, image_file=image_name,
+                   image_options=dict(image_options or {}),
+                   source={"kind": "upload", "cells_name": cells_name, "image_name": image_name,
+                           "cells_path": str(cells_path), "image_path": str(image_path),
+                           "options": dict(image_options or {})})
 
 
 def resolve_server_path(text: str, *, root: Path | None = None) -> Path:
@@ -219,9 +253,12 @@ def server_dataset(cells_text: str, image_text: str, image_options: dict[str, An
     image_path = resolve_server_path(image_text, root=root)
     adata, image, notes = _read_pair(cells_path, image_path, cells_name=cells_path.name,
                                      image_name=image_path.name, image_options=image_options)
+    stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in (cells_path, image_path)]
     return Dataset(name=f"server: {cells_path.name} + {image_path.name}", origin="server", adata=adata, image=image,
                    notes=notes, cells_file=cells_path.name, image_file=image_path.name,
-                   image_options=dict(image_options or {}))
+                   image_options=dict(image_options or {}), uid=content_id("server", stats, image_options or {}),
+                   source={"kind": "server", "cells": cells_text, "image": image_text,
+                           "options": dict(image_options or {})})
 
 
 def set_dataset(data: Dataset) -> None:
@@ -229,6 +266,13 @@ def set_dataset(data: Dataset) -> None:
     st.session_state[state.DATA] = data
     st.session_state.pop(state.RASTERS, None)
     st.session_state.pop(state.DATA_ERROR, None)
+    from .runs import import_aligned
+
+    import_aligned(data)  # an aligned .h5ad of ours: its alignment becomes a run
+    selected = state.results().get(state.get(state.SELECTED_RUN))
+    if selected is None or selected[0] != data.uid:  # the viewer shows this data's latest run, or none
+        mine = [rid for rid, (uid, _) in state.results().items() if uid == data.uid]
+        st.session_state[state.SELECTED_RUN] = max(mine) if mine else None
     if not signal_usable(data.adata, state.settings()["signal"]):
         state.settings()["signal"] = constants.SIGNAL_TOTAL_COUNTS
 

@@ -98,29 +98,40 @@ def raster_figure(R: np.ndarray, x: Sequence[np.ndarray], *, title: str, unit: s
     return fig
 
 
-def fitness_figure(best: Sequence[float], mean: Sequence[float], refine: Sequence[Sequence[float]] = (), *,
-                   height: int = 300) -> go.Figure:
-    """GA best and mean fitness per generation (all restarts in sequence), then the gradient refinement's
-    score per level (coarse → full resolution; each level scores its own rasters) on a right-hand axis."""
-    gens = list(range(1, len(best) + 1))
+_LIVE_MARGIN = dict(l=55, r=10, t=35, b=80)
+_LEGEND = dict(orientation="h", x=0, y=-0.3, yanchor="top", font=dict(size=11))  # under the axis title: any width
+
+
+def search_figure(best: Sequence[float], mean: Sequence[float], *, height: int = 300) -> go.Figure:
+    """The search (GA): best and average match score per round, all independent searches in sequence."""
+    rounds = list(range(1, len(best) + 1))
     fig = go.Figure([
-        go.Scatter(x=gens, y=list(best), mode="lines+markers", name="GA best", marker=dict(size=4)),
-        go.Scatter(x=gens, y=list(mean), mode="lines", name="GA mean", line=dict(dash="dot")),
+        go.Scatter(x=rounds, y=list(best), mode="lines", name="best pose"),
+        go.Scatter(x=rounds, y=list(mean), mode="lines", name="average pose", line=dict(dash="dot")),
     ])
-    start = len(best)
-    for k, level in enumerate(refine):
-        last = k == len(refine) - 1 and len(refine) > 1
-        name = "refine, full res." if last else (f"refine, level {k + 1}" if len(refine) > 1 else "refine")
+    fig.update_layout(title=dict(text="Search", font=dict(size=14)), xaxis_title="search round",
+                      yaxis_title="match score (1 = perfect)", height=height, margin=_LIVE_MARGIN, legend=_LEGEND)
+    return fig
+
+
+def refine_figure(levels: Sequence[Sequence[float]], *, height: int = 300) -> go.Figure:
+    """Fine-tuning after the search: the match score per step, one line per level (coarse → full resolution).
+
+    Each level compares finer pictures, whose score starts lower: only the rise within a level counts."""
+    fig = go.Figure()
+    start = 0
+    for k, level in enumerate(levels):
+        last = k == len(levels) - 1 and len(levels) > 1
+        name = "full detail" if last else (f"level {k + 1} (coarser)" if len(levels) > 1 else "fine-tuning")
         fig.add_trace(go.Scatter(x=list(range(start + 1, start + len(level) + 1)), y=list(level), mode="lines",
-                                 name=name, yaxis="y2", line=dict(color="#2ca02c", dash=None if last else "dash")))
-        fig.add_vline(x=start + 0.5, line=dict(color="#bbb", dash="dot", width=1))
+                                 name=name, line=dict(color="#2ca02c", dash=None if last or len(levels) == 1
+                                                      else "dash")))
+        if k:
+            fig.add_vline(x=start + 0.5, line=dict(color="#bbb", dash="dot", width=1))
         start += len(level)
-    margin = dict(_CHART_MARGIN, b=90)  # the legend sits under the axis title
-    if refine:
-        margin["r"] = 60
-        fig.update_layout(yaxis2=dict(title="refine score", overlaying="y", side="right", showgrid=False))
-    fig.update_layout(title="GA fitness", xaxis_title="generation, then refinement step", yaxis_title="GA fitness",
-                      height=height, margin=margin, legend=dict(orientation="h", y=-0.45))
+    fig.update_layout(title=dict(text="Fine-tuning", font=dict(size=14)), xaxis_title="fine-tuning step",
+                      yaxis_title="match score (1 = perfect)", height=height, margin=dict(_LIVE_MARGIN, b=45),
+                      showlegend=False)  # (levels named on hover; the page's caption says dashed = coarser)
     return fig
 
 
@@ -140,15 +151,41 @@ def _si(value: float) -> str:
     return f"{value:g}"
 
 
-def energy_figure(energy: Sequence[float], *, height: int = 300) -> go.Figure:
-    """LDDMM total energy per iteration, on a log axis when positive (the first contrast fit alone can
-    drop it by an order of magnitude, which would flatten the rest of a linear curve)."""
-    fig = go.Figure(go.Scatter(x=list(range(1, len(energy) + 1)), y=list(energy), mode="lines", name="energy"))
-    fig.update_layout(title="LDDMM energy", xaxis_title="iteration", yaxis_title="energy", height=height,
-                      margin=_CHART_MARGIN)
-    if len(energy) > ESTEP_START:  # the energy's weights change from here on: a step up is not a divergence
-        fig.add_vline(x=ESTEP_START + 0.5, line=dict(color="#bbb", dash="dot", width=1),
-                      annotation_text="EM weights update", annotation_position="top right")
+def energy_figure(energy: Sequence[float], steps: Sequence[int] | None = None, *, height: int = 300) -> go.Figure:
+    """The warp (LDDMM): its energy (mismatch + bending, lower is better) per step, on a log axis when positive.
+
+    ``steps``: each value's step within its warp run (it restarts at 1 when the warp runs again, e.g. the two
+    halves of the check that keeps a warp only if it helps); each run is drawn on its own, after a marked
+    boundary. From step ``ESTEP_START + 1`` of a run the weights of matching vs background pixels are
+    re-estimated (EM), which puts the energy on a new scale: drawn in another colour after a marked boundary,
+    so the jump there does not read as a divergence."""
+    steps = list(steps) if steps is not None and len(steps) == len(energy) else list(range(1, len(energy) + 1))
+    runs: list[list[int]] = []
+    for i, step in enumerate(steps):
+        if not runs or step <= steps[i - 1]:
+            runs.append([])
+        runs[-1].append(i)
+    fig = go.Figure()
+    shown: set[str] = set()
+    for r, idx in enumerate(runs):
+        if r:
+            fig.add_vline(x=idx[0] + 0.5, line=dict(color="#888", width=1),
+                          annotation_text=f"warp run {r + 1} (check)", annotation_position="bottom right",
+                          annotation_font=dict(size=10, color="#666"))
+        for phase, colour, keep in (("fixed weights", "#1f77b4", lambda s: s <= ESTEP_START),
+                                    ("re-weighted (new scale)", "#9467bd", lambda s: s > ESTEP_START)):
+            part = [i for i in idx if keep(steps[i])]
+            if not part:
+                continue
+            fig.add_trace(go.Scatter(x=[i + 1 for i in part], y=[energy[i] for i in part], mode="lines", name=phase,
+                                     line=dict(color=colour), legendgroup=phase, showlegend=phase not in shown))
+            shown.add(phase)
+            if phase != "fixed weights":
+                fig.add_vline(x=part[0] + 0.5, line=dict(color="#bbb", dash="dot", width=1),
+                              annotation_text="weights re-estimated:<br>new scale, not a divergence",
+                              annotation_position="top right", annotation_font=dict(size=10, color="#666"))
+    fig.update_layout(title=dict(text="Warp", font=dict(size=14)), xaxis_title="warp step",
+                      yaxis_title="energy (lower = better)", height=height, margin=_LIVE_MARGIN, legend=_LEGEND)
     if energy and min(energy) > 0:
         tickvals, ticktext = _log_ticks(energy)
         fig.update_yaxes(type="log", tickvals=tickvals, ticktext=ticktext)
@@ -164,14 +201,17 @@ def genes_to_image_xy(genes: np.ndarray, xI: Sequence[np.ndarray], xJ: Sequence[
     return rc[:, ::-1]
 
 
-def preview_figure(image: LoadedImage, xy_px: np.ndarray, *, height: int = 300, max_points: int = 3000) -> go.Figure:
-    """Small overlay of the current best transform (SVG markers, no WebGL)."""
+def preview_figure(image: LoadedImage, xy_px: np.ndarray, *, title: str = "Current best pose", height: int = 460,
+                   max_points: int = 4000) -> go.Figure:
+    """Overlay of the cells at the current best pose on the image, big enough to judge (SVG markers, no WebGL)."""
     xy = xy_px[:: max(1, len(xy_px) // max_points)]
-    fig = go.Figure([image_trace(image, max_side=400),
+    fig = go.Figure([image_trace(image, max_side=700),
                      go.Scatter(x=xy[:, 0], y=xy[:, 1], mode="markers", hoverinfo="skip",
                                 marker=dict(size=3, color="#ff7f0e", opacity=0.7), name="cells")])
-    fig.update_layout(title="Current best (affine)", showlegend=False)
-    return _image_axes(fig, height)
+    fig.update_layout(title=dict(text=title, font=dict(size=14)), showlegend=False)
+    _image_axes(fig, height)
+    fig.update_layout(margin=dict(l=50, r=5, t=35, b=40))
+    return fig
 
 
 def colour_scale(colour_label: str) -> dict:

@@ -44,6 +44,7 @@ class Snapshot:
     total: int
     error: str | None
     result: AlignmentResult | None
+    energy_steps: list[int] = field(default_factory=list)  # each energy's LDDMM step (restarts at 1 for each warp run)
 
 
 @dataclass
@@ -73,6 +74,7 @@ class Job:
     _ga_mean: list[float] = field(default_factory=list)
     _refine: list[list[float]] = field(default_factory=list)
     _energy: list[float] = field(default_factory=list)
+    _energy_steps: list[int] = field(default_factory=list)
     _genes: np.ndarray | None = None
     _stage: str = ""
     _step: int = 0
@@ -117,6 +119,7 @@ class Job:
                     self._genes = np.asarray(event.genes, dtype=np.float64).copy()
             elif event.stage == "lddmm":
                 self._energy.append(float(event.value))
+                self._energy_steps.append(int(event.step))
 
     def _work(self) -> None:
         try:
@@ -159,6 +162,7 @@ class Job:
                 ga_best=list(self._ga_best), ga_mean=list(self._ga_mean), refine=[list(level) for level in self._refine],
                 energy=list(self._energy), genes=None if self._genes is None else self._genes.copy(),
                 step=self._step, total=self._total, error=self.error, result=self.result,
+                energy_steps=list(self._energy_steps),
             )
 
 

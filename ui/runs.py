@@ -33,8 +33,32 @@ def record_finished(job: Job, data: Dataset) -> None:
         truth = truth_xy(data)
         if truth is not None:
             err = median_error_px(job.result.cells_to_image(spatial_yx(data.adata)[:, ::-1]), truth)
-    state.history().append(history_row(job, truth_error_px=err))
+    row = history_row(job, truth_error_px=err)
+    row["data_id"], row["data"] = data.uid, data.name  # the run belongs to this dataset
+    state.history().append(row)
 
+
+
+def import_aligned(data: Dataset) -> int | None:
+    """If the loaded cells are an aligned ``.h5ad`` (ours: ``uns['gala']``), add their alignment as a run (once per
+    dataset), so it can be viewed, corrected and downloaded again; returns its run id."""
+    from gala_engine.errors import GalaInputError
+    from gala_engine.reopen import aligned_result
+
+    from .landmarks import record_result
+
+    try:
+        result = aligned_result(data.adata)
+    except GalaInputError as err:
+        data.notes.append(f"The file holds an alignment that cannot be used: {err}")
+        return None
+    if result is None or any(uid == data.uid and res.origin.get("source") == "file"
+                             for uid, res in state.results().values()):
+        return None
+    rid = record_result(result, data, label="opened from file")
+    data.notes.append(f"This file is an aligned result: its alignment is run #{rid} (see the Viewer); align again "
+                      "or correct it on the Landmarks page to continue.")
+    return rid
 
 
 _RUN_RASTERS = "gala_run_rasters"  # run id → SectionRasters the run aligned (for its quality report)
@@ -230,10 +254,12 @@ def history_table(rows: list[dict]) -> tuple:
     import pandas as pd
 
     def settings(r: dict) -> str:
-        return (f"{r.get('generations')} gen. × {r.get('population')} × {r.get('restarts')} restarts · "
-                f"LDDMM {r.get('lddmm_iters')} it. · seed {r.get('seed')} · {r.get('fitness_fn')}")
+        if r.get("generations") is None:  # a run made without a search (landmarks, a nudge, a file)
+            return ""
+        return (f"{r.get('generations')} rounds × {r.get('population')} poses × {r.get('restarts')} searches · "
+                f"{r.get('lddmm_iters')} warp steps · seed {r.get('seed')}")
 
-    frame = pd.DataFrame([{"#": r.get("run"), "state": r.get("state"), "fitness": r.get("fitness"),
+    frame = pd.DataFrame([{"#": r.get("run"), "state": r.get("state"), "match score": r.get("fitness"),
                            "time (s)": r.get("runtime_s"), "vs truth (px)": r.get("error_px (vs truth)"),
                            "settings": settings(r), "pose": r.get("genes")} for r in rows])
     if frame["vs truth (px)"].isna().all():
@@ -241,13 +267,15 @@ def history_table(rows: list[dict]) -> tuple:
     col = st.column_config
     config = {
         "#": col.NumberColumn(width="small", pinned=True), "state": col.TextColumn(width="small"),
-        "fitness": col.NumberColumn(width="small", format="%.4f"),
+        "match score": col.NumberColumn(width="small", format="%.4f", help="The search's best score (1 = perfect; "
+                                        "method: GA fitness)"),
         "time (s)": col.NumberColumn(width="small", format="%.1f"),
         "vs truth (px)": col.NumberColumn(width="small", format="%.1f",
                                                 help="Median distance to the demo's true positions"),
-        "settings": col.TextColumn(width="large", help="GA generations × population × restarts, LDDMM iterations, "
-                                   "seed, fitness"),
-        "pose": col.TextColumn(width="medium", help="The 5 GA genes: angle (°), scale y, x (µm per pixel), "
-                               "shift y, x (µm)"),
+        "settings": col.TextColumn(width="large", help="Search rounds × candidate poses × independent searches, "
+                                   "warp steps, seed (method: num_generations × sol_per_pop × ga_restarts, "
+                                   "num_iterations, random_seed)"),
+        "pose": col.TextColumn(width="medium", help="Rotation (°), scale y, x (µm per pixel; negative: mirrored), "
+                               "shift y, x (µm) (method: the 5 GA genes)"),
     }
     return frame, config

@@ -32,6 +32,8 @@ def sidebar() -> None:
             st.markdown(f"**Data:** {data.name}")
             h, w = data.image.full_shape
             st.caption(f"{data.adata.n_obs:,} cells × {data.adata.n_vars:,} genes · image {w:,} × {h:,} px")
+        if note := state.get(state.SESSION_NOTE):
+            st.warning(note)
         job = state.get(state.JOB)
         run_state(every=1.0 if job is not None and job.running else None)
 
@@ -43,11 +45,17 @@ def run_state(*, every: float | None) -> None:
     def _draw() -> None:
         job = state.get(state.JOB)
         if job is None:
-            st.markdown("**Run:** none yet")
+            st.markdown("**Run:** none running" if state.history() else "**Run:** none yet")
         else:
             snap = job.snapshot()
-            label = {"waiting": "waiting for the engine", "running": f"running ({snap.stage or 'starting'})"}
-            st.markdown(f"**Run #{job.run_id}:** {label.get(snap.state, snap.state)} · {snap.elapsed_s:.0f} s")
+            from .align_live import STAGE_WORDS
+
+            stage = STAGE_WORDS.get(snap.stage, snap.stage)
+            label = {"waiting": "waiting for the engine", "running": f"running ({stage})"}
+            data = state.get(state.DATA)
+            other = "" if data is None or getattr(job.context, "uid", None) == data.uid else \
+                f" (on {getattr(job.context, 'name', 'other data')})"
+            st.markdown(f"**Run #{job.run_id}{other}:** {label.get(snap.state, snap.state)} · {snap.elapsed_s:.0f} s")
             if not job.running and not job.reported:  # finished while the user was on another page
                 record_finished(job, job.context)
                 st.rerun()

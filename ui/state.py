@@ -24,6 +24,9 @@ SELECTED_RUN = "gala_selected_run"  # run id shown in the viewer
 TMPDIR = "gala_tmpdir"  # ui.session_files.SessionFolder: per-session spool folder, removed with the session
 RUN_COUNTER = "gala_run_counter"  # last run number given out
 AUTOLOADED = "gala_autoloaded"  # the default demo was loaded once on the first screen
+FORM_ERROR = "gala_form_error"  # a message about the Align page's settings (bad import), shown until fixed
+SESSION_NOTE = "gala_session_note"  # a message about restoring the session (shown in the sidebar until data load)
+SESSION_ID = "gala_session_id"  # id of this session's server-side store (also in the URL: ?sid=…)
 MEMO = "gala_memo"  # name → (signature, value): live figures rebuilt only when their data changed
 
 T = TypeVar("T")

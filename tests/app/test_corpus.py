@@ -109,8 +109,8 @@ def test_app_refuses_bad_parameters_before_any_work(case: ParamCase, session: Ap
     assert len(errors) == 1 and errors[0].startswith("Check the parameters:"), errors
     assert re.search(case.expect, errors[0]), errors[0]
     assert state.JOB not in at.session_state or at.session_state[state.JOB] is None  # no job was started
-    for name in case.app:  # back to the defaults for the next case
-        at.number_input(key=f"w_p_{name}").set_value(AlignParams().to_dict()[name])
+    for name in case.app:  # back to the defaults for the next case (run: the Align page keeps what was entered)
+        at.number_input(key=f"w_p_{name}").set_value(AlignParams().to_dict()[name]).run()
     at.switch_page("pages/1_data.py").run()
 
 

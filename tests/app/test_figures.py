@@ -1,5 +1,5 @@
-"""The live charts say what they show: per-level refinement on its own axis, energy on a log axis with
-the EM-weights start marked."""
+"""The live charts say what they show: search and fine-tuning on their own charts (no second axis), the
+warp's energy on a log axis with the EM re-weighting drawn as its own line after a marked boundary."""
 
 from __future__ import annotations
 
@@ -9,20 +9,31 @@ from gala_engine.lddmm import ESTEP_START
 from ui import figures
 
 
-def test_refinement_levels_are_separate_traces_on_a_right_hand_axis():
-    fig = figures.fitness_figure([0.1, 0.5, 0.8], [0.0, 0.2, 0.3], [[0.9, 0.95], [0.7, 0.72], [0.5, 0.52]])
-    names = [t.name for t in fig.data]
-    assert names == ["GA best", "GA mean", "refine, level 1", "refine, level 2", "refine, full res."]
-    assert [t.yaxis for t in fig.data[2:]] == ["y2"] * 3 and fig.layout.yaxis2.side == "right"
-    assert list(fig.data[4].x) == [8, 9]  # levels follow one another after the generations
+def test_search_and_fine_tuning_are_separate_charts_without_a_second_axis():
+    fig = figures.search_figure([0.1, 0.5, 0.8], [0.0, 0.2, 0.3])
+    assert [t.name for t in fig.data] == ["best pose", "average pose"]
+    assert "match score" in fig.layout.yaxis.title.text and "yaxis2" not in fig.to_dict()["layout"]
+    ref = figures.refine_figure([[0.9, 0.95], [0.7, 0.72], [0.5, 0.52]])
+    assert [t.name for t in ref.data] == ["level 1 (coarser)", "level 2 (coarser)", "full detail"]
+    assert list(ref.data[2].x) == [5, 6]  # levels follow one another
+    assert all(t.yaxis in (None, "y") for t in ref.data)
+    assert len(ref.layout.shapes) == 2  # boundaries between levels
 
 
-def test_energy_is_on_a_labelled_log_axis_with_the_em_start_marked():
+def test_energy_is_on_a_labelled_log_axis_with_the_em_start_marked_and_split():
     energy = list(np.geomspace(80_000, 5_000, ESTEP_START + 10))
     fig = figures.energy_figure(energy)
     assert fig.layout.yaxis.type == "log"
     assert "10k" in fig.layout.yaxis.ticktext and "50k" in fig.layout.yaxis.ticktext
     assert [s.x0 for s in fig.layout.shapes] == [ESTEP_START + 0.5]
+    assert [len(t.x) for t in fig.data] == [ESTEP_START, 10]  # before / after the re-weighting: two lines
+    assert "not a divergence" in fig.layout.annotations[0].text
+    # two warp runs (the check on two halves of the cells): each split, with the run boundary marked
+    two = figures.energy_figure(energy + energy, list(range(1, len(energy) + 1)) * 2)
+    assert [len(t.x) for t in two.data] == [ESTEP_START, 10, ESTEP_START, 10]
+    assert sorted(s.x0 for s in two.layout.shapes) == [ESTEP_START + 0.5, len(energy) + 0.5,
+                                                        len(energy) + ESTEP_START + 0.5]
+    assert [t.showlegend for t in two.data] == [True, True, False, False]
     short = figures.energy_figure(energy[:10])
-    assert not short.layout.shapes  # no marker before the E-step starts
+    assert not short.layout.shapes and len(short.data) == 1  # no marker before the E-step starts
     assert figures.energy_figure([-1.0, 2.0]).layout.yaxis.type != "log"  # not positive: linear

@@ -110,7 +110,7 @@ def test_app_session_folder_goes_with_the_session(demo_h5ad_bytes: bytes, png_by
     assert not at.exception and not at.error
     folder = at.session_state[state.TMPDIR]
     path = folder.path
-    assert isinstance(folder, SessionFolder) and sorted(p.name for p in path.rglob("*.*")) == ["cells.h5ad", "image.png"]
+    assert isinstance(folder, SessionFolder) and sorted(p.name for p in path.rglob("*.*")) == ["cells.h5ad", "he.png"]  # (the user's names)
     assert str(path) in session_files._LIVE
     del folder, at  # the session ends: Streamlit drops its state
     gc.collect()

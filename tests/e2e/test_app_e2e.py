@@ -14,15 +14,16 @@ from .conftest import SCREENSHOTS
 pytestmark = pytest.mark.e2e
 expect.set_options(timeout=60_000)
 
-SHORT = {"num generations": "4000",  # a GA phase of several seconds (~1.3 ms a generation): the 1 s redraw sees it grow
-         "sol per pop": "60", "ga restarts": "1", "refine iterations": "30",
-         "num iterations": "20"}
+SHORT = {"search rounds per search": "4000",  # a GA phase of several seconds (~1.3 ms a round): the 1 s redraw sees it
+         "candidate poses per round": "60", "independent searches": "1", "fine-tuning steps after the search": "30",
+         "warp steps (0 = no warp, rotation/scale/shift only)": "20",
+         "end a search after this many rounds without progress (0 = never)": "0"}  # every round: no early stop
 
 _FITNESS_POINTS = """() => {
   for (const el of document.querySelectorAll('.js-plotly-plot')) {
     const t = el.layout && el.layout.title && el.layout.title.text;
     const d = (el._fullData && el._fullData.length) ? el._fullData : el.data;
-    if (t === 'GA fitness' && d && d.length && d[0].y) return d[0].y.length;
+    if (t === 'Search' && d && d.length && d[0].y) return d[0].y.length;
   }
   return -1;
 }"""
@@ -49,15 +50,12 @@ def test_demo_run_viewer_download(page: Page, app_url: str, tmp_path):
     page.screenshot(path=SCREENSHOTS / "1_data.png", full_page=True)
 
     _nav(page, "Align")
+    page.get_by_text("Advanced: every number").click()
     for label, value in SHORT.items():
         box = page.get_by_label(label, exact=True)
         box.fill(value)
         box.press("Tab")
-    page.get_by_role("button", name="Advanced GA settings").click()  # every generation: no early stop
-    box = page.get_by_label("ga patience", exact=True)
-    box.fill("0")
-    box.press("Tab")
-    page.keyboard.press("Escape")
+        _settled(page)  # each change reruns the page (no form): wait before the next
     page.get_by_role("button", name="Start alignment").click()
 
     # the fitness curve gains points while the run is going
@@ -66,7 +64,7 @@ def test_demo_run_viewer_download(page: Page, app_url: str, tmp_path):
         n = page.evaluate(_FITNESS_POINTS) or -1
         if n > 0 and (not counts or n != counts[-1]):
             counts.append(n)
-        if len(counts) >= 3 or page.get_by_text("Run history").count():
+        if len(counts) >= 3 or page.get_by_text("Runs on this data").count():
             break
         assert not page.locator("[data-testid='stAlertContentError']").count(), page.locator(
             "[data-testid='stAlertContentError']").first.inner_text()
@@ -74,7 +72,7 @@ def test_demo_run_viewer_download(page: Page, app_url: str, tmp_path):
     assert len(counts) >= 2 and counts == sorted(counts), counts
     page.screenshot(path=SCREENSHOTS / "2_align_running.png", full_page=True)
 
-    expect(page.get_by_text("Run history")).to_be_visible(timeout=150_000)
+    expect(page.get_by_text("Runs on this data")).to_be_visible(timeout=150_000)
     _settled(page)
     page.wait_for_timeout(800)
     page.screenshot(path=SCREENSHOTS / "2_align_done.png", full_page=True)
@@ -95,7 +93,7 @@ def test_demo_run_viewer_download(page: Page, app_url: str, tmp_path):
     width, height = 4603, 4143  # the MERFISH demo's DAPI image
     inside = (xy[:, 0] >= 0) & (xy[:, 0] < width) & (xy[:, 1] >= 0) & (xy[:, 1] < height)
     assert inside.mean() > 0.95, inside.mean()
-    assert adata.uns["gala"]["params"]["num_generations"] == int(SHORT["num generations"])
+    assert adata.uns["gala"]["params"]["num_generations"] == int(SHORT["search rounds per search"])
     assert adata.uns["gala"]["qc"]["verdict"] in ("ok", "check", "likely wrong")
     conf = np.asarray(adata.obs["gala_confidence"], dtype=np.float64)
     assert conf.shape == (adata.n_obs,) and conf.min() >= 0 and conf.max() <= 1

@@ -19,8 +19,9 @@ from .test_app_e2e import _nav, _settled
 
 pytestmark = pytest.mark.e2e
 USERS = 4
-TINY = {"num generations": "8", "sol per pop": "60", "ga restarts": "1", "refine iterations": "5",
-        "num iterations": "3"}  # inputs shown outside the "advanced" popovers
+TINY = {"search rounds per search": "8", "candidate poses per round": "60", "independent searches": "1",
+        "fine-tuning steps after the search": "5",
+        "warp steps (0 = no warp, rotation/scale/shift only)": "3"}  # under the Align page's "Advanced" expander
 DX_UM = "8"
 
 
@@ -62,10 +63,12 @@ def _load(page: Page, url: str, cells: Path, image: Path) -> None:
 
 
 def _start(page: Page) -> None:
+    page.get_by_text("Advanced: every number").click()
     for label, value in TINY.items():
         box = page.get_by_label(label, exact=True)
         box.fill(value)
         box.press("Tab")
+        _settled(page)  # each change reruns the page (no form): wait before the next
     page.get_by_role("button", name="Start alignment").click()
     _settled(page)
 
@@ -84,7 +87,7 @@ def test_four_sessions_align_concurrently_and_stay_isolated(browser: Browser, br
         # all four runs were started before any is awaited: they run concurrently (one engine at a time)
         for page in pages:
             page.bring_to_front()  # a page in the foreground: its timers (live redraw) are never throttled
-            expect(page.get_by_text("Run history")).to_be_visible(timeout=150_000)
+            expect(page.get_by_text("Runs on this data")).to_be_visible(timeout=150_000)
             _settled(page)
             errors = page.locator("[data-testid='stAlertContentError']")
             assert not errors.count(), errors.first.inner_text()
@@ -101,12 +104,12 @@ def test_four_sessions_align_concurrently_and_stay_isolated(browser: Browser, br
                 page.get_by_role("button", name="Download aligned .h5ad").click()
             download = tmp_path / f"download_u{i}.h5ad"
             info.value.save_as(download)
-            assert "upload_cells_u" in info.value.suggested_filename and f"u{i}" in info.value.suggested_filename
+            assert info.value.suggested_filename.startswith(f"cells_u{i}_")  # named after the user's own file
             got, mine = anndata.read_h5ad(download), anndata.read_h5ad(cells)
             assert list(got.obs_names) == list(mine.obs_names), f"user {i} got another user's cells"
             np.testing.assert_array_equal(got.obsm["spatial"], mine.obsm["spatial"])
             assert got.obsm["spatial_he"].shape == (mine.n_obs, 2) and np.isfinite(got.obsm["spatial_he"]).all()
-            assert got.uns["gala"]["params"]["num_generations"] == int(TINY["num generations"])
+            assert got.uns["gala"]["params"]["num_generations"] == int(TINY["search rounds per search"])
         print(f"4 sessions: 4 runs started and finished in {elapsed:.0f} s")
     finally:
         for ctx in contexts:

@@ -81,9 +81,9 @@ def test_viewer_speed_before_view_detail_and_report(page: Page, app_url: str, tm
 
     _nav(page, "Align")
     page.get_by_role("button", name="Start alignment").click()  # the default settings
-    expect(page.get_by_text("Run history")).to_be_visible(timeout=300_000)
+    expect(page.get_by_text("Runs on this data")).to_be_visible(timeout=300_000)
     _settled(page)
-    page.get_by_text("Run history").scroll_into_view_if_needed()
+    page.get_by_text("Runs on this data").scroll_into_view_if_needed()
     page.wait_for_timeout(500)
     page.screenshot(path=SCREENSHOTS / "align_history_1400x900.png")
 
