@@ -15,7 +15,7 @@ from gala_engine.io import spatial_yx
 
 from . import figures, state
 from .data import Dataset
-from .jobs import Job, Snapshot
+from .jobs import Job, Snapshot, pose_words
 from .runs import history_table as runs_table
 from .runs import record_finished
 
@@ -40,14 +40,6 @@ def current_job(data: Dataset | None) -> Job | None:
     if job is None or data is None or getattr(job.context, "uid", None) != data.uid:
         return None
     return job
-
-
-def pose_words(genes: np.ndarray) -> str:
-    """The 5 pose values in words: rotation, scale (µm per pixel), mirror, shift (µm)."""
-    angle, sy, sx, ty, tx = (float(g) for g in genes[:5])
-    mirrored = "yes" if sy * sx < 0 else "no"
-    return (f"rotation **{angle:.1f}°** · scale **{abs(sy):.3g} × {abs(sx):.3g}** µm per pixel (y × x) · "
-            f"mirrored **{mirrored}** · shift **{tx:.0f}, {ty:.0f}** µm (x, y)")
 
 
 def _curve_figure(name: str, snap: Any, run: tuple) -> Any:

@@ -200,4 +200,14 @@ def history_row(job: Job, *, truth_error_px: float | None = None) -> dict[str, A
         "generations": p.num_generations, "population": p.sol_per_pop, "restarts": p.ga_restarts,
         "lddmm_iters": p.num_iterations, "seed": p.random_seed, "fitness_fn": p.fitness,
         "genes": None if res is None else ", ".join(f"{g:.3g}" for g in res.genes),
+        "pose": None if res is None else pose_words(res.genes, bold=False),
     }
+
+
+def pose_words(genes: np.ndarray, *, bold: bool = True) -> str:
+    """The 5 pose values in words: rotation, scale (µm per pixel), mirror, shift (µm); ``bold``: markdown."""
+    angle, sy, sx, ty, tx = (float(g) for g in genes[:5])
+    b = "**" if bold else ""
+    mirrored = "yes" if sy * sx < 0 else "no"
+    return (f"rotation {b}{angle:.1f}°{b} · scale {b}{abs(sy):.3g} × {abs(sx):.3g}{b} µm per pixel (y × x) · "
+            f"mirrored {b}{mirrored}{b} · shift {b}{tx:.0f}, {ty:.0f}{b} µm (x, y)")

@@ -261,7 +261,7 @@ def history_table(rows: list[dict]) -> tuple:
 
     frame = pd.DataFrame([{"#": r.get("run"), "state": r.get("state"), "match score": r.get("fitness"),
                            "time (s)": r.get("runtime_s"), "vs truth (px)": r.get("error_px (vs truth)"),
-                           "settings": settings(r), "pose": r.get("genes")} for r in rows])
+                           "settings": settings(r), "pose": r.get("pose") or r.get("genes")} for r in rows])
     if frame["vs truth (px)"].isna().all():
         frame = frame.drop(columns="vs truth (px)")
     col = st.column_config
@@ -275,7 +275,7 @@ def history_table(rows: list[dict]) -> tuple:
         "settings": col.TextColumn(width="large", help="Search rounds × candidate poses × independent searches, "
                                    "warp steps, seed (method: num_generations × sol_per_pop × ga_restarts, "
                                    "num_iterations, random_seed)"),
-        "pose": col.TextColumn(width="medium", help="Rotation (°), scale y, x (µm per pixel; negative: mirrored), "
-                               "shift y, x (µm) (method: the 5 GA genes)"),
+        "pose": col.TextColumn(width="large", help="The pose found: rotation, scale (µm per image pixel), whether "
+                               "the section is mirrored, shift (method: the 5 GA genes angle, sy, sx, ty, tx)"),
     }
     return frame, config
