@@ -19,6 +19,19 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
+def settled(page, timeout: float = 60_000) -> None:
+    """Wait until the Streamlit script run is over (the app's root says notRunning)."""
+    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", state="attached",
+                           timeout=timeout)
+
+
+def nav(page, name: str) -> None:
+    """Open a page from the sidebar and wait for its script run to end."""
+    page.locator("[data-testid='stSidebarNavLink']", has_text=name).click()
+    page.wait_for_timeout(300)
+    settled(page)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -10,6 +10,8 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from .conftest import SCREENSHOTS
+from .conftest import nav as _nav
+from .conftest import settled as _settled
 
 pytestmark = pytest.mark.e2e
 expect.set_options(timeout=60_000)
@@ -27,17 +29,6 @@ _FITNESS_POINTS = """() => {
   }
   return -1;
 }"""
-
-
-def _settled(page: Page, timeout: float = 60_000) -> None:
-    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", state="attached",
-                           timeout=timeout)
-
-
-def _nav(page: Page, name: str) -> None:
-    page.locator("[data-testid='stSidebarNavLink']", has_text=name).click()
-    page.wait_for_timeout(300)
-    _settled(page)
 
 
 def test_demo_run_viewer_download(page: Page, app_url: str, tmp_path):

@@ -12,20 +12,11 @@ from playwright.sync_api import Browser, Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from .conftest import SCREENSHOTS
+from .conftest import nav as _nav
+from .conftest import settled as _settled
 
 pytestmark = pytest.mark.e2e
 expect.set_options(timeout=60_000)
-
-
-def _settled(page: Page, timeout: float = 60_000) -> None:
-    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", state="attached",
-                           timeout=timeout)
-
-
-def _nav(page: Page, name: str) -> None:
-    page.locator("[data-testid='stSidebarNavLink']", has_text=name).click()
-    page.wait_for_timeout(300)
-    _settled(page)
 
 
 def _in_first_screen(page: Page, what: str, locator, height: int, *, min_width: float = 0) -> dict:

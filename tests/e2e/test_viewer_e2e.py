@@ -11,6 +11,8 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from .conftest import SCREENSHOTS
+from .conftest import nav as _nav
+from .conftest import settled as _settled
 
 pytestmark = pytest.mark.e2e
 expect.set_options(timeout=60_000)
@@ -31,17 +33,6 @@ _ARM = f"""() => {{ window.__t0 = null; window.__t1 = null; const el = {_OVERLAY
 _INSIDE = f"""(name) => {{ const el = {_OVERLAY}; const t = el._fullData.find(d => d.name === name);
   let n = 0; for (let i = 0; i < t.x.length; i++) if (t.x[i] >= 0 && t.x[i] < {WIDTH} && t.y[i] >= 0
     && t.y[i] < {HEIGHT}) n++; return n / t.x.length; }}"""
-
-
-def _settled(page: Page, timeout: float = 60_000) -> None:
-    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", state="attached",
-                           timeout=timeout)
-
-
-def _nav(page: Page, name: str) -> None:
-    page.locator("[data-testid='stSidebarNavLink']", has_text=name).click()
-    page.wait_for_timeout(300)
-    _settled(page)
 
 
 def _until_changed(page: Page, action, timeout: float = 30.0) -> float:
