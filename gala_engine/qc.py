@@ -4,15 +4,16 @@ the section's rasters (nothing here changes an alignment).
 Each flag measures one thing, gets a verdict ``"ok"`` / ``"check"`` / ``"likely wrong"`` and, unless ok, what
 to try; the overall verdict is the worst. The thresholds (:data:`THRESHOLDS`) were set from the measurements
 of ``bench/qc_calibration.py`` (validation cases and bundled demos at their true pose, deliberately wrong poses,
-and the engine's own results): see that script's docstring for the numbers. What it cannot see: a pose the
-fitness prefers over the truth that also sits on the tissue (a mirrored, nearly symmetric section) reads "ok" or
-"check", never "likely wrong".
+and the engine's own results): see that script's docstring for the numbers. A pose the fitness prefers over the
+truth that also sits on the tissue (a mirrored, nearly symmetric section) reads "check" (the pose margin: its
+re-optimised mirror scores as well), never "likely wrong": the data cannot tell which of the two is right.
 
 Geometry: ``A`` maps full-resolution image pixels (row, col) to µm (row, col); cells come as (x, y) µm.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,13 +21,14 @@ import cv2
 import numpy as np
 import torch
 
-from .features import tissue_mask
-from .search import OVERLAP_WEIGHT, score_batch, shows_glass
+from .affine import genes_to_matrix_np, grid_centre, matrix_to_genes
+from .features import normalize, tissue_mask
+from .search import OVERLAP_WEIGHT, BatchedFitness, fill_gene_space, pool_raster, refine_genes, score_batch, shows_glass
 from .section import AlignmentResult, SectionRasters, cell_spacing
 from .transform import transform_image_source_to_target
 
 __all__ = ["CHECK", "OK", "THRESHOLDS", "VERDICTS", "WRONG", "Geometry", "alternative_poses", "assess",
-           "pose_score", "pose_terms", "quality_flags", "section_geometry", "verdict_lines", "worst"]
+           "pose_score", "pose_terms", "quality_flags", "reoptimised", "section_geometry", "verdict_lines", "worst"]
 
 OK, CHECK, WRONG = "ok", "check", "likely wrong"
 VERDICTS: tuple[str, ...] = (OK, CHECK, WRONG)
@@ -187,25 +189,49 @@ def _tissue_flags(g: Geometry, rasters: SectionRasters) -> list[tuple[str, dict[
     return out
 
 
-def alternative_poses(A: np.ndarray, xy_um: np.ndarray) -> list[tuple[str, np.ndarray]]:
-    """The result's affine with the cells turned 90°, 180°, 270° about their centre, and mirrored (each
-    rotation too): the poses a symmetric-looking section confuses."""
+ALTERNATIVE_STEP = 30  # degrees between the turned / mirrored alternatives of a pose (mirror axes every 15°)
+ALTERNATIVE_POOL = 96  # the alternatives are re-optimised on rasters pooled to at most this many pixels a side
+ALTERNATIVE_ITERATIONS = 40  # gradient steps of that re-optimisation (all poses at once)
+DISTINCT = 0.1  # an alternative ending within this share of the section's size of the pose itself is not one
+
+
+def alternative_poses(A: np.ndarray, xy_um: np.ndarray, step: int = ALTERNATIVE_STEP) -> list[tuple[str, np.ndarray]]:
+    """The result's affine with the cells turned every ``step``° about their centre, and mirrored (at each of
+    those turns, so mirror axes every ``step``/2°): the poses a symmetric-looking section confuses."""
     yx = np.asarray(xy_um, np.float64)[:, ::-1]
     centre = yx.mean(0)
     out = []
     for mirror in (False, True):
-        for k in range(4):
-            if k == 0 and not mirror:
+        for deg in range(0, 360, step):
+            if deg == 0 and not mirror:
                 continue
-            t = np.deg2rad(90.0 * k)
+            t = np.deg2rad(deg)
             R = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
             if mirror:
                 R = R @ np.diag([1.0, -1.0])
             T = np.eye(3)  # µm → µm about the centre; the alternative affine is T⁻¹ A
             T[:2, :2] = R
             T[:2, 2] = centre - R @ centre
-            out.append((f"{'mirror + ' if mirror else ''}{90 * k}°", np.linalg.inv(T) @ np.asarray(A, np.float64)))
+            out.append((f"{'mirror + ' if mirror else ''}{deg}°", np.linalg.inv(T) @ np.asarray(A, np.float64)))
     return out
+
+
+def reoptimised(rasters: SectionRasters, poses: list[np.ndarray], *, glass: bool) -> list[np.ndarray]:
+    """Each affine pose moved to the nearest optimum of the alignment's fitness (the ``"tissue"`` kind where the
+    image shows an outline, else the texture fit), all at once on pooled rasters: an alternative pose is only
+    a fair competitor at its own optimum, as the result is at its."""
+    I = torch.as_tensor(np.stack([normalize(c) for c in np.asarray(rasters.I, np.float64)]))
+    J = torch.as_tensor(np.stack([normalize(c) for c in np.asarray(rasters.J, np.float64)]))
+    xI = [np.asarray(a, np.float64) for a in rasters.xI]
+    xJ = [np.asarray(a, np.float64) for a in rasters.xJ]
+    I_p, xI_p = pool_raster(I, xI, max(1, math.ceil(max(I.shape[1:]) / ALTERNATIVE_POOL)))
+    J_p, xJ_p = pool_raster(J, xJ, max(1, math.ceil(max(J.shape[1:]) / ALTERNATIVE_POOL)))
+    fit = BatchedFitness(I_p, xI_p, J_p, xJ_p, kind="tissue" if glass else "ncc_support", scale_floor=0.0,
+                         centres=(grid_centre(xI), grid_centre(xJ)))
+    genes = np.stack([matrix_to_genes(A, xI, xJ) for A in poses])
+    genes, _ = refine_genes(fit, genes, fill_gene_space(None, xI, xJ, mode="compatible"),
+                            iterations=ALTERNATIVE_ITERATIONS)
+    return list(genes_to_matrix_np(genes, xI, xJ))
 
 
 def pose_terms(rasters: SectionRasters, A: np.ndarray) -> tuple[float, float]:
@@ -231,26 +257,41 @@ def pose_score(rasters: SectionRasters, A: np.ndarray, *, glass: bool | None = N
     return (texture + OVERLAP_WEIGHT * outline) / (1.0 + OVERLAP_WEIGHT) if glass else texture
 
 
+def _cells_px(A: np.ndarray, xy_um: np.ndarray) -> np.ndarray:
+    Ainv = np.linalg.inv(np.asarray(A, np.float64))
+    return np.asarray(xy_um, np.float64)[:, ::-1] @ Ainv[:2, :2].T + Ainv[:2, 2]
+
+
 def _margin(rasters: SectionRasters, result: AlignmentResult, xy_um: np.ndarray, glass: bool) -> dict[str, Any]:
-    """Is the pose unambiguous? Its score against the turned/mirrored alternatives, and whether either term of the
-    score (the image texture, the tissue outline) singles it out."""
+    """Is the pose unambiguous? Its score against the turned/mirrored alternatives, each re-optimised, as the pose
+    itself, to its nearest optimum (:func:`reoptimised`: a mirrored section lands a few degrees off the plain
+    mirror of the result), and whether either term of the score (the image texture, the tissue outline) singles
+    it out. Alternatives that end on the pose itself are dropped."""
     w = OVERLAP_WEIGHT if glass else 0.0
+    named = alternative_poses(result.A_affine, xy_um)
+    own_A, *alt_As = reoptimised(rasters, [result.A_affine] + [A for _, A in named], glass=glass)
+    own_px = _cells_px(own_A, xy_um)
+    size = max(float(np.sqrt(np.ptp(own_px[:, 0]) * np.ptp(own_px[:, 1]))), 1e-12)
+    distinct = [(name, A) for (name, _), A in zip(named, alt_As)
+                if np.median(np.linalg.norm(_cells_px(A, xy_um) - own_px, axis=1)) > DISTINCT * size]
     texture, outline = pose_terms(rasters, result.A_affine)
-    alts = [(name, *pose_terms(rasters, A)) for name, A in alternative_poses(result.A_affine, xy_um)]
     own = (texture + w * outline) / (1.0 + w)
+    tex_re, out_re = pose_terms(rasters, own_A)
+    own_re = max(own, (tex_re + w * out_re) / (1.0 + w))  # the result's score at its own optimum
+    alts = [(name, *pose_terms(rasters, A)) for name, A in distinct] or [("none", -1.0, 0.0)]
     scored = [(name, (t + w * o) / (1.0 + w)) for name, t, o in alts]
     best_name, best = max(scored, key=lambda a: a[1])
-    margin = own - best
-    outline_margin = outline - max(o for _, _, o in alts) if glass else 0.0
+    margin = own_re - best
+    outline_margin = max(outline, out_re) - max(o for _, _, o in alts) if glass else 0.0
     check = THRESHOLDS["margin"][0]
     textured = texture >= THRESHOLDS["texture"][0]
     verdict = CHECK if margin < check or (not textured and outline_margin < THRESHOLDS["outline_margin"][0]) else OK
-    text = (f"pose score {own:.3f}; the best turned/mirrored alternative ({best_name}) scores {best:.3f} "
-            f"(margin {margin:+.3f}); texture correlation {texture:.2f}"
+    text = (f"pose score {own_re:.3f}; the best turned/mirrored alternative ({best_name}, re-optimised) scores "
+            f"{best:.3f} (margin {margin:+.3f}); texture correlation {texture:.2f}"
             + (f", outline margin {outline_margin:+.3f}" if glass else ""))
     if not textured and verdict == CHECK:
         text += ": neither the image's texture nor the tissue outline singles out this pose"
-    return _flag({"texture": texture, "outline": outline, "score": own, "best_alternative": best_name,
+    return _flag({"texture": texture, "outline": outline, "score": own_re, "best_alternative": best_name,
                   "alternative_score": best, "margin": margin, "outline_margin": outline_margin},
                  verdict, text, f"the pose is ambiguous (e.g. turned {best_name}): confirm the orientation by eye or "
                  "with 3+ landmarks, or try another --signal ('cell density', or a gene with a clear pattern)")

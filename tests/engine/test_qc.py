@@ -161,3 +161,25 @@ def test_verdict_helpers() -> None:
     assert q["qc"]["flags"]["dice"].get("skipped") is True
     lines = verdict_lines(q["qc"])
     assert lines[0].startswith("quality: likely wrong") and any("try:" in line for line in lines[1:])
+
+
+def test_a_mirrored_pose_at_its_own_optimum_on_a_symmetric_section_is_not_ok() -> None:
+    """The engine's failure on this case (issue 11's known miss): the spots mirrored onto a near-symmetric section,
+    820 µm off, at a pose the fitness scores above the truth. The pose margin re-optimises the alternatives, so
+    the truth's side competes at its own optimum: the wrong pose reads "check" (before: "ok", because its plain
+    mirror image lands a few degrees off the truth and scored low)."""
+    from gala_engine.qc import reoptimised
+    from tests.validation.cases import get_case
+
+    case = get_case("spots-visium_tiny_he-r30-s4-pitch55")
+    img = io.LoadedImage(case.image.astype(np.float32)[..., :3] / 255.0, 1.0, case.image.shape[:2], "<case>")
+    rasters = prepare_section(case.adata, img)
+    A = _affine(case.transform.M)
+    xy = io.spatial_yx(case.adata)[:, ::-1]
+    (mirrored,) = reoptimised(rasters, [_moved(A, xy, np.diag([1.0, -1.0]))], glass=True)
+    res = affine_result(mirrored, image_shape=rasters.image_full_shape)
+    err_um = np.median(np.linalg.norm(res.cells_to_image(xy) - case.truth_xy_px, axis=1)) * case.um_per_px
+    assert err_um > 500
+    qc = quality_flags(rasters, res, xy)
+    assert qc["flags"]["margin"]["verdict"] == CHECK, qc["flags"]["margin"]["message"]
+    assert qc["flags"]["margin"]["best_alternative"].startswith("mirror")
