@@ -24,7 +24,8 @@ from .features import check_feature
 from .params import AlignParams
 from .provenance import image_record
 
-__all__ = ["SUMMARY_COLUMNS", "ManifestRow", "align_files", "read_manifest", "run_batch", "write_summary"]
+__all__ = ["SUMMARY_COLUMNS", "ManifestRow", "align_files", "read_manifest", "run_batch", "section_outputs",
+           "write_summary"]
 
 SUMMARY_COLUMNS = ("section", "status", "fitness", "qc", "runtime_s", "error", "output")  # qc: the quality verdict
 
@@ -246,7 +247,8 @@ def _aligned_outputs(adata, img, rasters, result, *, image: Path, h5ad: Path, si
         lm_rec = {"mode": lm_mode, "fit": lm_fit, "pixel_size": pixel_size,
                   "landmarks": file_record(lm_path) if lm_path is not None else {},
                   "init_transform": file_record(init_path) if init_path is not None else {}}
-    aligned = section.aligned_adata(adata, result, landmarks=pairs, quality=quality, image=image_info)
+    aligned = section.aligned_adata(adata, result, landmarks=pairs, quality=quality, image=image_info,
+                                     rasters=rasters)
     aligned.uns[constants.UNS_KEY]["replay"] = run_record(
         image=files["image"], cells=files["cells"], image_full_shape=img.full_shape,
         image_loaded_shape=img.pixels.shape, image_scale=img.scale, max_side=max_side, channel=channel,
@@ -385,24 +387,44 @@ def read_manifest(path: str | os.PathLike[str], *, base: AlignParams | None = No
 # ------------------------------------------------------------------------------------- batch
 
 
+def section_outputs(out_dir: str | os.PathLike[str], section: str, *, csv: bool = False,
+                    zarr: bool = False) -> dict[str, Path]:
+    """The per-section files a batch writes into ``out_dir``: ``h5ad`` (``<section>.h5ad``), ``xenium_matrix``
+    (``<section>_xenium_matrix.csv``) and, when asked, ``csv`` (``<section>.csv``) and ``zarr`` (``<section>.zarr``)."""
+    out = Path(out_dir)
+    paths = {"h5ad": out / f"{section}.h5ad", "xenium_matrix": out / f"{section}_xenium_matrix.csv"}
+    if csv:
+        paths["csv"] = out / f"{section}.csv"
+    if zarr:
+        paths["zarr"] = out / f"{section}.zarr"
+    return paths
+
+
 def _check_batch_outputs(rows: list[ManifestRow], out: Path, *, report: bool, overwrite: bool,
-                         protect: Iterable[str | os.PathLike[str] | None]) -> None:
+                         protect: Iterable[str | os.PathLike[str] | None], csv: bool = False,
+                         zarr: bool = False) -> None:
     """Every file the batch writes, checked against every row's inputs before any section starts."""
-    from .outputs import check_outputs
+    from .outputs import check_outputs, check_store_output
 
     outputs: list[tuple[str, Path]] = [("summary", out / "summary.csv")]
     if report:
         _report_folder(out / "reports", "--out")
+    stores: list[tuple[str, Path]] = []
+    labels = {"h5ad": "output", "xenium_matrix": "Xenium matrix", "csv": "cells CSV (--csv)"}
     for row in rows:
         if row.error:
             continue
-        outputs.append((f"section {row.section!r}: output", out / f"{row.section}.h5ad"))
-        outputs.append((f"section {row.section!r}: Xenium matrix", out / f"{row.section}_xenium_matrix.csv"))
+        paths = section_outputs(out, row.section, csv=csv, zarr=zarr)
+        outputs += [(f"section {row.section!r}: {labels[k]}", p) for k, p in paths.items() if k != "zarr"]
+        if "zarr" in paths:
+            stores.append((f"section {row.section!r}: SpatialData store (--zarr)", paths["zarr"]))
         if report:
             outputs += [(f"section {row.section!r}: report", p) for p in report_paths(out / "reports", row.section)]
     inputs = [p for row in rows for p in (row.image, row.h5ad, row.params_path, row.options.get("landmarks"),
                                           row.options.get("init_transform"))] + list(protect)
     check_outputs(outputs, inputs, overwrite=overwrite)
+    for label, store in stores:  # a folder each: never an input, nor a folder holding one
+        check_store_output(label, store, inputs, overwrite=overwrite)
 
 
 def _failed(section: str, error: str) -> dict[str, Any]:
@@ -412,7 +434,7 @@ def _failed(section: str, error: str) -> dict[str, Any]:
 
 
 def _align_row(row: ManifestRow, out_dir: str, report: bool, torch_threads: int | None,
-               overwrite: bool = False) -> dict[str, Any]:
+               overwrite: bool = False, csv: bool = False, zarr: bool = False) -> dict[str, Any]:
     """Worker task: align one row; never raises (a failure is a summary row)."""
     start = time.perf_counter()
     rec = _failed(row.section, row.error)
@@ -423,15 +445,17 @@ def _align_row(row: ManifestRow, out_dir: str, report: bool, torch_threads: int 
             import torch
 
             torch.set_num_threads(int(torch_threads))
-        out = Path(out_dir) / f"{row.section}.h5ad"
+        paths = section_outputs(out_dir, row.section, csv=csv, zarr=zarr)
         res = align_files(
             row.image,
             row.h5ad,
-            out,
+            paths["h5ad"],
             AlignParams.from_dict(row.params),
             report_dir=Path(out_dir) / "reports" if report else None,
             report_name=row.section,
             overwrite=overwrite,
+            csv=paths.get("csv"),
+            zarr=paths.get("zarr"),
             **row.options,
         )
         rec.update(status="ok", fitness=f"{res['fitness']:.6g}", qc=res["qc"]["verdict"], error="", output=res["output"])
@@ -472,6 +496,8 @@ def run_batch(
     connect_timeout: str = "10s",
     overwrite: bool = False,
     protect: Iterable[str | os.PathLike[str] | None] = (),
+    csv: bool = False,
+    zarr: bool = False,
 ) -> list[dict[str, Any]]:
     """Align every row on Dask distributed and write ``out_dir/summary.csv``.
 
@@ -480,7 +506,8 @@ def run_batch(
     rows
         From :func:`read_manifest`.
     out_dir
-        Receives ``<section>.h5ad`` per section, ``reports/`` (with ``report``) and ``summary.csv``.
+        Receives ``<section>.h5ad`` per section (:func:`section_outputs`), ``reports/`` (with ``report``) and
+        ``summary.csv``.
     scheduler
         Address of a running Dask scheduler (e.g. ``tcp://host:8786``); its workers must see the
         input paths and ``out_dir``. ``None``: a ``LocalCluster`` on this machine.
@@ -497,6 +524,9 @@ def run_batch(
         Replace existing outputs (never inputs): without it, a batch whose outputs exist is refused.
     protect
         More inputs to never overwrite (the manifest, the base parameter file).
+    csv, zarr
+        Also write each section's cells as ``<section>.csv`` and / or a SpatialData store ``<section>.zarr``
+        beside its ``.h5ad`` (as ``align --csv`` / ``--zarr``, :func:`align_files`; :func:`section_outputs`).
 
     Raises
     ------
@@ -515,7 +545,7 @@ def run_batch(
     if out.exists() and not out.is_dir():
         raise GalaInputError(f"--out {out} is a file; give a folder.")
     out.mkdir(parents=True, exist_ok=True)
-    _check_batch_outputs(rows, out, report=report, overwrite=overwrite, protect=protect)
+    _check_batch_outputs(rows, out, report=report, overwrite=overwrite, protect=protect, csv=csv, zarr=zarr)
     records: dict[int, dict[str, Any]] = {}
     cluster = None
     torch_threads: int | None = None
@@ -542,6 +572,8 @@ def run_batch(
                 report,
                 torch_threads if processes else None,
                 overwrite,
+                csv,
+                zarr,
                 key=f"gala-align-{i}-{row.section}",
                 pure=False,
             )

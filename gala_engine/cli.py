@@ -132,7 +132,9 @@ def _parser() -> argparse.ArgumentParser:
         "[,landmarks][,landmarks_mode][,init_transform]) on Dask distributed.",
     )
     b.add_argument("manifest", help="manifest CSV; relative paths are relative to its folder")
-    b.add_argument("--out", required=True, help="output folder (<section>.h5ad, summary.csv, reports/)")
+    b.add_argument("--out", required=True,
+                   help="output folder (<section>.h5ad, summary.csv, reports/; with --csv / --zarr also "
+                   "<section>.csv / <section>.zarr)")
     _common(b)
     b.add_argument(
         "--scheduler",
@@ -143,6 +145,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", type=int, default=None, help="LocalCluster worker processes (default: auto)")
     b.add_argument("--threads", action="store_true", help="LocalCluster workers as threads of one process")
     b.add_argument("--report", action="store_true", help="write a quality report per section into OUT/reports/")
+    b.add_argument("--csv", action="store_true",
+                   help="also write each section's cells as OUT/<section>.csv (as align --csv: cell_id, x_um, y_um, "
+                   "x_px, y_px[, confidence])")
+    b.add_argument("--zarr", action="store_true",
+                   help="also write each section as a SpatialData store OUT/<section>.zarr (as align --zarr)")
 
     t = sub.add_parser(
         "params",
@@ -319,6 +326,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
             on_done=done,
             overwrite=args.overwrite,
             protect=[args.manifest, args.params],
+            csv=args.csv,
+            zarr=args.zarr,
         )
     finally:
         if bar is not None:

@@ -141,6 +141,7 @@ def quality_metrics(rasters: SectionRasters, result: AlignmentResult) -> dict[st
         "dx_um": float(rasters.dx),
         "signal": rasters.signal,
         "feature": rasters.feature,
+        "signal_info": rasters.signal_record(),  # informativeness, channels and their weights (as uns['gala'])
         "params": {k: v for k, v in result.params.items()},
         "A": np.asarray(result.A).tolist(),
         "versions": _versions(),

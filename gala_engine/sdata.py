@@ -29,6 +29,7 @@ and these elements:
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ GLOBAL = "global"  # coordinate system of the cells: µm
 IMAGE_PX = "he_pixels"  # coordinate system of the image: full-resolution pixels (obsm['spatial_he'])
 IMAGE_KEY, POINTS_KEY, SHAPES_KEY, TABLE_KEY = "he_image", "cells", "cells_he", "table"
 INSTANCE_KEY, REGION_KEY = "gala_cell_index", "gala_region"  # prefixed: never a user's obs column
+_WRITE_LOCK = threading.Lock()  # write_spatialdata: one store at a time per process (see there)
 
 
 def affine_px_to_um_xy(A: np.ndarray) -> np.ndarray:
@@ -103,7 +105,14 @@ def write_spatialdata(adata: Any, image: LoadedImage, result: Any, path: str | o
     """Write :func:`spatialdata_object` of an aligned AnnData to ``path`` (a ``.zarr`` folder) atomically: into
     a temporary folder beside it, then renamed (:func:`gala_engine.outputs.write_dir_atomic`); ``result`` is
     the :class:`~gala_engine.section.AlignmentResult` (its affine ``A``)."""
+    import dask
+
     from .outputs import write_dir_atomic
 
     sdata = spatialdata_object(adata, image, result.A)
-    return write_dir_atomic(lambda tmp: sdata.write(tmp), path, overwrite=overwrite)
+    # The points are a dask DataFrame; inside a batch's Dask worker its parquet write ran as a graph on the batch's
+    # cluster (the worker's client), where the second section of a worker failed (KeyError '__null_dask_index__';
+    # tests/cli/test_batch_exports.py). So this process writes it itself, on the synchronous scheduler; dask's
+    # config is process-wide, hence one write at a time.
+    with _WRITE_LOCK, dask.config.set(scheduler="synchronous"):
+        return write_dir_atomic(lambda tmp: sdata.write(tmp), path, overwrite=overwrite)

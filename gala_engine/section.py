@@ -21,7 +21,7 @@ from .budget import check_prepare
 from .errors import GalaInputError
 from .events import ProgressCallback, StopPredicate
 from .features import FeatureKind, feature_planes, image_feature, resolve_feature
-from .flatness import Splatter
+from .flatness import FLAT_LEVEL, Splatter
 from .io import LoadedImage, spatial_yx, write_h5ad_atomic
 from .params import AlignParams
 from .pipeline import gala, to_cpu
@@ -51,6 +51,19 @@ class SectionRasters:
     # how informative J is for alignment (gala_engine.flatness; < flatness.FLAT_LEVEL: too flat to align)
     informativeness: float = float("nan")
     channels: ChannelRasters | None = None  # a signal of several channels (genes, pca): each one and how J mixes them
+
+    def signal_record(self) -> dict[str, Any]:
+        """The target signal as plain data for ``uns['gala']['signal_info']`` and the report's JSON: ``signal``,
+        ``informativeness`` (:mod:`gala_engine.flatness`) and ``flat`` (below :data:`~gala_engine.flatness.FLAT_LEVEL`)
+        and, for a signal of several channels (genes, ``pca:k``), ``channels`` (their names) and
+        ``channel_weights`` (the mix's weights ``a_k``, :func:`gala_engine.signals.combine_channels`)."""
+        score = float(self.informativeness)
+        rec: dict[str, Any] = {"signal": str(self.signal), "informativeness": score,
+                               "flat": bool(score < FLAT_LEVEL)}  # NaN (not scored): False
+        if self.channels is not None:
+            rec["channels"] = [str(n) for n in self.channels.names]
+            rec["channel_weights"] = [float(a) for a in np.asarray(self.channels.weights, np.float64).ravel()]
+        return rec
 
     @property
     def flat_target(self) -> bool:
@@ -266,14 +279,17 @@ def align_section(
 
 
 def aligned_adata(adata: Any, result: AlignmentResult, *, landmarks: Any = None,
-                  quality: dict[str, Any] | None = None, image: dict[str, Any] | None = None) -> Any:
+                  quality: dict[str, Any] | None = None, image: dict[str, Any] | None = None,
+                  rasters: SectionRasters | None = None) -> Any:
     """A copy of ``adata`` with ``obsm['spatial_he']`` (x, y full-resolution pixels), the affine-only
     positions and ``uns['gala']``; the input's own fields are untouched. With ``landmarks`` (a
     :class:`gala_engine.landmarks.Landmarks`), ``uns['gala']['landmarks']`` holds the pairs and their
     errors under this result (:func:`gala_engine.landmarks.landmarks_uns`). With ``quality``
     (:func:`gala_engine.qc.assess`), ``uns['gala']['qc']`` holds the quality flags and ``obs['gala_confidence']``
     the per-cell confidence. ``image``: the record of the image used
-    (:func:`gala_engine.provenance.image_record`), kept as ``uns['gala']['image']``."""
+    (:func:`gala_engine.provenance.image_record`), kept as ``uns['gala']['image']``. ``rasters``: the section the
+    result was aligned on; its target signal's score and channels (:meth:`SectionRasters.signal_record`) are kept as
+    ``uns['gala']['signal_info']``."""
     out = adata.copy()
     xy = np.asarray(out.obsm[constants.SPATIAL_KEY], dtype=np.float64)[:, :2]
     out.obsm[constants.ALIGNED_KEY] = result.cells_to_image(xy)
@@ -295,16 +311,19 @@ def aligned_adata(adata: Any, result: AlignmentResult, *, landmarks: Any = None,
         out.obs[constants.CONFIDENCE_KEY] = np.asarray(quality["confidence"], dtype=np.float64)
     if image:
         meta["image"] = dict(image)
+    if rasters is not None:
+        meta["signal_info"] = rasters.signal_record()
     out.uns[constants.UNS_KEY] = meta
     return out
 
 
 def write_aligned(adata: Any, result: AlignmentResult, path: str | Path, *, protect=(), landmarks: Any = None,
-                  quality: dict[str, Any] | None = None, image: dict[str, Any] | None = None) -> Path:
+                  quality: dict[str, Any] | None = None, image: dict[str, Any] | None = None,
+                  rasters: SectionRasters | None = None) -> Path:
     """Write the aligned ``.h5ad`` atomically (never over a path in ``protect``); ``landmarks``, ``quality``,
-    ``image``: see :func:`aligned_adata`."""
-    return write_h5ad_atomic(aligned_adata(adata, result, landmarks=landmarks, quality=quality, image=image), path,
-                             protect=protect)
+    ``image``, ``rasters``: see :func:`aligned_adata`."""
+    return write_h5ad_atomic(aligned_adata(adata, result, landmarks=landmarks, quality=quality, image=image,
+                                           rasters=rasters), path, protect=protect)
 
 
 def median_error_px(predicted_xy: np.ndarray, truth_xy: np.ndarray) -> float:
