@@ -42,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gala_engine import io, section  # noqa: E402
 from gala_engine.confidence import cell_confidence  # noqa: E402
-from gala_engine.section import AlignmentResult, cell_spacing  # noqa: E402
+from gala_engine.raster import cell_spacing  # noqa: E402
+from gala_engine.section import AlignmentResult  # noqa: E402
 
 
 def perturbed(adata, kind: str, *, peak_spacings: float = 4.0):

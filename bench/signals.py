@@ -52,8 +52,9 @@ from gala_engine.demo import load_demo  # noqa: E402
 from gala_engine.features import normalize  # noqa: E402
 from gala_engine.flatness import Splatter  # noqa: E402
 from gala_engine.io import read_image, spatial_yx  # noqa: E402
+from gala_engine.raster import cell_spacing  # noqa: E402
 from gala_engine.search import BatchedFitness, shows_glass  # noqa: E402
-from gala_engine.section import cell_spacing, prepare_section  # noqa: E402
+from gala_engine.section import prepare_section  # noqa: E402
 from gala_engine.signals import combine_channels, pca_scores, rank_signals, signal_channels  # noqa: E402
 
 

@@ -163,6 +163,7 @@ def check_prepare(
     dx: float | None,
     image_reduce: int | None = None,
     budget: Budget | None = None,
+    spacing: float | None = None,
 ) -> Estimate:
     """Refuse a ``dx`` / image / cell count whose rasters exceed ``budget`` (default :meth:`Budget.default`).
 
@@ -174,8 +175,10 @@ def check_prepare(
         The :class:`~gala_engine.io.LoadedImage` (or anything with ``pixels``).
     dx
         Cell raster pixel size (µm); ``None``: what :func:`gala_engine.raster.choose_dx` picks.
+    spacing
+        The cells' :func:`~gala_engine.raster.cell_spacing` when already measured.
     """
-    from .raster import choose_dx
+    from .raster import cell_spacing, choose_dx
 
     yx = np.asarray(yx, dtype=np.float64)
     auto = choose_dx(yx[:, 1], yx[:, 0]) if len(yx) > 1 and np.ptp(yx, axis=0).max() > 0 else 1.0
@@ -189,7 +192,8 @@ def check_prepare(
     if image_reduce is not None and (isinstance(image_reduce, bool) or int(image_reduce) != image_reduce
                                      or image_reduce < 1):
         raise GalaInputError(f"the image downsampling factor must be a whole number ≥ 1, got {image_reduce!r}.")
-    spacing = _spacing(yx) if len(yx) > 1 else dx
+    if spacing is None:
+        spacing = cell_spacing(yx) if len(yx) > 1 else dx
     est, sizes = estimate_prepare(yx, image.pixels.shape, dx=dx, spacing_um=spacing, image_reduce=image_reduce)
     rows, cols = sizes["raster_rows"], sizes["raster_cols"]
     if len(yx) > 1 and max(rows, cols) < _MIN_RASTER_SIDE:
@@ -210,15 +214,6 @@ def check_prepare(
         "the cells (cell count)": "align a subset or a crop of the cells",
     }
     return _check(est, budget or Budget.default(), "Making the rasters", advice)
-
-
-def _spacing(yx: np.ndarray) -> float:
-    """Median nearest-neighbour distance (µm) of a sample of the cells, as prepare_section measures it."""
-    from scipy.spatial import cKDTree
-
-    sample = yx if len(yx) <= 5000 else yx[np.random.default_rng(0).choice(len(yx), 5000, replace=False)]
-    dist, _ = cKDTree(yx).query(sample, k=2)
-    return float(np.median(dist[:, 1]))
 
 
 # ---------------------------------------------------------------------------------- alignment

@@ -19,6 +19,7 @@ from scipy import sparse
 from . import constants
 from .errors import GalaInputError
 from .io import LoadedImage, _spatial_xy, cell_signal
+from .raster import cell_spacing
 
 __all__ = ["CellCheck", "FEW_CELLS", "MIN_CELLS", "SPACING_RANGE_UM", "check_cells", "check_image"]
 
@@ -30,7 +31,6 @@ _LINE_RATIO = 0.02  # minor / major spread of the positions under which they are
 # plausible median nearest-neighbour spacing of cells / spots in µm: sub-cellular bins (Visium HD 2 µm,
 # Stereo-seq 0.5 µm) up to sparse spot arrays (legacy ST 200 µm, a subsampled Visium slide ~300 µm)
 SPACING_RANGE_UM = (0.5, 2000.0)
-_SPACING_SAMPLE = 20_000  # cells whose nearest neighbour is measured (against all cells)
 
 
 @dataclass
@@ -95,7 +95,7 @@ def check_cells(adata: Any, *, signal: str = constants.SIGNAL_TOTAL_COUNTS, name
             "(typically hundreds). Choose the whole section's cells."
         )
     _check_spread(unique, name)
-    spacing = _nn_spacing(unique)
+    spacing = cell_spacing(unique)
     lo, hi = SPACING_RANGE_UM
     if not lo <= spacing <= hi:
         raise GalaInputError(_scale_message(name, spacing))
@@ -132,18 +132,6 @@ def _check_spread(xy: np.ndarray, name: str) -> None:
             f"{sv[1] / max(sv[0], 1e-300):.2g} of the spread along it); an alignment needs cells spread over an "
             "area of tissue. Choose the whole section's cells (not one row or a line scan)."
         )
-
-
-def _nn_spacing(xy: np.ndarray) -> float:
-    """Median nearest-neighbour distance of distinct points; a sample is queried against all of them."""
-    from scipy.spatial import cKDTree
-
-    tree = cKDTree(xy)
-    sample = xy
-    if len(xy) > _SPACING_SAMPLE:
-        sample = xy[np.random.default_rng(0).choice(len(xy), _SPACING_SAMPLE, replace=False)]
-    dist, _ = tree.query(sample, k=2)
-    return float(np.median(dist[:, 1]))
 
 
 def _scale_message(name: str, spacing: float) -> str:

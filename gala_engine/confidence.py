@@ -19,8 +19,9 @@ import numpy as np
 from scipy.ndimage import map_coordinates
 from scipy.optimize import nnls
 
+from .raster import cell_spacing
 from .search import SUPPORT_LEVEL
-from .section import AlignmentResult, SectionRasters, cell_spacing
+from .section import AlignmentResult, SectionRasters
 from .transform import transform_image_source_to_target, transform_points_source_to_target
 
 __all__ = ["cell_confidence", "local_correlation"]

@@ -80,7 +80,7 @@ def downsample(image: LoadedImage, max_side: int) -> tuple[np.ndarray, float]:
 def spot_diameter_px(xy_um: np.ndarray, A: np.ndarray) -> float:
     """Dot diameter for plots, in full-resolution pixels: the cells' median nearest-neighbour distance (µm)
     converted with the affine ``A`` (image px → µm); 10 px for a single cell."""
-    from .section import cell_spacing
+    from .raster import cell_spacing
 
     spacing_um = cell_spacing(np.asarray(xy_um, dtype=np.float64))
     um_per_px = math.sqrt(abs(float(np.linalg.det(np.asarray(A, dtype=np.float64)[:2, :2]))))

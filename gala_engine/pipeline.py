@@ -159,10 +159,12 @@ def gala(
     # on the blurred GA level the image channels are averaged into one (at that scale nuclei and total stain
     # coincide: the channels' mix matters for the detail the sharper levels see), a third of the resampling
     I_ga = I_c if p.fitness == "sse" else I_c.mean(0, keepdim=True)
+    # finer levels follow the full one: it brings the pose near the optimum from fewer target pixels
+    full_pixels = FINISH_PIXELS if fine_levels else MAX_SCORED_PIXELS
     levels = [
         _fitness(blur_raster(I_ga, p.ga_blur), xI_c, blur_raster(J_c, p.ga_blur), xJ_c, p, space, xI, xJ),
         _fitness(I_c, xI_c, J_c, xJ_c, p, space, xI, xJ),
-        _fitness(I_t, xI, J_t, xJ, p, space, xI, xJ),
+        _fitness(I_t, xI, J_t, xJ, p, space, xI, xJ, max_pixels=full_pixels),
     ]
     coarse, full = levels[0], levels[-1]
 
@@ -185,7 +187,10 @@ def gala(
                           centres=(grid_centre(xI), grid_centre(xJ)))
         poses, _ = refine_genes(levels[0], poses, space, iterations=p.scan_iterations, progress=progress,
                                 should_stop=should_stop, stage="scan")
-        poses, scan_scores = refine_genes(levels[1], poses, space, iterations=p.scan_iterations, progress=progress,
+        # the sharp scan level ranks the poses on the channels' mean (as the GA level does): the refinement
+        # below fits the channels' mix for the best of them
+        scan_sharp = levels[1] if p.fitness == "sse" else _fitness(I_ga, xI_c, J_c, xJ_c, p, space, xI, xJ)
+        poses, scan_scores = refine_genes(scan_sharp, poses, space, iterations=p.scan_iterations, progress=progress,
                                           should_stop=should_stop, stage="scan")
         scan_genes = poses[np.argsort(-scan_scores)]
     for repeat in range(p.num_repeats):
@@ -229,11 +234,14 @@ def gala(
                 # nearly all the image's tissue lies under the cells: the whole raster decides, from the coarse
                 # pose (pooled, then full rasters)
                 finish = dataclasses.replace(p, fitness="ncc")
-                finish_levels = [_fitness(I_l, xI_l, J_l, xJ_l, finish, space, xI, xJ)
-                                 for I_l, xI_l, J_l, xJ_l in ((I_c, xI_c, J_c, xJ_c), (I_t, xI, J_t, xJ))]
+                finish_levels = [_fitness(I_l, xI_l, J_l, xJ_l, finish, space, xI, xJ, max_pixels=n)
+                                 for I_l, xI_l, J_l, xJ_l, n in ((I_c, xI_c, J_c, xJ_c, MAX_SCORED_PIXELS),
+                                                                 (I_t, xI, J_t, xJ, full_pixels))]
                 fitness_used = "tissue, then ncc"
+            # with sub-pixel levels to follow, the finish takes the same steps whichever fitness it uses
+            per_finish = max(per_level // len(finish_levels), 1) if fine_levels else per_level
             for level in finish_levels:  # (a stop request ends each after one step: the score stays its pose's)
-                best_genes, score = refine_genes(level, best_genes, space, iterations=per_level, progress=progress,
+                best_genes, score = refine_genes(level, best_genes, space, iterations=per_finish, progress=progress,
                                                  should_stop=should_stop, repeat=repeat)
                 was_stopped = stopped(should_stop)
             fine_iterations = max(per_level // FINE_SHARE, 1)
@@ -311,6 +319,7 @@ def _init_genes(init_A, xI: list, xJ: list) -> np.ndarray:
 # the sub-pixel levels start next to the optimum: a quarter of a level's refinement steps on at most 2¹⁴ of their
 # target pixels (a fixed random subset) suffice
 FINE_SHARE, FINE_PIXELS = 4, 1 << 14
+FINISH_PIXELS = 1 << 15  # target pixels the full level scores when sub-pixel levels follow it
 FULL_COVERAGE = 0.8  # share of the image's tissue under the cells above which the whole raster is compared
 
 

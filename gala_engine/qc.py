@@ -23,8 +23,9 @@ import torch
 
 from .affine import genes_to_matrix_np, grid_centre, matrix_to_genes
 from .features import normalize, tissue_mask
+from .raster import cell_spacing
 from .search import OVERLAP_WEIGHT, BatchedFitness, fill_gene_space, pool_raster, refine_genes, score_batch, shows_glass
-from .section import AlignmentResult, SectionRasters, cell_spacing
+from .section import AlignmentResult, SectionRasters
 from .transform import transform_image_source_to_target
 
 __all__ = ["CHECK", "OK", "THRESHOLDS", "VERDICTS", "WRONG", "Geometry", "alternative_poses", "assess",

@@ -137,3 +137,22 @@ def rasterize(
     grid = correlate1d(grid, kernel, axis=0, mode="constant")
     grid = correlate1d(grid, kernel, axis=1, mode="constant")
     return X, Y, grid[None]
+
+
+SPACING_SAMPLE = 20_000  # cells whose nearest neighbour is looked up (a fixed random subset of a larger section)
+
+
+def cell_spacing(yx: np.ndarray) -> float:
+    """Median distance from each cell to its nearest neighbour (µm); 0 for a single cell. Beyond
+    ``SPACING_SAMPLE`` cells the median is taken over a fixed random subset of them (each still looked up among
+    all cells): within about 1 % of the whole median, at a fraction of the cost on a 170k-cell section."""
+    from scipy.spatial import cKDTree
+
+    yx = np.asarray(yx, dtype=np.float64)
+    if len(yx) < 2:
+        return 0.0
+    query = yx
+    if len(yx) > SPACING_SAMPLE:
+        query = yx[np.random.default_rng(0).choice(len(yx), SPACING_SAMPLE, replace=False)]
+    dist, _ = cKDTree(yx).query(query, k=2)
+    return float(np.median(dist[:, 1]))

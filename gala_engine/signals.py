@@ -309,8 +309,7 @@ def rank_signals(adata: Any, signals: list[str] | None = None, *, dx: float | No
     """Rasterise each signal (default: :func:`candidate_signals`) as the alignment would, score it
     (:meth:`Splatter.informativeness`) and return them best first. A signal the data cannot give is left out."""
     from .io import spatial_yx
-    from .raster import choose_dx
-    from .section import cell_spacing
+    from .raster import cell_spacing, choose_dx
 
     yx = spatial_yx(adata)
     dx = choose_dx(yx[:, 1], yx[:, 0]) if dx is None else float(dx)

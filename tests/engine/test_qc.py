@@ -20,7 +20,8 @@ from gala_engine.confidence import cell_confidence
 from gala_engine.demo import load_demo, truth_px_xy
 from gala_engine.manual import affine_result
 from gala_engine.qc import CHECK, OK, VERDICTS, WRONG, assess, quality_flags, verdict_lines, worst
-from gala_engine.section import cell_spacing, prepare_section
+from gala_engine.raster import cell_spacing
+from gala_engine.section import prepare_section
 
 _SWAP = np.array([[0.0, 1.0], [1.0, 0.0]])
 
