@@ -141,12 +141,18 @@ def image_feature(
     h, w = planes[0].shape[0] // reduce, planes[0].shape[1] // reduce
     if reduce > 1 and min(h, w) < 2:
         raise GalaInputError("The image reduction is too strong for this image; lower it.")
+    # a Gaussian and the block average commute: a blur of at least one working pixel is applied after the
+    # reduction, on reduce² times fewer pixels with a reduce times narrower kernel (the same raster up to the
+    # kernel's sampling)
+    blur_after = reduce > 1 and sigma >= reduce
     reduced = []
     for feature in planes:
-        if sigma > 0:
+        if sigma > 0 and not blur_after:
             feature = cv2.GaussianBlur(feature, (0, 0), sigmaX=sigma)
         if reduce > 1:
             feature = cv2.resize(feature[: h * reduce, : w * reduce], (w, h), interpolation=cv2.INTER_AREA)
+        if blur_after:
+            feature = cv2.GaussianBlur(feature, (0, 0), sigmaX=sigma / reduce)
         reduced.append(normalize(feature.astype(np.float32)))
     feature = np.stack(reduced)
     # working pixel k covers loaded pixels [k*reduce, (k+1)*reduce): its centre in full-res pixels
