@@ -28,15 +28,16 @@ KNOWN_MISSES = {
     ("lddmm30", _FLAT_WARP): "LDDMM refused by its cross-validation (flat interior): stays at the affine 16.9 µm",
     ("spots", _SPOTS_TINY): "827 µm: a mirrored pose scores above the truth (tissue 0.84 vs 0.82); noisy spot totals on a "
                             "near-symmetric section do not identify the pose",
-    ("tutorial1", _SPOTS_TINY): "935 µm, the same mirror ambiguity with the raw Sobel feature",
-    ("tutorial1", "merfish-merfish_dapi-r150f"): "raw full-resolution Sobel of the DAPI at dx 30: 130 µm = 4.3 raster px",
-    ("tutorial2", "merfish-merfish_dapi-r-35-w15"): "raw full-resolution Sobel of the DAPI at dx 30: 185 µm = 6.2 raster px",
-    ("tutorial1", "uniform-visium_tiny_he-r200f-s4-spacing12"): "raw Sobel of the H&E, flat density: 1.3 mm off",
-    ("tutorial2", _FLAT_WARP): "raw Sobel of the H&E, flat density under a warp: 3.95 raster px",
-    ("tutorial1", "uniform-os2_ki67-r45-s2.5-spacing15"): "raw Sobel, flat density: 0.86-1.01 raster px between runs",
-    ("tutorial1", "spots-os2_ki67-r170f-s3-pitch100"): "raw Sobel, 100 µm spot lattice: 0.93-2.02 raster px between runs",
+    ("tutorial1", _SPOTS_TINY): "854 µm, the same mirror ambiguity with the raw Sobel feature",
+    # the tutorial's raw full-resolution Sobel is smoothed to the cell raster's scale inside gala()
+    # (gala_engine/scale_match.py); what remains is the feature's own optimum: under the fitness gala() finishes with,
+    # the pose found scores above the truth (scratch numbers in the commit message / helper report)
+    ("tutorial1", "uniform-visium_tiny_he-r200f-s4-spacing12"): "raw Sobel of the H&E, flat density: 2.53 raster px "
+                  "(was 44); the pose found (scale 3.57 vs 4 µm/px) scores above the truth under the ncc finish (0.96 vs 0.92, full level; the tissue search stage prefers the truth)",
+    ("tutorial2", _FLAT_WARP): "raw Sobel of the H&E, flat density under a warp: 2.70 raster px (was 30.6), the same "
+                               "shrunk scale as the unwarped case",
     ("tutorial1", "nuclei-os2_ki67-r225f-s2.5-coverage0.5-dropout0.15-extra0.05"): "cells on half the slide, raw "
-                  "Sobel: 46 µm = 1.54 raster px",
+                  "Sobel: 41 µm = 1.35 raster px; the pose found scores above the truth (full 0.431 vs 0.390)",
 }
 
 
