@@ -101,7 +101,7 @@ def gala(
     xI, I
         Source grid ``[rows, cols]`` (image pixels) and raster (C, H, W). A source with more than
         ``scale_match.MATCH_RATIO`` pixels per target pixel (e.g. the tutorial's raw full-resolution Sobel
-        magnitude) is first pooled and smoothed to the target's own blur (:func:`~gala_engine.scale_match.match_source_scale`;
+        magnitude) is first pooled and smoothed to the target's scale (:func:`~gala_engine.scale_match.match_source_scale`;
         the result's ``'source_match'`` says how, None when untouched); the transforms keep the source's coordinates.
     xJ, J
         Target grid ``[rows, cols]`` (µm) and raster (C, H', W').

@@ -31,7 +31,7 @@ def test_a_raw_fine_source_is_pooled_and_smoothed_keeping_its_coordinates():
     f = info["pool"]
     assert out.shape == (1, 600 // f, 600 // f)
     # the pooled grid keeps the source's coordinates: pixel k is the mean of the original pixels it pools
-    assert x_out[1][0] == pytest.approx((f - 1) / 2.0) and x_out[1][-1] == pytest.approx(600 - f + (f - 1) / 2.0)
+    assert x_out[1][0] == pytest.approx((f - 1) / 2.0) and x_out[1][-1] == pytest.approx((600 // f - 1) * f + (f - 1) / 2.0)
     # the pixel noise is gone, the blob (the cell-scale signal) stays where it was
     blob = np.exp(-((x_out[0][:, None] / 600 - 0.4) ** 2 + (x_out[1][None] / 600 - 0.6) ** 2) / 0.02)
     raw_blob = np.exp(-((xI[0][:, None] / 600 - 0.4) ** 2 + (xI[1][None] / 600 - 0.6) ** 2) / 0.02)
