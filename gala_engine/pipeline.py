@@ -17,6 +17,7 @@ from .events import ProgressCallback, ProgressEvent, StopPredicate, stopped
 from .features import normalize, tissue_extent, tissue_mask
 from .lddmm import default_a, fit_contrast, run_lddmm, velocity_grid
 from .params import AlignParams
+from .scale_match import match_source_scale
 from .search import (
     MAX_SCORED_PIXELS,
     BatchedFitness,
@@ -98,7 +99,10 @@ def gala(
     Parameters
     ----------
     xI, I
-        Source grid ``[rows, cols]`` (image pixels) and raster (C, H, W).
+        Source grid ``[rows, cols]`` (image pixels) and raster (C, H, W). A source with more than
+        ``scale_match.MATCH_RATIO`` pixels per target pixel (e.g. the tutorial's raw full-resolution Sobel
+        magnitude) is first pooled and smoothed to the target's scale (:func:`~gala_engine.scale_match.match_source_scale`;
+        the result's ``'source_match'`` says how, None when untouched); the transforms keep the source's coordinates.
     xJ, J
         Target grid ``[rows, cols]`` (µm) and raster (C, H', W').
     gene_space
@@ -127,6 +131,9 @@ def gala(
     t_start = time.perf_counter()
     p = AlignParams.from_dict(params)
     I_np, J_np = _check_raster("I (source)", I, xI), _check_raster("J (target)", J, xJ)
+    # a source far finer than the cells' raster (e.g. the tutorial's raw full-resolution Sobel) is smoothed to the
+    # raster's own scale first: everything below (fitness choice, search, LDDMM) compares like with like
+    I_np, xI, source_match = match_source_scale(I_np, _axes(xI), J_np, _axes(xJ))
     # fitness "auto": where the image shows empty slide, search with "tissue" (texture + cells on the tissue mask:
     # right for crops too) and, if the pose found puts (nearly) all of the image's tissue under the cells, finish on
     # the whole raster ("ncc": the outline counts). An image filled with tissue has no tissue mask (Otsu would split
@@ -303,6 +310,7 @@ def gala(
         "stopped": was_stopped,
         "lddmm_validation": validation,
         "fitness_used": fitness_used,
+        "source_match": source_match,
     }
 
 
