@@ -18,6 +18,7 @@ from ui.runs import (
     file_stem,
     image_record,
     layer_positions,
+    run_rasters,
     runtime_help,
     transform_npz_bytes,
     xenium_matrix_bytes,
@@ -81,9 +82,11 @@ st.caption("Axes in full-resolution image pixels (x = column, y = row, row 0 at 
 stem = f"{file_stem(data)}"
 pairs = lm.complete(data)  # read now: the download's callable runs outside this script run
 record = image_record(data)
+run_section = run_rasters().get(rid)  # the rasters this run aligned (None for an opened or landmark run)
 d1, d2, d3 = st.columns(3)
 d1.download_button("Download aligned .h5ad",
-                   data=lambda: aligned_h5ad_bytes(result, data, landmarks=pairs, quality=quality, image=record),
+                   data=lambda: aligned_h5ad_bytes(result, data, landmarks=pairs, quality=quality, image=record,
+                                                         rasters=run_section),
                    file_name=f"{stem}_aligned_run{rid}.h5ad", mime="application/x-hdf5", on_click="ignore",
                    type="primary", key="dl_h5ad")
 d2.download_button("Download transform .npz", data=lambda: transform_npz_bytes(result),

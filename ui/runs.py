@@ -193,11 +193,12 @@ def image_record(data: Dataset) -> dict:
 
 
 def aligned_h5ad_bytes(result, data: Dataset, *, landmarks=None, quality: dict | None = None,
-                       image: dict | None = None) -> bytes:
+                       image: dict | None = None, rasters=None) -> bytes:
     """The aligned ``.h5ad`` (input + obsm['spatial_he'] + uns['gala'], with ``landmarks`` their pairs and
     errors in uns['gala']['landmarks'], with ``quality`` (:func:`run_quality`) uns['gala']['qc'] and
     obs['gala_confidence'], ``image`` the :func:`image_record` in uns['gala']['image'], + the image for
-    scanpy/squidpy in uns['spatial']['gala_he']) as bytes, via a temp file."""
+    scanpy/squidpy in uns['spatial']['gala_he'], with ``rasters`` (the run's, :func:`run_rasters`) its target
+    signal's score and channels in uns['gala']['signal_info']) as bytes, via a temp file."""
     import tempfile
     from pathlib import Path
 
@@ -206,7 +207,7 @@ def aligned_h5ad_bytes(result, data: Dataset, *, landmarks=None, quality: dict |
 
     from .data import session_tmpdir
 
-    aligned = aligned_adata(data.adata, result, landmarks=landmarks, quality=quality, image=image)
+    aligned = aligned_adata(data.adata, result, landmarks=landmarks, quality=quality, image=image, rasters=rasters)
     add_spatial_image(aligned, data.image, result.A)
     with tempfile.TemporaryDirectory(dir=session_tmpdir()) as tmp:
         return write_aligned_h5ad(aligned, Path(tmp) / "aligned.h5ad").read_bytes()

@@ -9,6 +9,7 @@ import anndata
 import numpy as np
 
 from gala_engine.manual import affine_result
+from gala_engine.section import prepare_section
 from ui import figures, state
 from ui.runs import aligned_h5ad_bytes
 
@@ -50,7 +51,10 @@ def test_download_carries_qc_and_confidence(app):
     app.switch_page("pages/3_viewer.py").run()
     assert not app.exception
     quality = app.session_state["gala_quality"][(1, data.uid)]
-    out = anndata.read_h5ad(io.BytesIO(aligned_h5ad_bytes(result, data, quality=quality)))
+    rasters = prepare_section(data.adata, data.image)  # as a job keeps them per run (ui.runs.run_rasters)
+    out = anndata.read_h5ad(io.BytesIO(aligned_h5ad_bytes(result, data, quality=quality, rasters=rasters)))
     assert out.uns["gala"]["qc"]["verdict"] == quality["qc"]["verdict"] == "ok"
+    info = out.uns["gala"]["signal_info"]
+    assert info["signal"] == rasters.signal and np.isclose(info["informativeness"], rasters.informativeness)
     conf = np.asarray(out.obs["gala_confidence"])
     assert conf.shape == (data.adata.n_obs,) and conf.min() >= 0 and conf.max() <= 1
