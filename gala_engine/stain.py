@@ -94,14 +94,12 @@ def stain_densities(rgb: np.ndarray, stains: StainVectors | None = None, *,
         stains = estimate_stains(rgb)
     residual = _unit(np.cross(stains.hematoxylin, stains.counterstain))
     unmix = np.linalg.inv(np.stack([stains.hematoxylin, stains.counterstain, residual]))  # OD = C @ M → C = OD @ M⁻¹
-    hematoxylin = np.empty(rgb.shape[:2], dtype=np.float32)
-    total = np.empty(rgb.shape[:2], dtype=np.float32)
-    column = unmix[:, 0].astype(np.float32)
+    both = np.empty((*rgb.shape[:2], 2), dtype=np.float32)
+    # one product per pixel gives both: the hematoxylin column of the unmixing and the sum of the densities
+    columns = np.stack([unmix[:, 0], np.ones(3)], 1).astype(np.float32)
     for start in range(0, rgb.shape[0], band):
-        od = optical_density(rgb[start : start + band, :, :3], stains.background)
-        hematoxylin[start : start + band] = od @ column
-        total[start : start + band] = od.sum(-1)
-    return np.clip(hematoxylin, 0.0, None), total
+        both[start : start + band] = optical_density(rgb[start : start + band, :, :3], stains.background) @ columns
+    return np.clip(both[..., 0], 0.0, None), np.ascontiguousarray(both[..., 1])
 
 
 def hematoxylin_density(rgb: np.ndarray, stains: StainVectors | None = None, *, band: int = 1024) -> np.ndarray:
@@ -112,7 +110,8 @@ def hematoxylin_density(rgb: np.ndarray, stains: StainVectors | None = None, *, 
 def is_brightfield(pixels: np.ndarray) -> bool:
     """True for a brightfield image (stained tissue on a bright slide: H&E, IHC), False for fluorescence
     (bright signal on a dark background: DAPI), from the median brightness, not the channel count."""
-    arr = np.asarray(pixels, dtype=np.float32)
-    gray = arr.mean(-1) if arr.ndim == 3 else arr
-    step = max(1, gray.size // 200_000)
-    return float(np.median(gray.ravel()[::step])) >= 0.25
+    arr = np.asarray(pixels)
+    step = max(1, int(np.sqrt(arr.shape[0] * arr.shape[1] / 200_000)))  # ~200,000 pixels on a regular grid
+    sample = arr[::step, ::step].astype(np.float32)
+    gray = sample.mean(-1) if sample.ndim == 3 else sample
+    return float(np.median(gray)) >= 0.25
