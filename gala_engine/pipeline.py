@@ -230,6 +230,8 @@ def gala(
             # coarse score picks the winner
             per_level = max(p.refine_iterations // len(levels), 1)
             starts = np.stack([c.genes for c in candidates] + list(scan_genes[: p.ga_restarts]))
+            # a GA seeded by the scan often returns a scanned pose itself: each distinct start is refined once
+            starts = starts[np.sort(np.unique(starts, axis=0, return_index=True)[1])]
             for level in levels[:-1]:  # all candidates at once
                 starts, level_scores = refine_genes(level, starts, space, iterations=per_level, progress=progress,
                                                     should_stop=should_stop, repeat=repeat)
