@@ -27,7 +27,7 @@ KNOWN_MISSES = {
                           "outline carries the warp; the cross-validated LDDMM (held-out check over the support "
                           "widened by 3 px, outline-only warp refitted 1.5× smoother) recovers it near the outline "
                           "(cells < 200 µm inside: 7-10 µm) but not deep inside (> 400 µm: 20.5 µm, affine 25.3)",
-    ("spots", _SPOTS_TINY): "827 µm: a mirrored pose scores above the truth (tissue 0.84 vs 0.82); noisy spot totals on a "
+    ("spots", _SPOTS_TINY): "819 µm (affine 822): a mirrored pose scores above the truth (tissue 0.84 vs 0.82); noisy spot totals on a "
                             "near-symmetric section do not identify the pose",
     ("tutorial1", _SPOTS_TINY): "857 µm, the same mirror ambiguity with the raw Sobel feature",
     # the tutorial's raw full-resolution Sobel is smoothed to the cell raster's scale inside gala()
