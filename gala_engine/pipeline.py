@@ -273,22 +273,26 @@ def gala(
         if p.num_iterations and not was_stopped:
             I_warp = _mixed_channels(I_t, xI, J_t, xJ, A, xv_full) if p.contrast else I_t
             folds = _checkerboard_folds(J_t.shape[1:], device) if p.lddmm_validate else [None]
-            # the folds share the iterations and the early stop's patience (each sees half the pixels):
-            # cross-validation costs one run
-            per_fold = dataclasses.replace(p, num_iterations=max(p.num_iterations // len(folds), 1),
-                                           lddmm_patience=p.lddmm_patience and max(p.lddmm_patience // len(folds), 1))
-            fits = []
-            for mask in folds:
-                lddmm, fold_energy = _fit_lddmm(I_warp, xI, J_t, xJ, A, per_fold, v, xv_full, mask, progress,
-                                                should_stop, repeat)
-                energy_history.extend(fold_energy)
-                fits.append(lddmm)
-                was_stopped = lddmm.stopped
-                if was_stopped:
-                    break
+            v0 = v if v is not None and tuple(v.shape[1:3]) == (xv_full[0].size, xv_full[1].size) else None
+            fits, was_stopped = _fold_fits(I_warp, xI, J_t, xJ, A, p, v0, xv_full, folds, energy_history, progress,
+                                           should_stop, repeat)
+            lddmm = fits[-1]
             if p.lddmm_validate and not was_stopped:
                 validation = _validate_warp(I_warp, xI, J_t, xJ, A, fits, folds)
-                lddmm = fits[-1]
+                if validation["accepted"] and not validation["inside"] and p.a is None:
+                    # only the tissue outline (just outside the cells' support) carries the warp: inside, the
+                    # image explains none of the cells' density, so the warp there is the outline's, interpolated.
+                    # A smoother field carries the outline's displacement further in; it must pass the same check
+                    a_smooth = default_a(xI) * OUTLINE_SMOOTHING
+                    xv_smooth = velocity_grid(xI, a_smooth)
+                    smooth = dataclasses.replace(p, a=a_smooth)
+                    smooth_fits, was_stopped = _fold_fits(I_warp, xI, J_t, xJ, A, smooth, None, xv_smooth, folds,
+                                                          energy_history, progress, should_stop, repeat)
+                    if not was_stopped:
+                        check = _validate_warp(I_warp, xI, J_t, xJ, A, smooth_fits, folds)
+                        validation["smoothed_a"] = float(a_smooth) if check["accepted"] else 0.0
+                        if check["accepted"]:
+                            fits, lddmm = smooth_fits, smooth_fits[-1]
                 lddmm.v = (fits[0].v + fits[1].v) / 2.0 if validation["accepted"] else torch.zeros_like(fits[0].v)
             v = lddmm.v
         if was_stopped:
@@ -380,6 +384,21 @@ def _mixed_channels(I: torch.Tensor, xI: list, J: torch.Tensor, xJ: list, A: tor
     return torch.einsum("jk,khw->jhw", mix, I)
 
 
+def _fold_fits(I, xI, J, xJ, A, p: AlignParams, v0, xv, folds, energy_history: list, progress, should_stop, repeat):
+    """One LDDMM fit per fold (:func:`_fit_lddmm`; the folds share the iterations and the early stop's patience,
+    each seeing half the pixels: cross-validation costs one run) → (the fits, whether a stop was requested)."""
+    per_fold = dataclasses.replace(p, num_iterations=max(p.num_iterations // len(folds), 1),
+                                   lddmm_patience=p.lddmm_patience and max(p.lddmm_patience // len(folds), 1))
+    fits = []
+    for mask in folds:
+        lddmm, fold_energy = _fit_lddmm(I, xI, J, xJ, A, per_fold, v0, xv, mask, progress, should_stop, repeat)
+        energy_history.extend(fold_energy)
+        fits.append(lddmm)
+        if lddmm.stopped:
+            return fits, True
+    return fits, False
+
+
 def _fit_lddmm(I, xI, J, xJ, A, p: AlignParams, v0, xv, mask, progress, should_stop, repeat):
     """LDDMM over its levels (:func:`_lddmm_levels`) from ``v0``, matching only the target pixels of ``mask``
     (None: all) → (the last level's result, the energy history)."""
@@ -398,6 +417,12 @@ def _fit_lddmm(I, xI, J, xJ, A, p: AlignParams, v0, xv, mask, progress, should_s
 
 
 VALIDATION_BLOCK = 8  # target pixels per side of the checkerboard squares that split the warp's data in two
+# the held-out correlation is scored over the cells' support widened by this many target pixels: the tissue outline
+# lies just outside the support, and a flat density inside leaves the outline the only evidence of a warp
+VALIDATION_RIM = 3
+# a warp that only the outline supports is refitted with a smoothness scale this many times the default (a / 8 of the
+# image): the interior, where the image explains none of the cells' density, follows the outline further in
+OUTLINE_SMOOTHING = 1.5
 
 
 def _checkerboard_folds(shape, device) -> list[torch.Tensor]:
@@ -411,15 +436,21 @@ def _checkerboard_folds(shape, device) -> list[torch.Tensor]:
 def _validate_warp(I, xI, J, xJ, A, fits, folds) -> dict:
     """Is the warp real? Each fold's warp, fitted on its half of the target pixels, must raise the image–cells
     correlation (the contrast-invariant fitness) on the OTHER half, which it never saw, above what the affine
-    alone gives there; fitting noise lowers it. Accepted warps are averaged by the caller."""
+    alone gives there; fitting noise lowers it. The correlation is scored over the cells' support widened by
+    ``VALIDATION_RIM`` pixels (the tissue outline counts: ``held_out_fitness``) and, to tell where the evidence lies,
+    over the support alone (``held_out_inside``; ``inside``: that too rises). Accepted warps are averaged by the
+    caller."""
     support = pixel_weights(J, "ncc_support").reshape(J.shape[1:])
+    rim = VALIDATION_RIM
+    widened = torch.nn.functional.max_pool2d(support[None, None], 2 * rim + 1, stride=1, padding=rim)[0, 0]
     affine_only = transform_image_source_to_target(fits[0].xv, torch.zeros_like(fits[0].v), A, xI, I, xJ)
-    rows = []
+    rows, inside = [], []
     for fit, mask in zip(fits, folds):
-        held = (support * (1.0 - mask)).flatten()
-        warped = transform_image_source_to_target(fit.xv, fit.v, A, xI, I, xJ)
-        rows.append(score_batch(torch.stack([affine_only, warped]), J, weights=held).tolist())
-    return {"accepted": all(after > before for before, after in rows), "held_out_fitness": rows}
+        warped = torch.stack([affine_only, transform_image_source_to_target(fit.xv, fit.v, A, xI, I, xJ)])
+        rows.append(score_batch(warped, J, weights=(widened * (1.0 - mask)).flatten()).tolist())
+        inside.append(score_batch(warped, J, weights=(support * (1.0 - mask)).flatten()).tolist())
+    return {"accepted": all(after > before for before, after in rows), "held_out_fitness": rows,
+            "inside": all(after > before for before, after in inside), "held_out_inside": inside}
 
 
 def _lddmm_levels(I: torch.Tensor, xI: list, J: torch.Tensor, xJ: list, p: AlignParams, mask=None):

@@ -176,7 +176,8 @@ class AlignmentResult:
     dx: float = 0.0
     version: str = ""
     origin: dict = field(default_factory=dict)  # not from a search: {"source": "landmarks" | "manual" | …, "note": …}
-    # how the run decided: {"fitness_used": "tissue, then ncc" | …, "lddmm_validation": {"accepted", "held_out_fitness"}}
+    # how the run decided: {"fitness_used": "tissue, then ncc" | …, "lddmm_validation": {"accepted", "held_out_fitness",
+    # "inside", "held_out_inside"[, "smoothed_a"]}}
     diagnostics: dict = field(default_factory=dict)
 
     @classmethod

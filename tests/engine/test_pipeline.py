@@ -243,3 +243,27 @@ def test_whole_raster_finish_may_not_rescale_the_tissue_stage_pose():
     Ai = np.linalg.inv(genes_to_matrix_np(np.asarray(res["genes"]), xI, xJ))
     rc = xy[:, ::-1] @ Ai[:2, :2].T + Ai[:2, 2]
     assert np.median(errors_um(case, rc[:, ::-1])) <= 30.0  # within one raster pixel
+
+
+def test_the_held_out_check_sees_the_tissue_outline_just_outside_the_cells():
+    """A flat density inside the cells' support: only the image's outline, which the affine leaves a few pixels
+    outside the cells, shows the warp. The held-out check over the widened support accepts the warp that pulls the
+    outline in; over the support alone (flat inside) it finds no evidence (``inside`` False)."""
+    from gala_engine.lddmm import default_a, velocity_grid
+    from gala_engine.params import AlignParams
+    from gala_engine.pipeline import _checkerboard_folds, _fold_fits, _validate_warp
+
+    rows, cols = np.mgrid[0:64, 0:64].astype(np.float64)
+    r = np.hypot(rows - 32.0, cols - 32.0)
+    image = torch.as_tensor((r < 23.0).astype(np.float64))[None]  # the tissue reaches 3 px beyond the cells
+    counts = np.random.default_rng(0).poisson(4.0 * (r < 20.0))  # a flat density of cells, counts per pixel
+    cells = torch.as_tensor(counts / counts.max(), dtype=torch.float64)[None]
+    x = [np.arange(64.0), np.arange(64.0)]
+    A = torch.eye(3, dtype=torch.float64)
+    xv = velocity_grid(x, default_a(x))
+    folds = _checkerboard_folds((64, 64), "cpu")
+    fits, stopped = _fold_fits(image, x, cells, x, A, AlignParams(num_iterations=100), None, xv, folds, [], None,
+                               None, 0)
+    check = _validate_warp(image, x, cells, x, A, fits, folds)
+    assert not stopped and check["accepted"] is True and check["inside"] is False
+    assert all(after > before for before, after in check["held_out_fitness"])
