@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .errors import GalaInputError
 
 __all__ = [
@@ -28,11 +30,21 @@ __all__ = [
     "check_store_output",
     "clean_stale_temps",
     "is_zarr_store",
+    "json_default",
     "temp_prefix",
     "write_dir_atomic",
     "write_or_rescue",
     "write_text_atomic",
 ]
+
+def json_default(obj: Any) -> Any:
+    """``json.dumps``' ``default``: numpy arrays as lists, numpy scalars as Python numbers, anything else as text."""
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return str(obj)
+
 
 _LEGACY_TEMP_AGE_S = 3600.0  # temporaries without an owner pid (older versions) are stale after an hour
 

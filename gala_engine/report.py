@@ -19,6 +19,7 @@ import torch
 
 from . import constants
 from .io import LoadedImage
+from .outputs import json_default
 from .search import score_batch
 from .section import AlignmentResult, SectionRasters
 from .transform import transform_image_source_to_target, transform_points_source_to_target
@@ -462,14 +463,7 @@ def write_report(
         raise OSError(f"could not write {png}")
     metrics["png"], metrics["json"] = str(png), str(js)
     tmp = js.with_name(f".{js.name}.tmp")
-    tmp.write_text(json.dumps(metrics, indent=2, default=_json_default), encoding="utf-8")
+    tmp.write_text(json.dumps(metrics, indent=2, default=json_default), encoding="utf-8")
     os.replace(tmp, js)
     return metrics
 
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return str(obj)

@@ -36,10 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from gala_engine.demo import DEMOS
 from gala_engine.errors import GalaInputError
+from gala_engine.outputs import json_default
 from gala_engine.params import AlignParams
 from gala_engine.section import AlignmentResult
 
@@ -153,14 +152,6 @@ def sweep(*, root: Path | None = None, keep: str | None = None, now: float | Non
 # ------------------------------------------------------------------------------------------------ writing
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
-
-
 def state_keys() -> list[str]:
     """The session-state keys a session is made of (copy them into a plain dict for work outside a script run)."""
     from . import landmarks as lm
@@ -262,7 +253,7 @@ def save_dir(folder: Path, ss: Mapping[str, Any]) -> dict[str, Any]:
                 _atomic_write(dest, src)
         _atomic_write(marker, manifest["data"]["uid"].encode())
     manifest["data"]["files"] = bool(kept)
-    _atomic_write(folder / MANIFEST, json.dumps(manifest, default=_jsonable).encode("utf-8"))
+    _atomic_write(folder / MANIFEST, json.dumps(manifest, default=json_default).encode("utf-8"))
     return manifest
 
 
@@ -278,7 +269,7 @@ def session_zip(ss: Mapping[str, Any]) -> bytes:
     manifest["data"]["files"] = bool(files)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf, tempfile.TemporaryDirectory() as tmp:
-        zf.writestr(MANIFEST, json.dumps(manifest, default=_jsonable, indent=1), compress_type=zipfile.ZIP_DEFLATED)
+        zf.writestr(MANIFEST, json.dumps(manifest, default=json_default, indent=1), compress_type=zipfile.ZIP_DEFLATED)
         for rid, (_, result) in (ss.get(state.RESULTS) or {}).items():
             zf.write(result.save_npz(Path(tmp) / f"run_{int(rid)}.npz"), f"results/run_{int(rid)}.npz")
         for name, path in files.items():
