@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gala_engine import AlignParams, gala, normalize, rasterize, scale_match, to_cpu  # noqa: E402
 from gala_engine import pipeline as pl  # noqa: E402
-from gala_engine.affine import genes_to_matrix_np, matrix_to_genes  # noqa: E402
+from gala_engine.affine import genes_to_matrix_np, matrix_to_genes, swap_xy  # noqa: E402
 from gala_engine.io import cell_signal  # noqa: E402
 from gala_engine.search import blur_raster, fill_gene_space, pool_raster, shows_glass  # noqa: E402
 from tests.validation.cases import get_case  # noqa: E402
@@ -62,10 +62,7 @@ def main(name: str) -> None:
     gs = tutorial_gene_space(xI, xJ)
     kw = dict(TUTORIAL_CALL, num_generations=300, num_iterations=0, num_repeats=1,
               sigmaM=float(I.std()), sigmaB=float(J.std()))
-    M = case.transform.M  # truth: image px (x, y) → µm (x, y); the engine's A is (row, col)
-    A = np.eye(3)
-    A[:2, :2], A[:2, 2] = M[:, :2][::-1, ::-1], M[::-1, 2]
-    truth = matrix_to_genes(A, xI, xJ)
+    truth = matrix_to_genes(swap_xy(case.transform.M), xI, xJ)  # image px (x, y) → µm (x, y) as (row, col)
 
     def error_um(genes) -> float:
         Ai = np.linalg.inv(genes_to_matrix_np(genes, xI, xJ))

@@ -53,19 +53,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gala_engine import io, section  # noqa: E402
+from gala_engine.affine import swap_xy  # noqa: E402
 from gala_engine.manual import affine_result  # noqa: E402
 from gala_engine.qc import quality_flags  # noqa: E402
 from gala_engine.section import AlignmentResult  # noqa: E402
-
-P = np.array([[0.0, 1.0], [1.0, 0.0]])
-
-
-def affine_from_xy(M: np.ndarray) -> np.ndarray:
-    """2×3 image px (x, y) → µm (x, y) as the engine's 3×3 (row, col) → (row, col)."""
-    A = np.eye(3)
-    A[:2, :2] = P @ M[:, :2] @ P
-    A[:2, 2] = P @ M[:, 2]
-    return A
 
 
 def pose_result(A: np.ndarray, rasters) -> AlignmentResult:
@@ -107,7 +98,7 @@ def sections(fast: bool):
         img, signal = section_inputs(None, d.adata, d.image_path)
         upp = 1.0 / np.sqrt(abs(np.linalg.det(d.um_to_px[:, :2])))
         M = np.linalg.inv(np.r_[d.um_to_px, [[0, 0, 1]]])[:2]
-        yield f"demo-{name}", d.adata, img, signal, truth_px_xy(d), upp, affine_from_xy(M), 0.0
+        yield f"demo-{name}", d.adata, img, signal, truth_px_xy(d), upp, swap_xy(M), 0.0
     from tests.validation.cases import build_case, specs
 
     for spec in specs(fast=fast):
@@ -116,7 +107,7 @@ def sections(fast: bool):
         case = build_case(spec)
         img, signal = section_inputs(case.image, case.adata)
         yield (spec.name, case.adata, img, signal, case.truth_xy_px, case.um_per_px,
-               affine_from_xy(case.transform.M), case.warp_um)
+               swap_xy(case.transform.M), case.warp_um)
 
 
 def row(name, pose, adata, rasters, result, truth_xy, upp) -> dict:

@@ -13,6 +13,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+_SWAP_XY = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # (x, y, 1) ⇄ (row, col, 1)
+
+
+def swap_xy(M) -> np.ndarray:
+    """An affine acting on (x, y) points (2×3 or 3×3) as the same map acting on (row, col) points (3×3), e.g. a
+    ground truth image px (x, y) → µm (x, y) as the engine's ``A``; and back (the swap is its own inverse)."""
+    M = np.asarray(M, dtype=np.float64)
+    if M.shape == (2, 3):
+        M = np.vstack([M, [0.0, 0.0, 1.0]])
+    return _SWAP_XY @ M @ _SWAP_XY
+
 
 def grid_centre(x: list) -> np.ndarray:
     """Centre (row, col) of a grid given as axis vectors ``[rows, cols]``."""

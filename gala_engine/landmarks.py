@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .affine import swap_xy
 from .errors import GalaInputError
 
 __all__ = [
@@ -68,7 +69,6 @@ XENIUM_COLUMNS = ("fixedX", "fixedY", "alignmentX", "alignmentY")
 XENIUM_PIXEL_SIZE = 0.2125  # µm per Xenium morphology pixel (experiment.xenium "pixel_size")
 MIN_PAIRS = 3
 Kind = Literal["similarity", "affine"]
-_SWAP = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # (x, y, 1) ⇄ (row, col, 1)
 
 
 # ------------------------------------------------------------------------------------- pairs
@@ -270,7 +270,7 @@ def fit_landmarks(lm: Landmarks, *, kind: Kind = "similarity", allow_flip: bool 
     if abs(np.linalg.det(B[:2, :2])) < 1e-300:
         raise GalaInputError("the landmarks give a degenerate (zero-area) map; check that the pairs are matched.")
     residuals = np.linalg.norm(apply_matrix(B, src) - dst, axis=1)
-    A = _SWAP @ np.linalg.inv(B) @ _SWAP  # px (x, y) → µm (x, y), then in (row, col) order
+    A = swap_xy(np.linalg.inv(B))  # px (x, y) → µm (x, y), then in (row, col) order
     return LandmarkFit(A=A, kind=kind, mirrored=bool(np.linalg.det(B[:2, :2]) < 0), residuals_px=residuals)
 
 
@@ -449,7 +449,7 @@ def matrix_to_xenium(A: np.ndarray, *, pixel_size: float = XENIUM_PIXEL_SIZE) ->
     """GALA's 3×3 (image (row, col) → µm (row, col)) as Xenium Explorer's matrix (image (x, y) →
     Xenium pixels (x, y) of ``pixel_size`` µm)."""
     s = _check_pixel_size(pixel_size)
-    M = np.diag([1.0 / s, 1.0 / s, 1.0]) @ _SWAP @ np.asarray(A, np.float64) @ _SWAP
+    M = np.diag([1.0 / s, 1.0 / s, 1.0]) @ swap_xy(A)
     M[2] = (0.0, 0.0, 1.0)
     return M
 
@@ -457,7 +457,7 @@ def matrix_to_xenium(A: np.ndarray, *, pixel_size: float = XENIUM_PIXEL_SIZE) ->
 def matrix_from_xenium(M: np.ndarray, *, pixel_size: float = XENIUM_PIXEL_SIZE) -> np.ndarray:
     """Xenium Explorer's matrix (image (x, y) → Xenium pixels) as GALA's 3×3 (image (row, col) → µm)."""
     s = _check_pixel_size(pixel_size)
-    A = _SWAP @ np.diag([s, s, 1.0]) @ np.asarray(M, np.float64) @ _SWAP
+    A = swap_xy(np.diag([s, s, 1.0]) @ np.asarray(M, np.float64))
     A[2] = (0.0, 0.0, 1.0)
     return A
 
@@ -522,7 +522,7 @@ def result_affine(result: Any, cells_xy: np.ndarray | None = None) -> np.ndarray
     cells_xy = np.asarray(cells_xy, np.float64)
     px = np.asarray(result.cells_to_image(cells_xy), np.float64)
     B = _affine_xy(cells_xy, px)  # µm (x, y) → px (x, y)
-    return _SWAP @ np.linalg.inv(B) @ _SWAP
+    return swap_xy(np.linalg.inv(B))
 
 
 # ------------------------------------------------------------------------------------- one run's files

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .affine import swap_xy
 from .errors import GalaInputError
 from .events import ProgressCallback, StopPredicate
 from .landmarks import Kind, LandmarkFit, Landmarks, fit_landmarks, landmark_errors, result_affine
@@ -24,8 +25,6 @@ from .section import AlignmentResult, SectionRasters, align_section
 
 __all__ = ["LandmarkRefinement", "affine_result", "landmark_tolerance", "nudge", "nudge_matrix",
            "refine_from_landmarks"]
-
-_SWAP = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
 
 
 def affine_result(A: np.ndarray, *, image_shape: tuple[int, int] | None = None, source: str = "landmarks",
@@ -86,7 +85,7 @@ def nudge(result: Any, *, cells_xy: np.ndarray | None = None, rotate_deg: float 
             centre_xy = (0.0, 0.0)
     C_xy = nudge_matrix(rotate_deg=rotate_deg, flip_x=flip_x, flip_y=flip_y, scale=scale, shift_xy=shift_xy,
                         centre_xy=centre_xy)
-    C_rc = _SWAP @ C_xy @ _SWAP
+    C_rc = swap_xy(C_xy)
     A_new = A @ np.linalg.inv(C_rc)  # new cells_to_image = C · old
     words = [f"rotate {rotate_deg:g}°" if rotate_deg else "", "flip ↔" if flip_x else "", "flip ↕" if flip_y else "",
              f"scale ×{scale:g}" if scale != 1.0 else "",

@@ -8,21 +8,16 @@ import io
 import anndata
 import numpy as np
 
+from gala_engine.affine import swap_xy
 from gala_engine.manual import affine_result
 from gala_engine.section import prepare_section
 from ui import figures, state
 from ui.runs import aligned_h5ad_bytes
 
-_SWAP = np.array([[0.0, 1.0], [1.0, 0.0]])
-
 
 def _truth_affine(data) -> np.ndarray:
     """The demo's µm → px truth as the engine's image px (row, col) → µm (row, col) 3×3."""
-    M = np.linalg.inv(np.r_[data.truth, [[0.0, 0.0, 1.0]]])[:2]
-    A = np.eye(3)
-    A[:2, :2] = _SWAP @ M[:, :2] @ _SWAP
-    A[:2, 2] = _SWAP @ M[:, 2]
-    return A
+    return swap_xy(np.linalg.inv(np.r_[data.truth, [[0.0, 0.0, 1.0]]])[:2])
 
 
 def test_viewer_shows_the_verdict_and_colours_by_confidence(app):

@@ -223,7 +223,7 @@ def test_whole_raster_finish_may_not_rescale_the_tissue_stage_pose():
     cells' density) and land ~3 raster px off. It may not rescale the tissue stage's pose: the tissue fitness
     finishes instead and the scale stays within 2 % of the truth."""
     from gala_engine import rasterize
-    from gala_engine.affine import genes_to_matrix_np
+    from gala_engine.affine import genes_to_matrix_np, swap_xy
     from gala_engine.io import cell_signal
     from tests.validation.cases import get_case
     from tests.validation.runners import errors_um, tutorial_source
@@ -233,8 +233,7 @@ def test_whole_raster_finish_may_not_rescale_the_tissue_stage_pose():
     YI, XI, I = tutorial_source(case.image)
     XJ, YJ, J = rasterize(xy[:, 0], xy[:, 1], g=cell_signal(case.adata), dx=30.0)
     xI, xJ = [YI, XI], [YJ, XJ]
-    truth = np.eye(3)  # image px (x, y) → µm (x, y) as the engine's (row, col)
-    truth[:2, :2], truth[:2, 2] = case.transform.M[:, :2][::-1, ::-1], case.transform.M[::-1, 2]
+    truth = swap_xy(case.transform.M)  # image px (x, y) → µm (x, y) as the engine's (row, col)
     res = to_cpu(gala(xI, I, xJ, J, init_A=truth, num_iterations=0, num_generations=3, ga_restarts=1,
                       seed_population=False))
     assert res["fitness_used"] == "tissue"  # the ncc finish ran and was refused

@@ -15,6 +15,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from gala_engine import io
+from gala_engine.affine import swap_xy
 from gala_engine.checks import check_cells
 from gala_engine.confidence import cell_confidence
 from gala_engine.demo import load_demo, truth_px_xy
@@ -22,16 +23,6 @@ from gala_engine.manual import affine_result
 from gala_engine.qc import CHECK, OK, VERDICTS, WRONG, assess, quality_flags, verdict_lines, worst
 from gala_engine.raster import cell_spacing
 from gala_engine.section import prepare_section
-
-_SWAP = np.array([[0.0, 1.0], [1.0, 0.0]])
-
-
-def _affine(M: np.ndarray) -> np.ndarray:
-    """2×3 px (x, y) → µm (x, y) as the engine's 3×3 image px (row, col) → µm (row, col)."""
-    A = np.eye(3)
-    A[:2, :2] = _SWAP @ M[:, :2] @ _SWAP
-    A[:2, 2] = _SWAP @ M[:, 2]
-    return A
 
 
 def _moved(A: np.ndarray, xy_um: np.ndarray, L: np.ndarray, shift_px=(0.0, 0.0)) -> np.ndarray:
@@ -50,7 +41,7 @@ def _demo(name: str):
     img = io.read_image(d.image_path, max_side=4096)
     signal = check_cells(d.adata, signal="total counts").signal
     rasters = prepare_section(d.adata, img, signal=signal)
-    A = _affine(np.linalg.inv(np.r_[d.um_to_px, [[0.0, 0.0, 1.0]]])[:2])
+    A = swap_xy(np.linalg.inv(np.r_[d.um_to_px, [[0.0, 0.0, 1.0]]])[:2])
     return d, rasters, A
 
 
@@ -97,7 +88,7 @@ def test_validation_case_truth_ok_and_wrong_poses_flagged() -> None:
     case = get_case("spots-os2_ki67-r170f-s3-pitch100")
     img = io.LoadedImage(case.image.astype(np.float32)[..., :3] / 255.0, 1.0, case.image.shape[:2], "<case>")
     rasters = prepare_section(case.adata, img)
-    A = _affine(case.transform.M)
+    A = swap_xy(case.transform.M)
     xy = io.spatial_yx(case.adata)[:, ::-1]
     assert _verdict(rasters, A, xy)["verdict"] == OK
     for L in (2.5 * np.eye(2), 0.4 * np.eye(2), np.diag([1.0, -1.0])):  # too large, too small, mirrored
@@ -175,7 +166,7 @@ def test_a_mirrored_pose_at_its_own_optimum_on_a_symmetric_section_is_not_ok() -
     case = get_case("spots-visium_tiny_he-r30-s4-pitch55")
     img = io.LoadedImage(case.image.astype(np.float32)[..., :3] / 255.0, 1.0, case.image.shape[:2], "<case>")
     rasters = prepare_section(case.adata, img)
-    A = _affine(case.transform.M)
+    A = swap_xy(case.transform.M)
     xy = io.spatial_yx(case.adata)[:, ::-1]
     (mirrored,) = reoptimised(rasters, [_moved(A, xy, np.diag([1.0, -1.0]))], glass=True)
     res = affine_result(mirrored, image_shape=rasters.image_full_shape)
