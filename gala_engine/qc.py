@@ -23,6 +23,7 @@ import torch
 
 from .affine import genes_to_matrix_np, grid_centre, matrix_to_genes
 from .features import normalize, tissue_mask
+from .landmarks import apply_matrix
 from .raster import cell_spacing
 from .search import OVERLAP_WEIGHT, BatchedFitness, fill_gene_space, pool_raster, refine_genes, score_batch, shows_glass
 from .section import AlignmentResult, SectionRasters
@@ -253,14 +254,13 @@ def pose_terms(rasters: SectionRasters, A: np.ndarray) -> tuple[float, float]:
 def pose_score(rasters: SectionRasters, A: np.ndarray, *, glass: bool | None = None) -> float:
     """The alignment's kind of score at an affine pose: the texture fit (:func:`pose_terms`) plus, when the image
     shows an outline (``glass``), the outline term weighted as the ``"tissue"`` fitness weighs it."""
-    texture, outline = pose_terms(rasters, A)
     glass = shows_glass(np.asarray(rasters.I)) if glass is None else glass
+    return _combined(*pose_terms(rasters, A), glass)
+
+
+def _combined(texture: float, outline: float, glass: bool) -> float:
+    """The two pose terms as the alignment's fitness weighs them (the outline only where the image shows one)."""
     return (texture + OVERLAP_WEIGHT * outline) / (1.0 + OVERLAP_WEIGHT) if glass else texture
-
-
-def _cells_px(A: np.ndarray, xy_um: np.ndarray) -> np.ndarray:
-    Ainv = np.linalg.inv(np.asarray(A, np.float64))
-    return np.asarray(xy_um, np.float64)[:, ::-1] @ Ainv[:2, :2].T + Ainv[:2, 2]
 
 
 def _margin(rasters: SectionRasters, result: AlignmentResult, xy_um: np.ndarray, glass: bool) -> dict[str, Any]:
@@ -268,19 +268,18 @@ def _margin(rasters: SectionRasters, result: AlignmentResult, xy_um: np.ndarray,
     itself, to its nearest optimum (:func:`reoptimised`: a mirrored section lands a few degrees off the plain
     mirror of the result), and whether either term of the score (the image texture, the tissue outline) singles
     it out. Alternatives that end on the pose itself are dropped."""
-    w = OVERLAP_WEIGHT if glass else 0.0
     named = alternative_poses(result.A_affine, xy_um)
     own_A, *alt_As = reoptimised(rasters, [result.A_affine] + [A for _, A in named], glass=glass)
-    own_px = _cells_px(own_A, xy_um)
+    yx_um = np.asarray(xy_um, np.float64)[:, ::-1]
+    own_px = apply_matrix(np.linalg.inv(own_A), yx_um)  # cells in image (row, col)
     size = max(float(np.sqrt(np.ptp(own_px[:, 0]) * np.ptp(own_px[:, 1]))), 1e-12)
     distinct = [(name, A) for (name, _), A in zip(named, alt_As)
-                if np.median(np.linalg.norm(_cells_px(A, xy_um) - own_px, axis=1)) > DISTINCT * size]
+                if np.median(np.linalg.norm(apply_matrix(np.linalg.inv(A), yx_um) - own_px, axis=1)) > DISTINCT * size]
     texture, outline = pose_terms(rasters, result.A_affine)
-    own = (texture + w * outline) / (1.0 + w)
     tex_re, out_re = pose_terms(rasters, own_A)
-    own_re = max(own, (tex_re + w * out_re) / (1.0 + w))  # the result's score at its own optimum
+    own_re = max(_combined(texture, outline, glass), _combined(tex_re, out_re, glass))  # at its own optimum
     alts = [(name, *pose_terms(rasters, A)) for name, A in distinct] or [("none", -1.0, 0.0)]
-    scored = [(name, (t + w * o) / (1.0 + w)) for name, t, o in alts]
+    scored = [(name, _combined(t, o, glass)) for name, t, o in alts]
     best_name, best = max(scored, key=lambda a: a[1])
     margin = own_re - best
     outline_margin = max(outline, out_re) - max(o for _, _, o in alts) if glass else 0.0
