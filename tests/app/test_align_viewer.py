@@ -147,9 +147,12 @@ def test_stop_keeps_the_best_so_far(app):
     app.run()
     assert job.running and app.button(key="stop_job")
     app.button(key="stop_job").click().run()
-    t0 = time.monotonic()
-    job.join(10)
-    assert time.monotonic() - t0 < 2.0
+    generations_at_stop = len(job.snapshot().ga_best)
+    job.join(60)
+    # honoured at the next generation (not after the 5000 asked for); counted, not timed, so that a
+    # loaded CI machine cannot fail it
+    assert not job.running
+    assert len(job.snapshot().ga_best) - generations_at_stop <= 2
     assert job.state == "stopped" and job.result is not None
     app.run()
     assert app.session_state[state.HISTORY][0]["state"] == "stopped"

@@ -23,6 +23,7 @@ TINY = {"search rounds per search": "8", "candidate poses per round": "60", "ind
         "fine-tuning steps after the search": "5",
         "warp steps (0 = no warp, rotation/scale/shift only)": "3"}  # under the Align page's "Advanced" expander
 DX_UM = "8"
+SLOW = 180_000  # ms: four sessions on a 2-core CI machine; what is checked is isolation, not speed
 
 
 def _user_files(folder: Path, i: int) -> tuple[Path, Path]:
@@ -45,13 +46,14 @@ def _load(page: Page, url: str, cells: Path, image: Path) -> None:
     inputs = page.get_by_test_id("stFileUploaderDropzoneInput")
     for i, path in enumerate((cells, image)):
         inputs.nth(i).set_input_files(path)
-        expect(page.get_by_text(path.name, exact=True)).to_be_visible()  # the upload has reached the server
-        _settled(page)
+        # the upload has reached the server
+        expect(page.get_by_text(path.name, exact=True)).to_be_visible(timeout=SLOW)
+        _settled(page, timeout=SLOW)
     load = page.get_by_role("button", name="Load uploaded files")
     expect(load).to_be_enabled()
     load.click()
-    expect(page.get_by_text(f"Loaded: upload: {cells.name} + {image.name}")).to_be_visible()
-    _settled(page)
+    expect(page.get_by_text(f"Loaded: upload: {cells.name} + {image.name}")).to_be_visible(timeout=SLOW)
+    _settled(page, timeout=SLOW)
     page.get_by_text("automatic dx").click()  # a coarse cell raster (~30 px): a run of seconds on 2 cores
     _settled(page)
     box = page.get_by_label("dx (µm per raster pixel)")
