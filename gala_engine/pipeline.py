@@ -92,6 +92,7 @@ def gala(
     source_extent: tuple[np.ndarray, np.ndarray] | None = None,
     init_A=None,
     fine_levels: list | None = None,
+    flat_target: bool = False,
     **params: Any,
 ) -> dict[str, Any]:
     """Align source ``I`` (image feature raster) to target ``J`` (cell raster).
@@ -116,6 +117,10 @@ def gala(
         Optional finer rasters of the same section, ``[(xI, I, xJ, J), …]`` coarse to fine (e.g. the cells at dx/2
         and the image at the matching working pixel): after the search the pose is refined on each in turn, so
         the error can fall below a pixel of ``J`` (:func:`gala_engine.section.prepare_section` makes them).
+    flat_target
+        True when the cells' signal is too flat to align by its texture (an evenly packed section; see
+        :mod:`gala_engine.flatness`): where the image shows the tissue's outline, LDDMM then fits and validates the
+        warp on the outline alone (:func:`_outline_band`), with a smoother field, so the interior follows the outline.
     progress, should_stop
         Optional callback receiving :class:`~gala_engine.events.ProgressEvent` and a predicate
         polled once per step; stopping keeps the best result so far.
@@ -272,12 +277,22 @@ def gala(
         if p.num_iterations and not was_stopped:
             I_warp = _mixed_channels(I_t, xI, J_t, xJ, A, xv_full) if p.contrast else I_t
             folds = _checkerboard_folds(J_t.shape[1:], device) if p.lddmm_validate else [None]
-            v0 = v if v is not None and tuple(v.shape[1:3]) == (xv_full[0].size, xv_full[1].size) else None
-            fits, was_stopped = _fold_fits(I_warp, xI, J_t, xJ, A, p, v0, xv_full, folds, energy_history, progress,
-                                           should_stop, repeat)
+            # an evenly packed section's density only says where its outline is: inside, the image's texture has
+            # nothing to match and, matched anyway, drags the interior (an unwarped flat section: 2 → 11 µm). Its
+            # warp is fitted and validated on the outline band alone, smoother, so the interior follows the outline
+            band = _outline_band(J_t) if flat_target and outline else None
+            warp_p, xv_warp, fit_folds = p, xv_full, folds
+            if band is not None:
+                fit_folds = [band if fold is None else fold * band for fold in folds]
+                if p.a is None:
+                    warp_p = dataclasses.replace(p, a=default_a(xI) * OUTLINE_SMOOTHING)
+                    xv_warp = velocity_grid(xI, warp_p.a)
+            v0 = v if v is not None and tuple(v.shape[1:3]) == (xv_warp[0].size, xv_warp[1].size) else None
+            fits, was_stopped = _fold_fits(I_warp, xI, J_t, xJ, A, warp_p, v0, xv_warp, fit_folds, energy_history,
+                                           progress, should_stop, repeat)
             lddmm = fits[-1]
             if p.lddmm_validate and not was_stopped:
-                validation = _validate_warp(I_warp, xI, J_t, xJ, A, fits, folds)
+                validation = _validate_warp(I_warp, xI, J_t, xJ, A, fits, folds, band)
                 if validation["accepted"] and not validation["inside"] and p.a is None:
                     # only the tissue outline (just outside the cells' support) carries the warp: inside, the
                     # image explains none of the cells' density, so the warp there is the outline's, interpolated.
@@ -419,8 +434,9 @@ VALIDATION_BLOCK = 8  # target pixels per side of the checkerboard squares that 
 # the held-out correlation is scored over the cells' support widened by this many target pixels: the tissue outline
 # lies just outside the support, and a flat density inside leaves the outline the only evidence of a warp
 VALIDATION_RIM = 3
-# a warp that only the outline supports is refitted with a smoothness scale this many times the default (a / 8 of the
-# image): the interior, where the image explains none of the cells' density, follows the outline further in
+# a warp that only the outline supports (and a flat section's warp) is fitted with a smoothness scale this many times
+# the default (a / 8 of the image): the interior, where the image explains none of the cells' density, follows the
+# outline further in
 OUTLINE_SMOOTHING = 1.5
 
 
@@ -432,16 +448,27 @@ def _checkerboard_folds(shape, device) -> list[torch.Tensor]:
     return [first, 1.0 - first]
 
 
-def _validate_warp(I, xI, J, xJ, A, fits, folds) -> dict:
+def _outline_band(J: torch.Tensor) -> torch.Tensor:
+    """(H, W) 0/1: the target pixels within ``VALIDATION_RIM`` pixels of the edge of the cells' support."""
+    support = pixel_weights(J, "ncc_support").reshape(1, 1, *J.shape[1:])
+    k, rim = 2 * VALIDATION_RIM + 1, VALIDATION_RIM
+    widened = torch.nn.functional.max_pool2d(support, k, stride=1, padding=rim)
+    eroded = 1.0 - torch.nn.functional.max_pool2d(1.0 - support, k, stride=1, padding=rim)
+    return (widened - eroded)[0, 0]
+
+
+def _validate_warp(I, xI, J, xJ, A, fits, folds, band=None) -> dict:
     """Is the warp real? Each fold's warp, fitted on its half of the target pixels, must raise the image–cells
     correlation (the contrast-invariant fitness) on the OTHER half, which it never saw, above what the affine
     alone gives there; fitting noise lowers it. The correlation is scored over the cells' support widened by
     ``VALIDATION_RIM`` pixels (the tissue outline counts: ``held_out_fitness``) and, to tell where the evidence lies,
-    over the support alone (``held_out_inside``; ``inside``: that too rises). Accepted warps are averaged by the
-    caller."""
+    over the support alone (``held_out_inside``; ``inside``: that too rises); with an outline ``band``
+    (:func:`_outline_band`, a flat section), over the band alone. Accepted warps are averaged by the caller."""
     support = pixel_weights(J, "ncc_support").reshape(J.shape[1:])
     rim = VALIDATION_RIM
     widened = torch.nn.functional.max_pool2d(support[None, None], 2 * rim + 1, stride=1, padding=rim)[0, 0]
+    if band is not None:
+        widened = support = band
     affine_only = transform_image_source_to_target(fits[0].xv, torch.zeros_like(fits[0].v), A, xI, I, xJ)
     rows, inside = [], []
     for fit, mask in zip(fits, folds):

@@ -67,10 +67,9 @@ class SectionRasters:
 
     @property
     def flat_target(self) -> bool:
-        """True when the cell raster has almost no structure (e.g. a full grid of Visium spots)."""
-        J = self.J[0]
-        inside = J[J > 0.05 * J.max()]
-        return inside.size == 0 or float(inside.std() / max(inside.mean(), 1e-12)) < 0.05
+        """True when the signal is too flat to align (informativeness below :data:`FLAT_LEVEL`; e.g. an evenly
+        packed section's total counts): only the tissue outline can place the cells."""
+        return bool(self.signal_record()["flat"])
 
 
 def matched_image_blur(image: LoadedImage, yx: np.ndarray, sigma_um: float) -> float:
@@ -256,7 +255,8 @@ def align_section(
     """
     params = params or AlignParams()
     result = gala(rasters.xI, rasters.I, rasters.xJ, rasters.J, gene_space=gene_space, progress=progress,
-                  should_stop=should_stop, init_A=init_A, fine_levels=rasters.fine, **params.to_dict())
+                  should_stop=should_stop, init_A=init_A, fine_levels=rasters.fine,
+                  flat_target=rasters.flat_target, **params.to_dict())
     return AlignmentResult.from_gala(result, dx=rasters.dx)
 
 
