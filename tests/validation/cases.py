@@ -571,6 +571,8 @@ SPECS: list[CaseSpec] = [
     _S("uniform", "os2_ki67", 2.5, 45.0, False, options=(("spacing_um", 15.0),), fast=True),
     _S("uniform", "visium_tiny_he", 4.0, 290.0, False, shift=(500.0, 80.0), warp_um=25.0,
        options=(("spacing_um", 12.0),), fast=True),
+    # unwarped, yet the image's texture (which a flat density cannot explain) once dragged its interior 11 µm under LDDMM
+    _S("uniform", "visium_tiny_he", 3.0, 330.0, False, options=(("spacing_um", 15.0),), fast=True),
     _S("uniform", "visium_tiny_he", 1.5, 200.0, True, options=(("spacing_um", 15.0),)),
     _S("uniform", "os2_ki67", 0.8, 45.0, False, options=(("spacing_um", 15.0),)),
     _S("uniform", "os2_ki67", 1.2, 300.0, True, warp_um=20.0, options=(("spacing_um", 12.0),)),

@@ -23,13 +23,17 @@ _CACHE: dict[tuple[str, str], object] = {}
 _FLAT_WARP = "uniform-visium_tiny_he-r290-s4-w25-spacing12"
 _SPOTS_TINY = "spots-visium_tiny_he-r30-s4-pitch55"
 KNOWN_MISSES = {
-    ("flat", _FLAT_WARP): "flat density under a 25 µm warp: 11.2 µm = 1.12 raster px (affine 16.8 µm): only the "
-                          "outline carries the warp; the cross-validated LDDMM (held-out check over the support "
-                          "widened by 3 px, outline-only warp refitted 1.5× smoother) recovers it near the outline "
-                          "(cells < 200 µm inside: 7-10 µm) but not deep inside (> 400 µm: 20.5 µm, affine 25.3)",
+    ("flat", _FLAT_WARP): "flat density under a 25 µm warp: 10.7 µm = 1.07 raster px (affine 16.9 µm): only the "
+                          "outline carries the warp; LDDMM fitted and validated on the outline band (a flat section) "
+                          "recovers it near the outline (cells < 200 µm inside: 6.6-7.5 µm, affine 11.6-13.4) but not "
+                          "deep inside (> 400 µm: 21.5 µm, affine 25.1)",
     ("spots", _SPOTS_TINY): "819 µm (affine 822): a mirrored pose scores above the truth (tissue 0.84 vs 0.82); noisy spot totals on a "
                             "near-symmetric section do not identify the pose",
     ("tutorial1", _SPOTS_TINY): "857 µm, the same mirror ambiguity with the raw Sobel feature",
+    ("tutorial1", "uniform-visium_tiny_he-r330-s3-spacing15"): "515 µm = 17 raster px: a mirrored pose, 1.25× "
+                  "anisotropic, scores above the truth on every level of the raw Sobel (full ncc 0.957 vs 0.928; "
+                  "python bench/pose_scores.py): the feature's limit on an evenly packed near-square section (the "
+                  "CLI's default feature: 0.37 px)",
     # the tutorial's raw full-resolution Sobel is smoothed to the cell raster's scale inside gala()
     # (gala_engine/scale_match.py) and the whole-raster ncc finish may not rescale the tissue stage's pose
     # (pipeline.MAX_FINISH_RESCALE): the flat-density H&E cases now pass (0.58 and 0.86 raster px, were 2.81 and
