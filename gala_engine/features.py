@@ -191,15 +191,55 @@ def _channel(kind: str, pixels: np.ndarray, gray: np.ndarray, cache: dict) -> np
     return hematoxylin if kind == "hematoxylin" else total  # "tissue": all stain
 
 
-def tissue_mask(I: np.ndarray) -> np.ndarray:
-    """(h, w) float32 tissue mask of a feature raster (C, h, w): Otsu's threshold on a smoothed sum of the
-    channels, softened by a 1-pixel Gaussian (so a fitness reading it has sub-pixel gradients)."""
+GLASS_BINS = 64  # at most this many histogram bins over the smoothed total stain's range to find the empty slide
+GLASS_BOTTOM = 0.1  # the empty-slide mode lies in the lowest 10 % of the range (glass carries ~no stain)
+GLASS_DIP = 0.8  # the valley between the glass and the tissue modes: at most 80 % of the lower of the two
+
+
+def stain_total(I: np.ndarray) -> np.ndarray:
+    """(h, w) float32 in [0, 1]: the channels of a feature raster (C, h, w) summed, smoothed by a Gaussian of
+    1/50 of its smaller side (texture → tissue) and min–max scaled: the map :func:`glass_level` splits."""
     reproducible_cv2()
     img = np.asarray(I, dtype=np.float32).sum(0)
-    smooth = cv2.GaussianBlur(img, (0, 0), sigmaX=max(min(img.shape) / 50.0, 1.0))
-    u8 = (normalize(smooth) * 255).astype(np.uint8)
-    _, mask = cv2.threshold(u8, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    return cv2.GaussianBlur(mask.astype(np.float32), (0, 0), sigmaX=1.0)
+    return normalize(cv2.GaussianBlur(img, (0, 0), sigmaX=max(min(img.shape) / 50.0, 1.0)))
+
+
+def glass_level(total: np.ndarray) -> float | None:
+    """The level of :func:`stain_total` separating empty slide from tissue, or ``None`` when the image shows no
+    empty slide (filled with tissue).
+
+    Empty slide (glass) is the least stained and flattest part of a brightfield image: a histogram mode at the
+    bottom of the stain range (within ``GLASS_BOTTOM``). The threshold is the histogram's deepest valley between
+    that mode and the tissue's main mode above it, when it dips to at most ``GLASS_DIP`` of both. Unlike Otsu's
+    threshold it does not split the tissue itself when the tissue has two stain levels (IHC: pale hematoxylin
+    counterstain and dark DAB, a trimodal histogram), and a frame filled with tissue gets no glass at all."""
+    bins = int(np.clip(np.sqrt(total.size) / 2.0, 16, GLASS_BINS))  # ~20+ pixels a bin: few for a small raster
+    hist, _ = np.histogram(total, bins=bins, range=(0.0, 1.0))
+    h = cv2.GaussianBlur(hist.astype(np.float64)[None], (0, 0), sigmaX=1.0, borderType=cv2.BORDER_REFLECT)[0]
+    heavy = 0.5 * total.size / bins  # half the mean bin: a mode of real pixels, not a tail's ripple
+    glass = 0
+    while glass + 1 < bins and h[glass + 1] > h[glass]:
+        glass += 1  # the first mode from the unstained end
+    if glass >= GLASS_BOTTOM * bins or h[glass] < heavy:
+        return None
+    fall = glass
+    while fall + 1 < bins and h[fall + 1] <= h[fall]:
+        fall += 1
+    main = fall + int(np.argmax(h[fall:]))  # the tissue's main mode, beyond the glass mode's slope
+    valley = glass + int(np.argmin(h[glass: main + 1]))
+    if h[main] < heavy or h[valley] > GLASS_DIP * min(h[glass], h[main]):
+        return None
+    return (valley + 0.5) / bins
+
+
+def tissue_mask(I: np.ndarray) -> np.ndarray:
+    """(h, w) float32 tissue mask of a feature raster (C, h, w): :func:`stain_total` above the empty slide's
+    :func:`glass_level` (all ones when the image shows no empty slide), softened by a 1-pixel Gaussian (so a
+    fitness reading it has sub-pixel gradients)."""
+    total = stain_total(I)
+    level = glass_level(total)
+    mask = np.ones_like(total) if level is None else (total > level).astype(np.float32)
+    return cv2.GaussianBlur(mask, (0, 0), sigmaX=1.0)
 
 
 def tissue_extent(I: np.ndarray, xI: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
