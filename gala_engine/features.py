@@ -204,16 +204,19 @@ def stain_total(I: np.ndarray) -> np.ndarray:
     return normalize(cv2.GaussianBlur(img, (0, 0), sigmaX=max(min(img.shape) / 50.0, 1.0)))
 
 
-def glass_level(total: np.ndarray) -> float | None:
-    """The level of :func:`stain_total` separating empty slide from tissue, or ``None`` when the image shows no
-    empty slide (filled with tissue).
+def glass_split(total: np.ndarray) -> tuple[str, float | None]:
+    """How the histogram of :func:`stain_total` shows empty slide: ``("glass", level)``, ``("tail", None)`` or
+    ``("none", None)``.
 
-    Empty slide (glass) is the least stained and flattest part of a brightfield image: a histogram mode at the
-    bottom of the stain range (within ``GLASS_BOTTOM``). The threshold is the histogram's deepest valley between
-    that mode and the tissue's main mode above it, when it dips to at most ``GLASS_DIP`` of both. Unlike Otsu's
-    threshold it does not split the tissue itself when the tissue has two stain levels (IHC: pale hematoxylin
-    counterstain and dark DAB, a trimodal histogram), and a frame filled with tissue gets no glass at all."""
-    bins = int(np.clip(np.sqrt(total.size) / 2.0, 16, GLASS_BINS))  # ~20+ pixels a bin: few for a small raster
+    Empty slide (glass) is the least stained part of a brightfield image (the least-signal background of a
+    fluorescence one): a histogram mode at the bottom of the range (within ``GLASS_BOTTOM``). ``"glass"``: the
+    tissue has a mode of its own above it and the histogram dips between them to at most ``GLASS_DIP`` of both;
+    ``level`` is the deepest point of that valley. Unlike Otsu's threshold it does not split the tissue itself when
+    the tissue has two stain levels (IHC: pale hematoxylin counterstain and dark DAB, a trimodal histogram).
+    ``"tail"``: a bottom mode whose signal falls off without a tissue mode as high as it (e.g. DAPI: the nuclei a
+    long tail). ``"none"``: no bottom mode (a frame filled with tissue), or a higher tissue mode not separated
+    from it (a little glass blurred into the tissue)."""
+    bins = int(np.clip(np.sqrt(total.size) / 2.0, 16, GLASS_BINS))  # fewer bins on a small raster: ≥ 2√n pixels a bin
     hist, _ = np.histogram(total, bins=bins, range=(0.0, 1.0))
     h = cv2.GaussianBlur(hist.astype(np.float64)[None], (0, 0), sigmaX=1.0, borderType=cv2.BORDER_REFLECT)[0]
     heavy = 0.5 * total.size / bins  # half the mean bin: a mode of real pixels, not a tail's ripple
@@ -221,25 +224,38 @@ def glass_level(total: np.ndarray) -> float | None:
     while glass + 1 < bins and h[glass + 1] > h[glass]:
         glass += 1  # the first mode from the unstained end
     if glass >= GLASS_BOTTOM * bins or h[glass] < heavy:
-        return None
+        return "none", None
     fall = glass
     while fall + 1 < bins and h[fall + 1] <= h[fall]:
         fall += 1
     main = fall + int(np.argmax(h[fall:]))  # the tissue's main mode, beyond the glass mode's slope
+    if main == fall or h[main] < heavy:  # nothing rises again above the background's slope
+        return "tail", None
     valley = glass + int(np.argmin(h[glass: main + 1]))
-    if h[main] < heavy or h[valley] > GLASS_DIP * min(h[glass], h[main]):
-        return None
-    return (valley + 0.5) / bins
+    if h[valley] > GLASS_DIP * min(h[glass], h[main]):  # no clear valley: tissue dominates, or ripples on a tail
+        return ("none", None) if h[main] >= h[glass] else ("tail", None)
+    return "glass", (valley + 0.5) / bins
+
+
+def glass_level(total: np.ndarray) -> float | None:
+    """The level of :func:`stain_total` separating empty slide from tissue (:func:`glass_split`), or ``None``."""
+    return glass_split(total)[1]
 
 
 def tissue_mask(I: np.ndarray) -> np.ndarray:
     """(h, w) float32 tissue mask of a feature raster (C, h, w): :func:`stain_total` above the empty slide's
-    :func:`glass_level` (all ones when the image shows no empty slide), softened by a 1-pixel Gaussian (so a
-    fitness reading it has sub-pixel gradients)."""
+    :func:`glass_level`, softened by a 1-pixel Gaussian (so a fitness reading it has sub-pixel gradients).
+
+    An image without empty slide keeps Otsu's split of :func:`stain_total` (the stronger-signal part, e.g. the
+    dense structure of a DAPI image, which the QC flags compare with the cells); the alignment's ``"tissue"``
+    fitness is chosen only where :func:`gala_engine.search.shows_glass`, i.e. where the glass level exists."""
     total = stain_total(I)
     level = glass_level(total)
-    mask = np.ones_like(total) if level is None else (total > level).astype(np.float32)
-    return cv2.GaussianBlur(mask, (0, 0), sigmaX=1.0)
+    if level is None:
+        _, mask = cv2.threshold((total * 255).astype(np.uint8), 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    else:
+        mask = total > level
+    return cv2.GaussianBlur(mask.astype(np.float32), (0, 0), sigmaX=1.0)
 
 
 def tissue_extent(I: np.ndarray, xI: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from .affine import genes_to_theta, grid_centre, normalised_target_points
 from .errors import GalaInputError
 from .events import ProgressCallback, ProgressEvent, StopPredicate, emit, stopped
-from .features import glass_level, stain_total, tissue_mask
+from .features import glass_split, stain_total, tissue_mask
 
 GENE_NAMES = ("angle", "sy", "sx", "ty", "tx")
 
@@ -117,17 +117,28 @@ def space_around(space: GeneSpace, genes: np.ndarray, *, angle: float = 15.0, sc
 
 
 FITNESS_KINDS = ("tissue", "ncc", "ncc_support", "sse")
-GLASS_FRACTION = 0.1  # ≥ 10 % of the image on empty slide: it shows the tissue's outline
+GLASS_LEVEL, GLASS_FRACTION = 0.1, 0.1  # ≥ 10 % of the image on empty slide: it shows the tissue's outline
 
 
 def shows_glass(I: np.ndarray) -> bool:
-    """True when the image shows empty slide around the tissue: at least ``GLASS_FRACTION`` of the source raster
-    at or below its :func:`~gala_engine.features.glass_level` (the valley above the least-stained histogram mode,
-    not a fraction of a bright percentile, which dark IHC stain would raise above the pale counterstained tissue).
-    Only then can the tissue outline be compared with the cells' outline (an image filled with tissue has none)."""
+    """True when the image shows empty slide around the tissue. Only then can the tissue outline be compared with
+    the cells' outline (an image filled with tissue has none).
+
+    At least ``GLASS_FRACTION`` of the source raster at or below its :func:`~gala_engine.features.glass_level`
+    (the valley above the least-signal histogram mode, :func:`~gala_engine.features.glass_split`). No such mode,
+    or a tissue mode not separated from it: no empty slide (e.g. an IHC frame filled with tissue, whose pale
+    counterstain lies below 10 % of the dark DAB's 99th percentile). A background mode without a tissue mode above
+    it (``"tail"``, e.g. DAPI: the nuclei's signal a long tail) keeps the earlier test:
+    ``GLASS_FRACTION`` of the raster (channels summed) below ``GLASS_LEVEL`` of its 99th percentile."""
     total = stain_total(I)
-    level = glass_level(total)
-    return level is not None and float((total <= level).mean()) >= GLASS_FRACTION
+    kind, level = glass_split(total)
+    if kind == "glass":
+        return float((total <= level).mean()) >= GLASS_FRACTION
+    if kind == "none":
+        return False
+    summed = np.asarray(I, dtype=np.float64).sum(0)
+    top = float(np.percentile(summed, 99.0))
+    return top > 0 and float((summed < GLASS_LEVEL * top).mean()) >= GLASS_FRACTION
 
 
 SUPPORT_LEVEL = 0.02  # target pixels above this fraction of the maximum count as the cells' support

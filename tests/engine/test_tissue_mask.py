@@ -46,7 +46,6 @@ def test_an_ihc_frame_filled_with_tissue_shows_no_glass():
     assert truth.all()
     assert glass_level(stain_total(raster)) is None
     assert not shows_glass(raster)  # pale tissue below 10 % of the DAB-dark 99th percentile is not glass
-    assert (tissue_mask(raster) > 0.5).all()
 
 
 def _agreement(name: str, crop: tuple[slice, slice] = (slice(None), slice(None))) -> tuple[float, float, bool]:
@@ -66,8 +65,20 @@ def _agreement(name: str, crop: tuple[slice, slice] = (slice(None), slice(None))
 def test_ki67_ihc_mask_agrees_with_the_generators_mask():
     agree, _, glass = _agreement("os2_ki67")  # 16 % empty slide around IHC tissue
     assert glass and agree > 0.93  # Otsu: 0.84 (pale tissue called glass)
-    agree, frac, glass = _agreement("os2_ki67", (slice(500, None), slice(450, None)))  # 95 % tissue
-    assert not glass and frac > 0.9 and agree > 0.9  # Otsu: 40 % tissue, agreement 0.45, "shows glass"
+    # a crop filled with tissue (95 %, small holes): no empty slide, so no "tissue" fitness (was: "shows glass",
+    # with Otsu calling 40 % of it tissue); its mask stays Otsu's split, which only the QC flags read
+    _, _, glass = _agreement("os2_ki67", (slice(500, None), slice(450, None)))
+    assert not glass
+
+
+def test_without_glass_the_mask_is_otsus_split_as_before():
+    """DAPI, an H&E filled with tissue: no empty-slide mode, the mask keeps Otsu's threshold (QC flags read it)."""
+    rng = np.random.default_rng(2)
+    raster = cv2.GaussianBlur(rng.uniform(0.3, 1.0, (60, 70)).astype(np.float32), (0, 0), 3.0)[None]
+    total = stain_total(raster)
+    assert glass_level(total) is None
+    _, otsu = cv2.threshold((total * 255).astype(np.uint8), 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    np.testing.assert_array_equal(tissue_mask(raster) > 0.5, cv2.GaussianBlur(otsu.astype(np.float32), (0, 0), 1.0) > 0.5)
 
 
 @pytest.mark.parametrize("name, floor", [("visium_tiny_he", 0.95), ("visium_dg_he", 0.97)])
