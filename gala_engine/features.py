@@ -246,9 +246,10 @@ def tissue_mask(I: np.ndarray) -> np.ndarray:
     """(h, w) float32 tissue mask of a feature raster (C, h, w): :func:`stain_total` above the empty slide's
     :func:`glass_level`, softened by a 1-pixel Gaussian (so a fitness reading it has sub-pixel gradients).
 
-    An image without empty slide keeps Otsu's split of :func:`stain_total` (the stronger-signal part, e.g. the
-    dense structure of a DAPI image, which the QC flags compare with the cells); the alignment's ``"tissue"``
-    fitness is chosen only where :func:`gala_engine.search.shows_glass`, i.e. where the glass level exists."""
+    Without a glass level (:func:`glass_split` ``"none"`` or ``"tail"``) the mask stays Otsu's split of
+    :func:`stain_total`, as before (the stronger-signal part, e.g. the dense structure of a DAPI image, which the QC
+    flags compare with the cells). An IHC or H&E frame filled with tissue then does not show glass
+    (:func:`gala_engine.search.shows_glass`), so the alignment's ``"tissue"`` fitness does not read that split."""
     total = stain_total(I)
     level = glass_level(total)
     if level is None:
