@@ -248,8 +248,7 @@ def tissue_mask(I: np.ndarray) -> np.ndarray:
 
     Without a glass level (:func:`glass_split` ``"none"`` or ``"tail"``) the mask stays Otsu's split of
     :func:`stain_total`, as before (the stronger-signal part, e.g. the dense structure of a DAPI image, which the QC
-    flags compare with the cells). An IHC or H&E frame filled with tissue then does not show glass
-    (:func:`gala_engine.search.shows_glass`), so the alignment's ``"tissue"`` fitness does not read that split."""
+    flags compare with the cells)."""
     total = stain_total(I)
     level = glass_level(total)
     if level is None:
