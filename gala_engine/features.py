@@ -191,14 +191,70 @@ def _channel(kind: str, pixels: np.ndarray, gray: np.ndarray, cache: dict) -> np
     return hematoxylin if kind == "hematoxylin" else total  # "tissue": all stain
 
 
-def tissue_mask(I: np.ndarray) -> np.ndarray:
-    """(h, w) float32 tissue mask of a feature raster (C, h, w): Otsu's threshold on a smoothed sum of the
-    channels, softened by a 1-pixel Gaussian (so a fitness reading it has sub-pixel gradients)."""
+GLASS_BINS = 64  # at most this many histogram bins over the smoothed total stain's range to find the empty slide
+GLASS_BOTTOM = 0.1  # the empty-slide mode lies in the lowest 10 % of the range (glass carries ~no stain)
+GLASS_DIP = 0.8  # the valley between the glass and the tissue modes: at most 80 % of the lower of the two
+
+
+def stain_total(I: np.ndarray) -> np.ndarray:
+    """(h, w) float32 in [0, 1]: the channels of a feature raster (C, h, w) summed, smoothed by a Gaussian of
+    1/50 of its smaller side (texture → tissue) and min–max scaled: the map :func:`glass_level` splits."""
     reproducible_cv2()
     img = np.asarray(I, dtype=np.float32).sum(0)
-    smooth = cv2.GaussianBlur(img, (0, 0), sigmaX=max(min(img.shape) / 50.0, 1.0))
-    u8 = (normalize(smooth) * 255).astype(np.uint8)
-    _, mask = cv2.threshold(u8, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return normalize(cv2.GaussianBlur(img, (0, 0), sigmaX=max(min(img.shape) / 50.0, 1.0)))
+
+
+def glass_split(total: np.ndarray) -> tuple[str, float | None]:
+    """How the histogram of :func:`stain_total` shows empty slide: ``("glass", level)``, ``("tail", None)`` or
+    ``("none", None)``.
+
+    Empty slide (glass) is the least stained part of a brightfield image (the least-signal background of a
+    fluorescence one): a histogram mode at the bottom of the range (within ``GLASS_BOTTOM``). ``"glass"``: the
+    tissue has a mode of its own above it and the histogram dips between them to at most ``GLASS_DIP`` of both;
+    ``level`` is the deepest point of that valley. Unlike Otsu's threshold it does not split the tissue itself when
+    the tissue has two stain levels (IHC: pale hematoxylin counterstain and dark DAB, a trimodal histogram).
+    ``"tail"``: a bottom mode whose signal falls off without a tissue mode as high as it (e.g. DAPI: the nuclei a
+    long tail). ``"none"``: no bottom mode (a frame filled with tissue), or a higher tissue mode not separated
+    from it (a little glass blurred into the tissue)."""
+    bins = int(np.clip(np.sqrt(total.size) / 2.0, 16, GLASS_BINS))  # fewer bins on a small raster: ≥ 2√n pixels a bin
+    hist, _ = np.histogram(total, bins=bins, range=(0.0, 1.0))
+    h = cv2.GaussianBlur(hist.astype(np.float64)[None], (0, 0), sigmaX=1.0, borderType=cv2.BORDER_REFLECT)[0]
+    heavy = 0.5 * total.size / bins  # half the mean bin: a mode of real pixels, not a tail's ripple
+    glass = 0
+    while glass + 1 < bins and h[glass + 1] > h[glass]:
+        glass += 1  # the first mode from the unstained end
+    if glass >= GLASS_BOTTOM * bins or h[glass] < heavy:
+        return "none", None
+    fall = glass
+    while fall + 1 < bins and h[fall + 1] <= h[fall]:
+        fall += 1
+    main = fall + int(np.argmax(h[fall:]))  # the tissue's main mode, beyond the glass mode's slope
+    if main == fall or h[main] < heavy:  # nothing rises again above the background's slope
+        return "tail", None
+    valley = glass + int(np.argmin(h[glass: main + 1]))
+    if h[valley] > GLASS_DIP * min(h[glass], h[main]):  # no clear valley: tissue dominates, or ripples on a tail
+        return ("none", None) if h[main] >= h[glass] else ("tail", None)
+    return "glass", (valley + 0.5) / bins
+
+
+def glass_level(total: np.ndarray) -> float | None:
+    """The level of :func:`stain_total` separating empty slide from tissue (:func:`glass_split`), or ``None``."""
+    return glass_split(total)[1]
+
+
+def tissue_mask(I: np.ndarray) -> np.ndarray:
+    """(h, w) float32 tissue mask of a feature raster (C, h, w): :func:`stain_total` above the empty slide's
+    :func:`glass_level`, softened by a 1-pixel Gaussian (so a fitness reading it has sub-pixel gradients).
+
+    Without a glass level (:func:`glass_split` ``"none"`` or ``"tail"``) the mask stays Otsu's split of
+    :func:`stain_total`, as before (the stronger-signal part, e.g. the dense structure of a DAPI image, which the QC
+    flags compare with the cells)."""
+    total = stain_total(I)
+    level = glass_level(total)
+    if level is None:
+        _, mask = cv2.threshold((total * 255).astype(np.uint8), 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    else:
+        mask = total > level
     return cv2.GaussianBlur(mask.astype(np.float32), (0, 0), sigmaX=1.0)
 
 
