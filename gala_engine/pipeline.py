@@ -285,8 +285,7 @@ def gala(
             if band is not None:
                 fit_folds = [band if fold is None else fold * band for fold in folds]
                 if p.a is None:
-                    warp_p = dataclasses.replace(p, a=default_a(xI) * OUTLINE_SMOOTHING)
-                    xv_warp = velocity_grid(xI, warp_p.a)
+                    warp_p, xv_warp = _smoother(p, xI)
             v0 = v if v is not None and tuple(v.shape[1:3]) == (xv_warp[0].size, xv_warp[1].size) else None
             fits, was_stopped = _fold_fits(I_warp, xI, J_t, xJ, A, warp_p, v0, xv_warp, fit_folds, energy_history,
                                            progress, should_stop, repeat)
@@ -297,14 +296,12 @@ def gala(
                     # only the tissue outline (just outside the cells' support) carries the warp: inside, the
                     # image explains none of the cells' density, so the warp there is the outline's, interpolated.
                     # A smoother field carries the outline's displacement further in; it must pass the same check
-                    a_smooth = default_a(xI) * OUTLINE_SMOOTHING
-                    xv_smooth = velocity_grid(xI, a_smooth)
-                    smooth = dataclasses.replace(p, a=a_smooth)
+                    smooth, xv_smooth = _smoother(p, xI)
                     smooth_fits, was_stopped = _fold_fits(I_warp, xI, J_t, xJ, A, smooth, None, xv_smooth, folds,
                                                           energy_history, progress, should_stop, repeat)
                     if not was_stopped:
                         check = _validate_warp(I_warp, xI, J_t, xJ, A, smooth_fits, folds)
-                        validation["smoothed_a"] = float(a_smooth) if check["accepted"] else 0.0
+                        validation["smoothed_a"] = float(smooth.a) if check["accepted"] else 0.0
                         if check["accepted"]:
                             fits, lddmm = smooth_fits, smooth_fits[-1]
                 lddmm.v = (fits[0].v + fits[1].v) / 2.0 if validation["accepted"] else torch.zeros_like(fits[0].v)
@@ -440,6 +437,17 @@ VALIDATION_RIM = 3
 OUTLINE_SMOOTHING = 1.5
 
 
+def _smoother(p: AlignParams, xI: list) -> tuple[AlignParams, list[np.ndarray]]:
+    """``p`` with the smoothness scale ``OUTLINE_SMOOTHING`` × the default, and that scale's velocity grid."""
+    smooth = dataclasses.replace(p, a=default_a(xI) * OUTLINE_SMOOTHING)
+    return smooth, velocity_grid(xI, smooth.a)
+
+
+def _widened(mask: torch.Tensor, rim: int = VALIDATION_RIM) -> torch.Tensor:
+    """(H, W) ``mask`` (0/1) grown by ``rim`` pixels in every direction (a square neighbourhood)."""
+    return torch.nn.functional.max_pool2d(mask[None, None], 2 * rim + 1, stride=1, padding=rim)[0, 0]
+
+
 def _checkerboard_folds(shape, device) -> list[torch.Tensor]:
     """Two complementary 0/1 masks of the target raster: squares of ``VALIDATION_BLOCK`` pixels, alternating."""
     rows = torch.arange(shape[0], device=device)[:, None] // VALIDATION_BLOCK
@@ -450,11 +458,8 @@ def _checkerboard_folds(shape, device) -> list[torch.Tensor]:
 
 def _outline_band(J: torch.Tensor) -> torch.Tensor:
     """(H, W) 0/1: the target pixels within ``VALIDATION_RIM`` pixels of the edge of the cells' support."""
-    support = pixel_weights(J, "ncc_support").reshape(1, 1, *J.shape[1:])
-    k, rim = 2 * VALIDATION_RIM + 1, VALIDATION_RIM
-    widened = torch.nn.functional.max_pool2d(support, k, stride=1, padding=rim)
-    eroded = 1.0 - torch.nn.functional.max_pool2d(1.0 - support, k, stride=1, padding=rim)
-    return (widened - eroded)[0, 0]
+    support = pixel_weights(J, "ncc_support").reshape(J.shape[1:])
+    return _widened(support) - (1.0 - _widened(1.0 - support))
 
 
 def _validate_warp(I, xI, J, xJ, A, fits, folds, band=None) -> dict:
@@ -463,18 +468,19 @@ def _validate_warp(I, xI, J, xJ, A, fits, folds, band=None) -> dict:
     alone gives there; fitting noise lowers it. The correlation is scored over the cells' support widened by
     ``VALIDATION_RIM`` pixels (the tissue outline counts: ``held_out_fitness``) and, to tell where the evidence lies,
     over the support alone (``held_out_inside``; ``inside``: that too rises); with an outline ``band``
-    (:func:`_outline_band`, a flat section), over the band alone. Accepted warps are averaged by the caller."""
-    support = pixel_weights(J, "ncc_support").reshape(J.shape[1:])
-    rim = VALIDATION_RIM
-    widened = torch.nn.functional.max_pool2d(support[None, None], 2 * rim + 1, stride=1, padding=rim)[0, 0]
-    if band is not None:
-        widened = support = band
+    (:func:`_outline_band`, a flat section), both over the band alone. Accepted warps are averaged by the caller."""
+    if band is None:
+        support = pixel_weights(J, "ncc_support").reshape(J.shape[1:])
+        outer, inner = _widened(support), support
+    else:
+        outer, inner = band, None
     affine_only = transform_image_source_to_target(fits[0].xv, torch.zeros_like(fits[0].v), A, xI, I, xJ)
     rows, inside = [], []
     for fit, mask in zip(fits, folds):
         warped = torch.stack([affine_only, transform_image_source_to_target(fit.xv, fit.v, A, xI, I, xJ)])
-        rows.append(score_batch(warped, J, weights=(widened * (1.0 - mask)).flatten()).tolist())
-        inside.append(score_batch(warped, J, weights=(support * (1.0 - mask)).flatten()).tolist())
+        rows.append(score_batch(warped, J, weights=(outer * (1.0 - mask)).flatten()).tolist())
+        inside.append(rows[-1] if inner is None else
+                      score_batch(warped, J, weights=(inner * (1.0 - mask)).flatten()).tolist())
     return {"accepted": all(after > before for before, after in rows), "held_out_fitness": rows,
             "inside": all(after > before for before, after in inside), "held_out_inside": inside}
 

@@ -58,8 +58,7 @@ class SectionRasters:
         and, for a signal of several channels (genes, ``pca:k``), ``channels`` (their names) and
         ``channel_weights`` (the mix's weights ``a_k``, :func:`gala_engine.signals.combine_channels`)."""
         score = float(self.informativeness)
-        rec: dict[str, Any] = {"signal": str(self.signal), "informativeness": score,
-                               "flat": bool(score < FLAT_LEVEL)}  # NaN (not scored): False
+        rec: dict[str, Any] = {"signal": str(self.signal), "informativeness": score, "flat": self.flat_target}
         if self.channels is not None:
             rec["channels"] = [str(n) for n in self.channels.names]
             rec["channel_weights"] = [float(a) for a in np.asarray(self.channels.weights, np.float64).ravel()]
@@ -69,7 +68,7 @@ class SectionRasters:
     def flat_target(self) -> bool:
         """True when the signal is too flat to align (informativeness below :data:`FLAT_LEVEL`; e.g. an evenly
         packed section's total counts): only the tissue outline can place the cells."""
-        return bool(self.signal_record()["flat"])
+        return bool(float(self.informativeness) < FLAT_LEVEL)  # NaN (not scored): False
 
 
 def matched_image_blur(image: LoadedImage, yx: np.ndarray, sigma_um: float) -> float:
