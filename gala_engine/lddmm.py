@@ -97,8 +97,8 @@ def fit_contrast(AI: torch.Tensor, J: torch.Tensor, W: torch.Tensor) -> tuple[to
 
 
 def _apply_contrast(AI: torch.Tensor, c0: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """``c0 + c·AI`` per target channel: (C_I, H, W) → (C_J, H, W)."""
-    return c0[:, None, None] + torch.einsum("jk,khw->jhw", c, AI)
+    """``c0 + c·AI`` per target channel: (C_I, …) → (C_J, …) (a raster or a list of pixels)."""
+    return c0.reshape(-1, *[1] * (AI.dim() - 1)) + torch.einsum("jk,k...->j...", c, AI)
 
 
 def run_lddmm(
@@ -160,8 +160,19 @@ def run_lddmm(
     sigmaM = float(J.std()) if sigmaM is None else float(sigmaM)
     sigmaB = float(J.std()) if sigmaB is None else float(sigmaB)
     sigmaM, sigmaB = max(sigmaM, 1e-6), max(sigmaB, 1e-6)
-    WM = torch.full(J.shape[1:], 0.5, dtype=dtype, device=device)
-    fitted = torch.ones_like(WM) if pixel_mask is None else pixel_mask.to(dtype)  # pixels the matching term sees
+    raster_shape = J.shape[1:]
+    index = None
+    if pixel_mask is not None:
+        # only the mask's pixels (a validation fold, an outline band) enter the matching term: only they are
+        # resampled and compared, as a list of pixels (a fold's fit does half the work of a whole-raster one)
+        weights = pixel_mask.to(dtype).flatten()
+        index = torch.nonzero(weights > 0).flatten()
+        start_points = start_points.flatten(1)[:, index].contiguous()
+        J = J.flatten(1)[:, index]
+        fitted = weights[index]
+    else:
+        fitted = torch.ones(raster_shape, dtype=dtype, device=device)  # pixels the matching term sees
+    WM = torch.full_like(fitted, 0.5)
     WB = 1.0 - WM
     mu_b = torch.zeros(J.shape[0], dtype=dtype, device=device) if muB is None else torch.full(
         (J.shape[0],), float(muB), dtype=dtype, device=device)
@@ -195,7 +206,7 @@ def run_lddmm(
     for it in range(int(num_iterations)):
         with torch.no_grad():
             if muB is None and it % 10 == 0:
-                mu_b = (WB * J).sum((-2, -1)) / WB.sum().clamp_min(1e-12)
+                mu_b = (WB * J).flatten(1).sum(1) / WB.sum().clamp_min(1e-12)
         E, EM, ER, AI = energies(v)
         if not torch.isfinite(E):
             raise GalaInputError(
@@ -225,7 +236,7 @@ def run_lddmm(
                 log_pm = math.log(max(float(WM.sum()) / n, 1e-12))
                 log_pb = math.log(max(float(WB.sum()) / n, 1e-12))
                 lm = log_pm - ((fAI - J) ** 2).sum(0) / (2 * sigmaM**2) - J.shape[0] * math.log(sigmaM)
-                lb = log_pb - ((J - mu_b[:, None, None]) ** 2).sum(0) / (2 * sigmaB**2) - J.shape[0] * math.log(sigmaB)
+                lb = log_pb - ((J - mu_b.reshape(-1, *[1] * (J.dim() - 1))) ** 2).sum(0) / (2 * sigmaB**2) - J.shape[0] * math.log(sigmaB)
                 WM = torch.softmax(torch.stack([lm, lb]), 0)[0]
                 WB = 1.0 - WM
                 prev_energy = math.inf  # the energy's weights changed: don't compare across them
@@ -237,4 +248,7 @@ def run_lddmm(
             history[first][0] - history[it][0] < tol * abs(history[first][0])
         ):
             break  # energy plateau (early stop, not a user stop)
+    if index is not None:  # the weights as a raster: 0 where the fit never looked
+        WM = torch.zeros(math.prod(raster_shape), dtype=dtype, device=device).index_copy_(0, index, WM.detach())
+        WM = WM.reshape(raster_shape)
     return LDDMMResult(v.detach(), xv, WM.detach(), history, (c0.tolist(), c1.tolist()), was_stopped)

@@ -154,5 +154,5 @@ def cell_spacing(yx: np.ndarray) -> float:
     query = yx
     if len(yx) > SPACING_SAMPLE:
         query = yx[np.random.default_rng(0).choice(len(yx), SPACING_SAMPLE, replace=False)]
-    dist, _ = cKDTree(yx).query(query, k=2)
+    dist, _ = cKDTree(yx, compact_nodes=False).query(query, k=2)  # (unshrunk nodes: a faster build, same answer)
     return float(np.median(dist[:, 1]))

@@ -216,9 +216,15 @@ def _fit_score(a: torch.Tensor, t: _FitTarget) -> torch.Tensor:
     if C == 1:  # the NCC, centred first: no cancellation when a is (nearly) constant
         ac = a[:, 0] - (a[:, 0] @ t.w)[:, None]
         return (ac @ (t.w * t.jc)) / torch.sqrt((ac * ac) @ t.w * t.jj + 1e-24)
-    m = a @ t.w  # (n, C) weighted means
-    S = (a * t.w) @ a.transpose(1, 2) - m[:, :, None] * m[:, None, :]  # (n, C, C) weighted covariances
-    b = a @ (t.w * t.jc)  # (n, C): the target is centred, so no mean correction
+    if C == 2:  # element-wise products and sums: on a CPU, half the time of many tiny batched matrix products
+        aw = a * t.w
+        m = aw.sum(-1)  # (n, C) weighted means
+        S = (aw[:, :, None] * a[:, None]).sum(-1) - m[:, :, None] * m[:, None, :]  # (n, C, C) weighted covariances
+        b = (aw * t.jc).sum(-1)  # (n, C): the target is centred, so no mean correction
+    else:
+        m = a @ t.w
+        S = (a * t.w) @ a.transpose(1, 2) - m[:, :, None] * m[:, None, :]
+        b = a @ (t.w * t.jc)
     diag = torch.diagonal(S, dim1=1, dim2=2).clamp_min(1e-12)
     single = b / torch.sqrt(diag * t.jj + 1e-24)  # each channel's NCC
     best = torch.where(single > 0, single, -1.0).max(1).values  # the one-channel active sets
@@ -260,8 +266,10 @@ def _at_most(weights: torch.Tensor, n: int) -> torch.Tensor:
     scored = torch.nonzero(weights > 0).flatten()
     if scored.numel() <= n:
         return weights
-    generator = torch.Generator().manual_seed(0)
-    keep = scored[torch.randperm(scored.numel(), generator=generator)[:n].to(scored.device)]
+    # numpy's choice without replacement shuffles only n places (torch.randperm shuffles them all: 25 ms for the
+    # million pixels of a fine level)
+    pick = np.random.default_rng(0).choice(scored.numel(), n, replace=False)
+    keep = scored[torch.as_tensor(pick, device=scored.device)]
     subset = torch.zeros_like(weights)
     subset[keep] = weights[keep]
     return subset

@@ -51,9 +51,12 @@ def background_level(rgb: np.ndarray) -> np.ndarray:
 
 def optical_density(rgb: np.ndarray, background: np.ndarray) -> np.ndarray:
     """(…, 3) RGB in [0, 1] → (…, 3) float32 optical density ``−log(I / I0)``, ≥ 0."""
-    rgb = np.asarray(rgb, dtype=np.float32)
-    ratio = np.clip(rgb / background.astype(np.float32), 1.0 / 255.0, 1.0)
-    return -np.log(ratio)
+    # in place, float32 (a 2000×1500 image: np.clip and fresh temporaries cost more than the logarithm)
+    ratio = np.asarray(rgb, dtype=np.float32) * (1.0 / np.asarray(background, dtype=np.float32))
+    np.maximum(ratio, np.float32(1.0 / 255.0), out=ratio)
+    np.minimum(ratio, np.float32(1.0), out=ratio)
+    np.log(ratio, out=ratio)
+    return np.negative(ratio, out=ratio)
 
 
 def estimate_stains(rgb: np.ndarray, *, percentile: float = 1.0) -> StainVectors:

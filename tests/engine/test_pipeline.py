@@ -200,6 +200,29 @@ def test_scored_pixels_are_capped_by_a_fixed_subset():
     assert torch.equal(_at_most(weights, 9_900), weights)
 
 
+def test_a_masked_lddmm_fit_never_looks_outside_its_pixels():
+    """A validation fold's fit uses its own pixels only (it resamples just those): whatever the target holds
+    elsewhere leaves its field unchanged; the mask is a real restriction (the whole raster gives another field)."""
+    from gala_engine.lddmm import run_lddmm
+    from gala_engine.pipeline import _checkerboard_folds
+
+    yy, xx = np.mgrid[0:48, 0:56].astype(np.float64)
+    blob = np.exp(-((yy - 20) ** 2 + (xx - 24) ** 2) / 50.0) + 0.6 * np.exp(-((yy - 34) ** 2 + (xx - 38) ** 2) / 30.0)
+    I = torch.as_tensor(blob[None])
+    x = [np.arange(48.0), np.arange(56.0)]
+    J = torch.as_tensor(np.roll(blob, (2, -1), axis=(0, 1))[None])  # shifted: a warp has something to fit
+    fold = _checkerboard_folds((48, 56), torch.device("cpu"))[0].double()
+    other = J.clone()
+    other[0][fold == 0] = torch.as_tensor(np.random.default_rng(1).random(int((fold == 0).sum())))
+    kw = dict(num_iterations=30, a=12.0, sigmaM=0.2, sigmaB=0.4)
+    A = torch.eye(3, dtype=torch.float64)
+    seen = run_lddmm(I, x, J, x, A, pixel_mask=fold, **kw)
+    assert float(seen.v.abs().max()) > 0.0
+    assert torch.allclose(seen.v, run_lddmm(I, x, other, x, A, pixel_mask=fold, **kw).v)
+    assert not torch.allclose(seen.v, run_lddmm(I, x, other, x, A, **kw).v)
+    assert float(seen.WM[fold == 0].abs().max()) == 0.0 and float(seen.WM[fold > 0].min()) > 0.0
+
+
 def test_lddmm_warps_one_channel_mixed_by_the_affine_contrast_fit():
     """Two image channels, the cells following only the first: the mix LDDMM warps is (nearly) that channel."""
     from gala_engine.lddmm import velocity_grid
