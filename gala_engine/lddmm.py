@@ -90,6 +90,8 @@ def fit_contrast(AI: torch.Tensor, J: torch.Tensor, W: torch.Tensor) -> tuple[to
         B = (ac * w) @ jc.T  # (C_I, C_J)
         if a.shape[0] == j.shape[0] and a.shape[0] > 1:  # channel k to channel k, as before
             c = torch.diag(torch.diagonal(B) / torch.diagonal(S).clamp_min(1e-12))
+        elif a.shape[0] == 1:  # one source channel: the ridge solve is a division (no LAPACK call per iteration)
+            c = (B / (S * (1.0 + 1e-6)).clamp_min(1e-12)).T
         else:
             ridge = 1e-6 * torch.diagonal(S).mean().clamp_min(1e-12) * torch.eye(S.shape[0], dtype=S.dtype, device=S.device)
             c = torch.linalg.solve(S + ridge, B).T  # (C_J, C_I)
