@@ -19,7 +19,6 @@ import numpy as np
 from scipy.ndimage import map_coordinates
 from scipy.optimize import nnls
 
-from .raster import cell_spacing
 from .search import SUPPORT_LEVEL
 from .section import AlignmentResult, SectionRasters
 from .transform import transform_image_source_to_target, transform_points_source_to_target
@@ -109,7 +108,7 @@ def cell_confidence(rasters: SectionRasters, result: AlignmentResult, xy_um: np.
                                              np.asarray(result.A, np.float64), rasters.xI,
                                              np.asarray(rasters.I, np.float64), rasters.xJ)
     image = _combined(moved, J)
-    spacing = cell_spacing(xy_um[:, ::-1])
+    spacing = rasters.cell_spacing(xy_um)
     extent = float(np.sqrt(max(np.ptp(xy_um[:, 0]) * np.ptp(xy_um[:, 1]), 1e-12)))
     sigma = max(min(window_cells * spacing, 0.2 * extent) / rasters.dx, 2.0)
     rho, _, _ = local_correlation(image, J, sigma)

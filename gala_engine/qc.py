@@ -24,7 +24,6 @@ import torch
 from .affine import genes_to_matrix_np, grid_centre, matrix_to_genes
 from .features import normalize, tissue_mask
 from .landmarks import apply_matrix
-from .raster import cell_spacing
 from .search import OVERLAP_WEIGHT, BatchedFitness, fill_gene_space, pool_raster, refine_genes, score_batch, shows_glass
 from .section import AlignmentResult, SectionRasters
 from .transform import transform_image_source_to_target
@@ -105,7 +104,7 @@ def section_geometry(rasters: SectionRasters, result: AlignmentResult, xy_um: np
     xy_px = result.cells_to_image(xy_um)
     xy_aff = result.cells_to_image(xy_um, deformed=False)
     um_per_px = float(np.sqrt(abs(np.linalg.det(np.asarray(result.A_affine)[:2, :2]))))
-    spacing = cell_spacing(xy_um[:, ::-1])
+    spacing = rasters.cell_spacing(xy_um)
     extent = float(np.sqrt(max(np.ptp(xy_um[:, 0]) * np.ptp(xy_um[:, 1]), 1e-12)))
     step = float(rasters.xI[0][1] - rasters.xI[0][0])
     shape = rasters.I.shape[1:]

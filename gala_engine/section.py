@@ -51,6 +51,11 @@ class SectionRasters:
     # how informative J is for alignment (gala_engine.flatness; < flatness.FLAT_LEVEL: too flat to align)
     informativeness: float = float("nan")
     channels: ChannelRasters | None = None  # a signal of several channels (genes, pca): each one and how J mixes them
+    spacing_um: float = float("nan")  # the cells' median nearest-neighbour distance (raster.cell_spacing); NaN: not known
+
+    def cell_spacing(self, xy_um: np.ndarray) -> float:
+        """The cells' spacing (µm): the one measured when the rasters were made, else measured on ``xy_um``."""
+        return self.spacing_um if np.isfinite(self.spacing_um) else cell_spacing(np.asarray(xy_um)[:, ::-1])
 
     def signal_record(self) -> dict[str, Any]:
         """The target signal as plain data for ``uns['gala']['signal_info']`` and the report's JSON: ``signal``,
@@ -148,7 +153,7 @@ def prepare_section(
         # the score of what rasterize splats: the weights min–max scaled
         score = sp.density_contrast if g is None else sp.informativeness((g - g.min()) / max(np.ptp(g), 1e-300))
     return SectionRasters(I, xI, J, xJ, float(dx), reduce, tuple(image.full_shape), signal, feature, fine,
-                          informativeness=score, channels=mixed[0] if mixed else None)
+                          informativeness=score, channels=mixed[0] if mixed else None, spacing_um=float(spacing))
 
 
 @dataclass
