@@ -323,8 +323,10 @@ class BatchedFitness:
         if self._target is None:
             return 1.0 / (1.0 + ((a - self._j) ** 2).flatten(1).sum(1))
         if self.kind == "tissue":
-            overlap = a[:, -1] @ self._target.density  # the density-weighted share of the cells on tissue
-            return (_fit_score(a[:, :-1].contiguous(), self._target) + OVERLAP_WEIGHT * overlap) / (1.0 + OVERLAP_WEIGHT)
+            # one split (its gradient is one concatenation, not a zero-filled copy per slice)
+            image, mask = a.split([a.shape[1] - 1, 1], dim=1)
+            overlap = mask[:, 0] @ self._target.density  # the density-weighted share of the cells on tissue
+            return (_fit_score(image, self._target) + OVERLAP_WEIGHT * overlap) / (1.0 + OVERLAP_WEIGHT)
         return _fit_score(a, self._target)
 
     def _resample(self, theta: torch.Tensor) -> torch.Tensor:
