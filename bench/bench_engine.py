@@ -568,7 +568,7 @@ def bench_seed(params: dict, mode: str, device: torch.device) -> None:
 PRE_ISSUE_11 = dict(feature="inverted", fine_levels=0, params=dict(fitness="ncc_support", lddmm_validate=False))
 
 
-DEFAULTS_REPEATS = 2  # runs of each configuration per workload in the defaults comparison (the fastest kept)
+DEFAULTS_REPEATS = 3  # runs of each configuration per workload in the defaults comparison (the fastest kept)
 
 
 def _defaults_run(section: Section, *, feature: str, params: dict, device: torch.device,
