@@ -126,7 +126,7 @@ def main(argv=None) -> int:
               f"{r['iterations']} it: best {s[order[0]]:.4f} ({e[order[0]]:.0f} µm); near truth (<100 µm): "
               + (", ".join(f"r{k}  {s[j]:.4f} ({e[j]:.0f} µm)" for k, j in sorted(zip(rank, near)))[:200]
                  if len(near) else "none"))
-    for pop, r in rec["ga"]:
+    for _population, r in rec["ga"]:
         print(f"GA: best {r.fitness:.4f} at {err(r.genes):.0f} µm")
     LAST.update(rec=rec, truth=truth, found=found, space=space, err=err, case=case)
     qc = rec["qc"] or {}
