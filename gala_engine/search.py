@@ -562,23 +562,30 @@ def pose_grid(
     I: np.ndarray, xI: list, J: np.ndarray, xJ: list, space: GeneSpace, *, centres: tuple[np.ndarray, np.ndarray],
     step: float = 10.0,
     scales: tuple[float, ...] = (0.75, 1.0, 1.33),
+    shifts: tuple[tuple[float, float], ...] = ((0.0, 0.0),),
 ) -> np.ndarray:
     """Starting poses every ``step``° of rotation, with and without a flip, at the scale that matches the
     rasters' second moments (times each of ``scales``) and the shift that matches their centroids →
-    (P, 5) genes (clipped to the space). ``centres`` are the (source, target) centres the genes are defined against."""
+    (P, 5) genes (clipped to the space). ``centres`` are the (source, target) centres the genes are defined against.
+
+    ``shifts``: (row, col) offsets of the matched centroid, in standard deviations of the cells' raster along each
+    axis (µm side); every turn and scale is repeated at each (the default: the centroids matched exactly). Cells
+    covering only part of the imaged tissue have their centroid off the tissue's: an offset pose starts nearer."""
     mI, cI = _weighted_moments(I, xI)
     mJ, cJ = _weighted_moments(J, xJ)
     s0 = (max(np.linalg.det(cJ), 1e-300) / max(np.linalg.det(cI), 1e-300)) ** 0.25
+    sdJ = np.sqrt(np.clip(np.diag(cJ), 0.0, None))
     gI, gJ = centres
     poses = []
-    for scale in s0 * np.asarray(scales):
-        for flip in (1.0, -1.0):
-            for angle in np.arange(-180.0, 180.0, step):
-                theta = np.deg2rad(angle)
-                R = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
-                L = R @ np.diag([scale, flip * scale])
-                t = (mJ - gJ) - L @ (mI - gI)
-                poses.append([angle, scale, flip * scale, t[0], t[1]])
+    for shift in np.asarray(shifts, dtype=np.float64).reshape(-1, 2):
+        for scale in s0 * np.asarray(scales):
+            for flip in (1.0, -1.0):
+                for angle in np.arange(-180.0, 180.0, step):
+                    theta = np.deg2rad(angle)
+                    R = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+                    L = R @ np.diag([scale, flip * scale])
+                    t = (mJ + shift * sdJ - gJ) - L @ (mI - gI)
+                    poses.append([angle, scale, flip * scale, t[0], t[1]])
     return np.clip(np.array(poses), space.low, space.high)
 
 
