@@ -42,7 +42,8 @@ KNOWN_MISSES = {
                   "Sobel: 0.995 raster px with LDDMM (29.9 µm), 1.09 affine only (32.7 µm; no glass in the smoothed "
                   "Sobel, so no ncc finish: untouched by the rescale limit); the pose found scores above the truth on "
                   "every level (full 0.428 vs 0.392): the feature's limit, at the threshold (0.995 px; 0.84 px since "
-                  "the glass-valley tissue mask)",
+                  "the glass-valley tissue mask; 0.95 px since the off-centre scan starts, whose best joins the "
+                  "refinement)",
 }
 
 
