@@ -365,11 +365,11 @@ def _init_genes(init_A, xI: list, xJ: list) -> np.ndarray:
 # off-centre starts of the pose scan: the matched centroid moved by half a standard deviation of the cells' raster
 # along rows, columns and both (cells covering ~60 % of the tissue sit up to ~0.5 sd off its centroid). The blurred
 # level scores them once; its SCAN_SHIFTS_REFINED best (refining all eight times as many as the centred poses cost
-# +3.5 s a run on one thread; as many as the centred +0.4 s; a third of that finds the partial-coverage case as well:
+# +3.5 s a run on one thread, as many as the centred +0.4 s; a sixth of them finds the partial-coverage case as well:
 # 24.3 µm with 36, 72 or 216) are refined with the centred poses, and its SCAN_SHIFTS_KEPT best after that are
-# refined on the sharp scan level with the centred poses
+# refined on the sharp scan level with the centred poses (the same case with 12 or 24)
 SCAN_SHIFTS = tuple((0.5 * r, 0.5 * c) for r in (-1, 0, 1) for c in (-1, 0, 1) if r or c)
-SCAN_SHIFTS_REFINED, SCAN_SHIFTS_KEPT = 72, 24
+SCAN_SHIFTS_REFINED, SCAN_SHIFTS_KEPT = 36, 12
 # the sub-pixel levels start next to the optimum: a quarter of a level's refinement steps on at most 2¹⁴ of their
 # target pixels (a fixed random subset) suffice
 FINE_SHARE, FINE_PIXELS = 4, 1 << 14
