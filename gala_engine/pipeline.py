@@ -196,12 +196,13 @@ def gala(
     elif p.seed_population:
         # multi-start: every 10° ± flip from moment-matched poses, all refined at once (blurred, then sharp)
         grids = (I_c.cpu().numpy(), xI_c, J_c.cpu().numpy(), xJ_c, space)
-        poses = pose_grid(*grids, centres=(grid_centre(xI), grid_centre(xJ)))
+        centres = (grid_centre(xI), grid_centre(xJ))
+        poses = pose_grid(*grids, centres=centres)
         # the same turns with the centroids matched off-centre (cells on part of the tissue): the blurred level's
-        # best (as many as the centred poses) are refined on it with the others; the best few go on to the sharp level
+        # SCAN_SHIFTS_REFINED best are refined on it with the others; its SCAN_SHIFTS_KEPT best go on to the sharp level
         n_centred = len(poses)
-        shifted = pose_grid(*grids, centres=(grid_centre(xI), grid_centre(xJ)), shifts=SCAN_SHIFTS)
-        with torch.no_grad():  # as many as the centred poses, the best as they start, are refined
+        shifted = pose_grid(*grids, centres=centres, shifts=SCAN_SHIFTS)
+        with torch.no_grad():  # ranked as they start: only the best are refined
             first = levels[0](torch.as_tensor(shifted, dtype=dtype, device=device)).cpu().numpy()
         poses = np.concatenate([poses, shifted[np.argsort(-first)[:SCAN_SHIFTS_REFINED]]])
         poses, blurred_scores = refine_genes(levels[0], poses, space, iterations=p.scan_iterations,
