@@ -141,8 +141,8 @@ def gala(
     I_np, xI, source_match = match_source_scale(I_np, _axes(xI), J_np, _axes(xJ))
     # fitness "auto": where the image shows empty slide, search with "tissue" (texture + cells on the tissue mask:
     # right for crops too) and, if the pose found puts (nearly) all of the image's tissue under the cells, finish on
-    # the whole raster ("ncc": the outline counts). An image filled with tissue has no tissue mask (Otsu would split
-    # the tissue itself: cells would be pulled onto its darker half), so there only the texture: "ncc_support".
+    # the whole raster ("ncc": the outline counts). An image filled with tissue has no outline (its tissue mask is the
+    # whole frame), so there only the texture: "ncc_support" (unless shows_glass's fallback test fires: pale IHC).
     outline = p.fitness == "auto" and shows_glass(I_np)
     if p.fitness == "auto":
         p.fitness = "tissue" if outline else "ncc_support"

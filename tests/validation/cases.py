@@ -187,6 +187,11 @@ IMAGES: dict[str, SourceImage] = {
                     "OpenSlide test data Hamamatsu OS-2.ndpi (Ki67 IHC), crop via petebankhead/2022-qupath-cell-detection, "
                     "downscaled 2x", "free to use and distribute, with or without modification (OpenSlide test data)",
                     stains="HD", nucleus_radius_px=7, real_um_per_px=0.454, mask="glass"),
+        # a tile inside the Ki67 section: tissue (and a few lumens) up to the frame's edge, no empty slide around it
+        SourceImage("os2_ki67_tile", "brightfield",
+                    lambda: np.ascontiguousarray(load_image("os2_ki67")[500:, 450:]),
+                    "the os2_ki67 image's lower-right 601×651 pixels", "as os2_ki67",
+                    stains="HD", nucleus_radius_px=7, real_um_per_px=0.454, mask="glass"),
         SourceImage("visium_tiny_he", "brightfield",
                     lambda: _read_rgb(DEMO_DIR / "visium_tiny" / "tissue_lowres_image.png"),
                     "squidpy tests/_data Visium low-res H&E (bundled demo)", "BSD-3-Clause (squidpy)"),
@@ -578,6 +583,9 @@ SPECS: list[CaseSpec] = [
     _S("uniform", "os2_ki67", 1.2, 300.0, True, warp_um=20.0, options=(("spacing_um", 12.0),)),
     _S("uniform", "visium_dg_he", 4.0, 100.0, False, options=(("spacing_um", 15.0),)),
     _S("uniform", "os2_ki67", 4.0, 75.0, True, options=(("spacing_um", 10.0),)),  # seed-sized: ~160k cells
+    # a frame filled with IHC tissue: the only outline is the frame's edge (and the lumens)
+    _S("uniform", "os2_ki67_tile", 2.0, 330.0, False, options=(("spacing_um", 15.0),)),
+    _S("uniform", "os2_ki67_tile", 3.0, 100.0, True, options=(("spacing_um", 12.0),)),
     # Visium-like spots
     _S("spots", "os2_ki67", 3.0, 170.0, True, options=(("pitch_um", 100.0),), fast=True),
     _S("spots", "visium_tiny_he", 4.0, 30.0, False, options=(("pitch_um", 55.0),), fast=True),
