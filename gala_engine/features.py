@@ -62,12 +62,14 @@ def to_gray(pixels: np.ndarray) -> np.ndarray:
         raise GalaInputError(f"An image must be (H, W) or (H, W, 1|3|4), got shape {arr.shape}.")
     if arr.shape[2] == 1:
         return arr[..., 0].astype(np.float32, copy=False)
-    rgb = arr[..., :3].astype(np.float32, copy=False)
+    # C order: the weighted sum's rounding follows the memory layout (an F-ordered image gave another gray)
+    rgb = arr[..., :3].astype(np.float32, order="C", copy=False)
     return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 def sobel_magnitude(gray: np.ndarray) -> np.ndarray:
     """Gradient magnitude from 3×3 Sobel filters (float32)."""
+    reproducible_cv2()  # IPP's cv2.magnitude depends on where the buffers sit (the tutorial recipe calls this directly)
     gray = np.ascontiguousarray(gray, dtype=np.float32)
     gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3)
