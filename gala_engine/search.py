@@ -288,11 +288,14 @@ class BatchedFitness:
     ``chunk`` (solutions per chunk; default from the device: ~2²⁰ resampled values on a CPU so the
     working set stays in cache, ~2²⁶ on CUDA) bounds memory; the score does not depend on it. ``max_pixels``:
     at most this many target pixels are scored (a fixed random subset of a larger raster, :func:`_at_most`).
+    ``padding``: what the image reads beyond its frame (``grid_sample``'s mode): ``"zeros"`` (empty slide; ``"border"``
+    for ``"sse"``) unless given, e.g. ``"reflection"`` (the tissue goes on) for a frame filled with tissue.
     """
 
     def __init__(self, I: torch.Tensor, xI: list, J: torch.Tensor, xJ: list, *, kind: str, scale_floor: float,
                  max_anisotropy: float | None = None, chunk: int | None = None,
-                 centres: tuple[np.ndarray, np.ndarray] | None = None, max_pixels: int = MAX_SCORED_PIXELS):
+                 centres: tuple[np.ndarray, np.ndarray] | None = None, max_pixels: int = MAX_SCORED_PIXELS,
+                 padding: str | None = None):
         if kind not in FITNESS_KINDS:
             raise GalaInputError(f"Unknown fitness {kind!r}; use one of {FITNESS_KINDS}.")
         self.I, self.xI, self.J, self.xJ, self.kind = I, xI, J, xJ, kind
@@ -302,7 +305,7 @@ class BatchedFitness:
         self.cJ = torch.as_tensor(cJ, dtype=I.dtype, device=I.device)
         self.scale_floor = scale_floor
         self.max_anisotropy = max_anisotropy or None
-        self.padding = "border" if kind == "sse" else "zeros"
+        self.padding = padding or ("border" if kind == "sse" else "zeros")
         if kind == "sse":
             if I.shape[0] != J.shape[0]:
                 raise GalaInputError(f"fitness='sse' compares the rasters directly: it needs as many image as "

@@ -260,7 +260,8 @@ def align_section(
     params = params or AlignParams()
     result = gala(rasters.xI, rasters.I, rasters.xJ, rasters.J, gene_space=gene_space, progress=progress,
                   should_stop=should_stop, init_A=init_A, fine_levels=rasters.fine,
-                  flat_target=rasters.flat_target, **params.to_dict())
+                  flat_target=rasters.flat_target, tissue_beyond_frame=True,
+                  **params.to_dict())
     return AlignmentResult.from_gala(result, dx=rasters.dx)
 
 

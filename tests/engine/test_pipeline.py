@@ -289,3 +289,27 @@ def test_the_held_out_check_sees_the_tissue_outline_just_outside_the_cells():
     check = _validate_warp(image, x, cells, x, A, fits, folds)
     assert not stopped and check["accepted"] is True and check["inside"] is False
     assert all(after > before for before, after in check["held_out_fitness"])
+
+
+def test_a_fitness_reads_beyond_the_frame_as_its_padding_says():
+    """Zeros beyond the image's frame (empty slide) by default; ``padding="reflection"`` (a frame filled with tissue,
+    the CLI/app's last refinement) reads the image's mirror there: a pose that puts the cells half outside the frame
+    then still sees tissue, not glass."""
+    from gala_engine.affine import genes_to_theta
+    from gala_engine.search import BatchedFitness
+
+    yy, xx = np.mgrid[0:40, 0:60].astype(np.float64)
+    I = torch.as_tensor((1.0 + np.sin(xx / 3.0) * np.cos(yy / 4.0))[None])  # texture up to the frame's edge
+    x = [np.arange(40.0), np.arange(60.0)]
+    J = I.clone()
+    genes = torch.tensor([[0.0, 1.0, 1.0, 0.0, 30.0]], dtype=torch.float64)  # the cells moved half a frame right
+    values = {}
+    for padding in (None, "reflection"):
+        fit = BatchedFitness(I, x, J, x, kind="ncc", scale_floor=0.0, padding=padding)
+        theta = genes_to_theta(genes, fit.xI, fit.xJ, fit.cI, fit.cJ)
+        values[padding] = fit._resample(theta)[0, 0].reshape(40, 60).numpy()
+    # target columns 0-29 see image columns -30…-1: beyond the left edge
+    assert np.abs(values[None][:, :29]).max() == 0.0
+    mirrored = I[0].numpy()[:, 30:1:-1]  # image column c − 30 read at 30 − c (align_corners=True: about pixel centre 0)
+    np.testing.assert_allclose(values["reflection"][:, :29], mirrored, atol=1e-9)
+    np.testing.assert_allclose(values[None][:, 31:], values["reflection"][:, 31:], atol=1e-9)  # inside: the same

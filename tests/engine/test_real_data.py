@@ -50,10 +50,12 @@ def test_visium_spots_land_on_the_he_within_three_pixels(angle, flip):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="the default nuclei (hematoxylin) + tissue feature at 14 µm/px (nuclei unresolved) lands "
+@pytest.mark.xfail(reason="the default nuclei (hematoxylin) + tissue feature at 14 µm/px (nuclei unresolved) landed "
                    "3.1 / 5.4 px from the hand-set truth at poses it scores above that truth (R 0.666 vs 0.652), and "
                    "once 77 px (rot130, another torch thread count): this image fills with tissue, so only the "
-                   "texture under the spots is scored", strict=False)
+                   "texture under the spots is scored. Since the last refinement reads the image's mirror beyond its "
+                   "frame (gala(tissue_beyond_frame=True)): 2.2 / 1.5 px; kept non-strict for the thread-count "
+                   "outlier", strict=False)
 @pytest.mark.parametrize("angle, flip", [(0.0, False), (130.0, True)], ids=["as-is", "rot130-flip"])
 def test_visium_spots_with_the_default_feature_land_within_three_pixels(angle, flip):
     demo = load_demo("visium_dg")

@@ -30,6 +30,9 @@ KNOWN_MISSES = {
     ("spots", _SPOTS_TINY): "819 µm (affine 822): a mirrored pose scores above the truth (tissue 0.84 vs 0.82); noisy spot totals on a "
                             "near-symmetric section do not identify the pose",
     ("tutorial1", _SPOTS_TINY): "857 µm, the same mirror ambiguity with the raw Sobel feature",
+    ("tutorial1", "nuclei-os1_he-r190f-s4"): "2.6 mm: 349 sparse nuclei over a 4.4 mm H&E filled with tissue; the raw "
+                  "Sobel's score prefers poses that move a third of the cells beyond the frame (its zeros; like the "
+                  "os1_he crops at 2.75-3.5 µm/px: truth 0.14 vs 0.26). The CLI's hematoxylin feature lands 8 µm",
     ("tutorial1", "uniform-visium_tiny_he-r330-s3-spacing15"): "0.94 raster px since the tissue mask splits at the "
                   "empty slide's histogram valley (features.glass_split); before, 17 px: a mirrored pose, 1.25× "
                   "anisotropic, scored above the truth on every level of the raw Sobel (full ncc 0.957 vs 0.928; "
