@@ -170,6 +170,18 @@ def _merfish_dapi(k: int = 4) -> np.ndarray:
     return cv2.resize(full[: h * k, : w * k], (w, h), interpolation=cv2.INTER_AREA)
 
 
+def _restained_dab(k: float = 2.0) -> np.ndarray:
+    """os1_he re-coloured as a hematoxylin–DAB IHC with cytoplasmic DAB: colour deconvolution (skimage ``rgb2hed``),
+    the eosin amount re-coloured brown (× ``k``), hematoxylin × 0.8, then ``hed2rgb``."""
+    from skimage.color import hed2rgb, rgb2hed
+
+    hed = rgb2hed(load_image("os1_he"))
+    out = np.zeros_like(hed)
+    out[..., 0] = 0.8 * hed[..., 0]
+    out[..., 2] = k * hed[..., 1]
+    return (np.clip(hed2rgb(out), 0.0, 1.0) * 255).astype(np.uint8)
+
+
 def _skimage_ihc() -> np.ndarray:
     from skimage import data
 
@@ -192,6 +204,10 @@ IMAGES: dict[str, SourceImage] = {
                     lambda: np.ascontiguousarray(load_image("os2_ki67")[500:, 450:]),
                     "the os2_ki67 image's lower-right 601×651 pixels", "as os2_ki67",
                     stains="HD", nucleus_radius_px=7, real_um_per_px=0.454, mask="glass"),
+        # an IHC look-alike filled with tissue: brown (DAB-like) cytoplasm and stroma next to the nuclei
+        SourceImage("os1_dab", "brightfield", _restained_dab,
+                    "os1_he re-coloured: eosin as cytoplasmic DAB (cases.py _restained_dab)", "as os1_he",
+                    nucleus_radius_px=14, real_um_per_px=0.227),
         SourceImage("visium_tiny_he", "brightfield",
                     lambda: _read_rgb(DEMO_DIR / "visium_tiny" / "tissue_lowres_image.png"),
                     "squidpy tests/_data Visium low-res H&E (bundled demo)", "BSD-3-Clause (squidpy)"),
@@ -564,6 +580,9 @@ SPECS: list[CaseSpec] = [
     _S("nuclei", "os2_ki67", 2.5, 310.0, False, warp_um=30.0, fast=True),
     _S("nuclei", "os2_ki67", 0.5, 250.0, False, shift=(40.0, 60.0)),
     _S("nuclei", "os2_ki67", 3.0, 20.0, True, warp_um=25.0),
+    # nuclei under brown cytoplasm (an IHC look-alike filled with tissue)
+    _S("nuclei", "os1_dab", 2.75, 40.0, True),
+    _S("nuclei", "os1_dab", 3.5, 215.0, False, warp_um=22.0),
     # an H&E filled with tissue: the CLI's last refinement reads the image's mirror beyond the frame (18 → 8 µm)
     _S("nuclei", "os1_he", 4.0, 190.0, True, fast=True),
     _S("nuclei", "merfish_dapi", 1.0, 75.0, True),
