@@ -267,7 +267,7 @@ def test_whole_raster_finish_may_not_rescale_the_tissue_stage_pose():
     assert np.median(errors_um(case, rc[:, ::-1])) <= 30.0  # within one raster pixel
 
 
-def test_the_held_out_check_sees_the_tissue_outline_just_outside_the_cells():
+def test_the_held_out_check_sees_the_tissue_outline_just_outside_the_cells(monkeypatch):
     """A flat density inside the cells' support: only the image's outline, which the affine leaves a few pixels
     outside the cells, shows the warp. The held-out check over the widened support accepts the warp that pulls the
     outline in; over the support alone (flat inside) it finds no evidence (``inside`` False)."""
@@ -289,6 +289,13 @@ def test_the_held_out_check_sees_the_tissue_outline_just_outside_the_cells():
     check = _validate_warp(image, x, cells, x, A, fits, folds)
     assert not stopped and check["accepted"] is True and check["inside"] is False
     assert all(after > before for before, after in check["held_out_fitness"])
+    # the same warp with its smaller held-out gain just under the noise floor is refused
+    import gala_engine.pipeline as pipeline
+
+    smallest = min(after - before for before, after in check["held_out_fitness"])
+    assert smallest > pipeline.MIN_HELD_OUT_GAIN
+    monkeypatch.setattr(pipeline, "MIN_HELD_OUT_GAIN", smallest + 1e-9)
+    assert _validate_warp(image, x, cells, x, A, fits, folds)["accepted"] is False
 
 
 def test_a_fitness_reads_beyond_the_frame_as_its_padding_says():
