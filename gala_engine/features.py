@@ -200,7 +200,7 @@ GLASS_DIP = 0.8  # the valley between the glass and the tissue modes: at most 80
 
 def stain_total(I: np.ndarray) -> np.ndarray:
     """(h, w) float32 in [0, 1]: the channels of a feature raster (C, h, w) summed, smoothed by a Gaussian of
-    1/50 of its smaller side (texture → tissue) and min–max scaled: the map :func:`glass_level` splits."""
+    1/50 of its smaller side (texture → tissue) and min–max scaled: the map :func:`glass_split` splits."""
     reproducible_cv2()
     img = np.asarray(I, dtype=np.float32).sum(0)
     return normalize(cv2.GaussianBlur(img, (0, 0), sigmaX=max(min(img.shape) / 50.0, 1.0)))
@@ -239,14 +239,9 @@ def glass_split(total: np.ndarray) -> tuple[str, float | None]:
     return "glass", (valley + 0.5) / bins
 
 
-def glass_level(total: np.ndarray) -> float | None:
-    """The level of :func:`stain_total` separating empty slide from tissue (:func:`glass_split`), or ``None``."""
-    return glass_split(total)[1]
-
-
 def tissue_mask(I: np.ndarray) -> np.ndarray:
     """(h, w) float32 tissue mask of a feature raster (C, h, w): :func:`stain_total` above the empty slide's
-    :func:`glass_level`, softened by a 1-pixel Gaussian (so a fitness reading it has sub-pixel gradients).
+    level (:func:`glass_split`), softened by a 1-pixel Gaussian (so a fitness reading it has sub-pixel gradients).
 
     A frame filled with tissue (:func:`glass_split` ``"none"``: no empty-slide mode, e.g. a tile inside the
     section) is tissue throughout: Otsu's split would call the paler half of the tissue "not tissue" (IHC's

@@ -128,8 +128,9 @@ def shows_glass(I: np.ndarray) -> bool:
     ``"glass"``): at least ``GLASS_FRACTION`` of the source raster at or below its level. Otherwise the earlier
     test: ``GLASS_FRACTION`` of the raster (channels summed) below ``GLASS_LEVEL`` of its 99th percentile. (That
     test also fires on a frame filled with IHC tissue, its pale counterstain below 10 % of the dark DAB; measured on
-    such crops, the "tissue" search and whole-raster finish it selects, with the frame's edge as the outline (the tissue mask there is the whole frame), land
-    within 0.7-2 raster px where ``ncc_support`` drifts to 1.7-5 px, so it is kept there.)"""
+    such crops, the "tissue" search and whole-raster finish it selects, with the frame's edge as the outline (the
+    tissue mask there is the whole frame), land within 0.7-2 raster px where ``ncc_support`` drifts to 1.7-5 px, so
+    it is kept there.)"""
     total = stain_total(I)
     kind, level = glass_split(total)
     if kind == "glass":

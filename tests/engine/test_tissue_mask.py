@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gala_engine import image_feature
-from gala_engine.features import glass_level, stain_total, tissue_mask
+from gala_engine.features import glass_split, stain_total, tissue_mask
 from gala_engine.search import shows_glass
 
 
@@ -42,10 +42,10 @@ def test_pale_counterstained_tissue_is_tissue_on_ihc():
     assert shows_glass(raster)
 
 
-def test_an_ihc_frame_filled_with_tissue_has_no_glass_level():
+def test_an_ihc_frame_filled_with_tissue_has_no_empty_slide_mode():
     raster, truth = _ihc_like(np.random.default_rng(1), glass_cols=0)
     assert truth.all()
-    assert glass_level(stain_total(raster)) is None  # no empty-slide mode: the whole frame is tissue
+    assert glass_split(stain_total(raster)) == ("none", None)  # no empty-slide mode: the whole frame is tissue
     assert (tissue_mask(raster) > 0.5).all()
 
 
@@ -73,7 +73,7 @@ def test_a_frame_filled_with_tissue_is_all_tissue():
     half of the tissue "not tissue", and the QC flags then read 50 % of a right pose's cells as off the tissue."""
     rng = np.random.default_rng(2)
     raster = cv2.GaussianBlur(rng.uniform(0.3, 1.0, (60, 70)).astype(np.float32), (0, 0), 3.0)[None]
-    assert glass_level(stain_total(raster)) is None
+    assert glass_split(stain_total(raster)) == ("none", None)
     assert (tissue_mask(raster) == 1.0).all()
 
 
