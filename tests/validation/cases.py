@@ -204,6 +204,15 @@ IMAGES: dict[str, SourceImage] = {
                     lambda: np.ascontiguousarray(load_image("os2_ki67")[500:, 450:]),
                     "the os2_ki67 image's lower-right 601×651 pixels", "as os2_ki67",
                     stains="HD", nucleus_radius_px=7, real_um_per_px=0.454, mask="glass"),
+        # small sections: 512-pixel crops, so the CLI rasterises at 5-10 µm with a few hundred nuclei or spots
+        SourceImage("os2_ki67_small", "brightfield",
+                    lambda: np.ascontiguousarray(load_image("os2_ki67")[400:912, 350:862]),
+                    "the os2_ki67 image's 512×512 pixels from row 400, column 350", "as os2_ki67",
+                    stains="HD", nucleus_radius_px=7, real_um_per_px=0.454, mask="glass"),
+        SourceImage("os2_ki67_corner", "brightfield",
+                    lambda: np.ascontiguousarray(load_image("os2_ki67")[589:, 589:]),
+                    "the os2_ki67 image's lower-right 512×512 pixels", "as os2_ki67",
+                    stains="HD", nucleus_radius_px=7, real_um_per_px=0.454, mask="glass"),
         # an IHC look-alike filled with tissue: brown (DAB-like) cytoplasm and stroma next to the nuclei
         SourceImage("os1_dab", "brightfield", _restained_dab,
                     "os1_he re-coloured: eosin as cytoplasmic DAB (cases.py _restained_dab)", "as os1_he",
@@ -611,6 +620,13 @@ SPECS: list[CaseSpec] = [
     _S("spots", "visium_tiny_he", 4.0, 30.0, False, options=(("pitch_um", 55.0),), fast=True),
     _S("spots", "visium_dg_he", 4.0, 260.0, True, warp_um=15.0, options=(("pitch_um", 55.0),)),
     _S("spots", "os2_ki67", 2.0, 95.0, False, options=(("pitch_um", 55.0),)),
+    # small sections (512-pixel crops of the Ki67 slide, a few hundred nuclei or spots, CLI raster 10 µm): the warp
+    # is sampled by few cells, and spots' total counts are mostly library-size noise
+    _S("nuclei", "os2_ki67_small", 2.75, 300.0, False),
+    _S("nuclei", "os2_ki67_small", 3.2, 120.0, True, warp_um=25.0),
+    _S("nuclei", "os2_ki67_corner", 3.0, 20.0, True, warp_um=22.0),
+    _S("spots", "os2_ki67_small", 3.5, 200.0, False, options=(("pitch_um", 55.0),)),
+    _S("spots", "os2_ki67_corner", 3.5, 130.0, True, options=(("pitch_um", 55.0),)),
     # real MERFISH cells on their DAPI
     _S("merfish", "merfish_dapi", 0.0, 150.0, True, fast=True),
     _S("merfish", "merfish_dapi", 0.0, -35.0, False, warp_um=15.0, fast=True),
