@@ -623,8 +623,8 @@ SPECS: list[CaseSpec] = [
     # small sections (512-pixel crops of the Ki67 slide, a few hundred nuclei or spots, CLI raster 10 µm): the warp
     # is sampled by few cells, and spots' total counts are mostly library-size noise
     _S("nuclei", "os2_ki67_small", 2.75, 300.0, False),
-    _S("nuclei", "os2_ki67_small", 3.2, 120.0, True, warp_um=25.0),
-    _S("nuclei", "os2_ki67_corner", 3.0, 20.0, True, warp_um=22.0),
+    _S("nuclei", "os2_ki67_small", 3.2, 120.0, True, warp_um=25.0, fast=True),
+    _S("nuclei", "os2_ki67_corner", 3.0, 20.0, True, warp_um=22.0, fast=True),
     _S("spots", "os2_ki67_small", 3.5, 200.0, False, options=(("pitch_um", 55.0),)),
     _S("spots", "os2_ki67_corner", 3.5, 130.0, True, options=(("pitch_um", 55.0),)),
     # real MERFISH cells on their DAPI
