@@ -59,6 +59,7 @@ class AlignParams:
     lddmm_tol: float = _p(1e-4, "Relative energy decrease over lddmm_patience iterations below which LDDMM stops (only with lddmm_patience > 0).", "lddmm", min=0.0)
     # general
     num_repeats: int = _p(1, "Repeats of GA → LDDMM (the published method's restarts).", "general", min=1)
+    count_scale: str = _p("auto", "How the cells' total counts weigh the cell raster (section pipeline: CLI, app, batch): 'linear' (as published), 'log' (log(1 + counts): library-size noise compressed) or 'auto': the section is aligned with both and the one the image explains better (higher final fitness) is kept. Twice the time where the counts vary.", "general", choices=("auto", "linear", "log"))
     random_seed: int = _p(42, "Seed of the GA (runs with the same seed on CPU give the same result).", "general", min=0, max=2**32 - 1)
     dtype: str = _p("float32", "Floating point precision: 'float32' or 'float64'.", "general", choices=("float32", "float64"))
     device: str | None = _p(None, "'cpu', 'cuda' or None (CUDA when available).", "general")
@@ -110,7 +111,7 @@ class AlignParams:
                     sigmaR=5e4, ga_restarts=1, seed_population=False,
                     gene_space_mode="compatible", fitness="sse", refine_iterations=0, contrast=False,
                     max_anisotropy=None, ga_blur=0.0, ga_operators="pygad", ga_patience=0, lddmm_patience=0,
-                    lddmm_validate=False)
+                    lddmm_validate=False, count_scale="linear")
         base.update(overrides)
         return cls(**base)
 
@@ -118,7 +119,7 @@ class AlignParams:
     def fast_check(cls, **overrides: Any) -> AlignParams:
         """A quick first look (seconds on a small section): one short search and its fine-tuning, no warp."""
         base = dict(num_generations=60, sol_per_pop=60, num_parents_mating=30, ga_restarts=1, ga_patience=30,
-                    refine_iterations=100, num_iterations=0)
+                    refine_iterations=100, num_iterations=0, count_scale="linear")
         base.update(overrides)
         return cls(**base)
 

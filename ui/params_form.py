@@ -65,6 +65,7 @@ LABELS: dict[str, str] = {
     "lddmm_validate": "keep the warp only if it helps",
     "lddmm_tol": "smallest progress that counts (relative)",
     "num_repeats": "repeats of search + warp",
+    "count_scale": "how total counts weigh each cell",
     "random_seed": "random seed (same seed, same result)",
     "dtype": "number precision",
     "device": "compute on",
@@ -76,6 +77,8 @@ CHOICE_WORDS: dict[str, dict[Any, str]] = {
     "gene_space_mode": {"extent": "from the tissue's size", "compatible": "as published (wide)"},
     "ga_operators": {"vectorized": "fast", "pygad": "as published (slower)"},
     "dtype": {"float32": "single precision", "float64": "double precision"},
+    "count_scale": {"auto": "try both, keep the better fit (recommended)", "linear": "as counted (as published)",
+                    "log": "log(1 + counts)"},
     "device": {"auto": "automatic (GPU when there is one)", "cpu": "CPU", "cuda": "GPU (CUDA)"},
 }
 SECTIONS = {"ga": "Search for the pose (rotation, scale, mirror, shift)", "lddmm": "Warp (local deformation)",

@@ -156,8 +156,8 @@ def test_verdict_helpers() -> None:
 
 
 def test_a_mirrored_pose_at_its_own_optimum_on_a_symmetric_section_is_not_ok() -> None:
-    """The engine's failure on this case (issue 11's known miss): the spots mirrored onto a near-symmetric section,
-    820 µm off, at a pose the fitness scores above the truth. The pose margin re-optimises the alternatives, so
+    """The engine's failure on this case with linear total counts (issue 11; the log scale now lands it 5.7 µm): the
+    spots mirrored onto a near-symmetric section, 820 µm off, at a pose the fitness scores above the truth. The pose margin re-optimises the alternatives, so
     the truth's side competes at its own optimum: the wrong pose reads "check" (before: "ok", because its plain
     mirror image lands a few degrees off the truth and scored low)."""
     from gala_engine.qc import reoptimised

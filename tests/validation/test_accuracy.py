@@ -23,17 +23,19 @@ _CACHE: dict[tuple[str, str], object] = {}
 _FLAT_WARP = "uniform-visium_tiny_he-r290-s4-w25-spacing12"
 _SPOTS_TINY = "spots-visium_tiny_he-r30-s4-pitch55"
 KNOWN_MISSES = {
-    ("flat", _FLAT_WARP): "flat density under a 25 µm warp: 10.7 µm = 1.07 raster px (affine 16.9 µm): only the "
+    ("flat", _FLAT_WARP): "flat density under a 25 µm warp: 11.4 µm = 1.14 raster px (affine 16.5 µm; 10.7 / 1.07 "
+                          "with linear counts): only the "
                           "outline carries the warp; LDDMM fitted and validated on the outline band (a flat section) "
                           "recovers it near the outline (cells < 200 µm inside: 6.6-7.5 µm, affine 11.6-13.4) but not "
                           "deep inside (> 400 µm: 21.5 µm, affine 25.1)",
-    ("spots", _SPOTS_TINY): "819 µm (affine 822): a mirrored pose scores above the truth (tissue 0.84 vs 0.82); noisy spot totals on a "
-                            "near-symmetric section do not identify the pose",
     ("lddmm30", "nuclei-os2_ki67_corner-r20f-s3-w22"): "a small section (286 nuclei, CLI raster 10 µm): LDDMM 7.0 → "
                   "5.6 µm (−20 %). The warp moves the cells the right way (cosine 0.73 with the truth's residual) but "
                   "few nuclei sample it: the two validation folds' warps alone land 5.4 and 7.8 µm. Larger or smaller "
                   "smoothness scales, more iterations and larger steps did not help (issue 11's session notes)",
-    ("tutorial1", _SPOTS_TINY): "857 µm, the same mirror ambiguity with the raw Sobel feature",
+    # (the CLI landed these spots 822 µm off, mirrored, until the section pipeline tried log(1 + counts) as well:
+    # 5.7 µm; gala_engine.section.choose_count_scale)
+    ("tutorial1", _SPOTS_TINY): "857 µm: a mirrored pose scores above the truth with the raw Sobel feature and the "
+                                "spots' linear totals (mostly library-size noise on a near-symmetric section)",
     ("tutorial1", "nuclei-os1_he-r190f-s4"): "2.6 mm: 349 sparse nuclei over a 4.4 mm H&E filled with tissue; the raw "
                   "Sobel's score prefers poses that move a third of the cells beyond the frame (its zeros; like the "
                   "os1_he crops at 2.75-3.5 µm/px: truth 0.14 vs 0.26). The CLI's hematoxylin feature lands 8 µm",
