@@ -9,7 +9,7 @@ import json
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import torch
 from . import constants
 from .budget import check_prepare
 from .errors import GalaInputError
-from .events import ProgressCallback, StopPredicate
+from .events import ProgressCallback, ProgressEvent, StopPredicate
 from .features import FeatureKind, feature_planes, image_feature, resolve_feature
 from .flatness import FLAT_LEVEL, Splatter
 from .io import LoadedImage, spatial_yx, write_h5ad_atomic
@@ -285,7 +285,13 @@ def align_section(
         options = [rasters, rasters.log_counts] if params.count_scale == "auto" else [rasters.log_counts]
     results = []
     for option in options:
-        r = gala(option.xI, option.I, option.xJ, option.J, gene_space=gene_space, progress=progress,
+        tagged = progress
+        if progress is not None and option.count_scale == "log":  # the events say which count scale is searched
+
+            def tagged(event: ProgressEvent, _send=progress) -> None:
+                _send(replace(event, extra={**event.extra, "count_scale": "log"}))
+
+        r = gala(option.xI, option.I, option.xJ, option.J, gene_space=gene_space, progress=tagged,
                  should_stop=should_stop, init_A=init_A, fine_levels=option.fine, flat_target=option.flat_target,
                  tissue_beyond_frame=True, **params.to_dict())
         results.append(AlignmentResult.from_gala(r, dx=option.dx))

@@ -21,6 +21,13 @@ from .runs import record_finished
 
 STAGE_WORDS = {"": "preparing", "scan": "scanning rotations", "ga": "searching for the pose",
                "refine": "fine-tuning the pose", "lddmm": "warping"}
+
+
+def stage_words(stage: str) -> str:
+    """The engine's stage in words; the second search of the count scale ("ga · log counts") says so."""
+    base, _, scale = stage.partition(" · ")
+    words = STAGE_WORDS.get(base, base)
+    return f"{words}, again on log(1 + counts)" if scale else words
 CURVES = ("search", "fine-tuning", "warp")
 CURVE_NOTES = {
     "search": "The match score (1 = perfect) of the best and the average candidate pose in each search round "
@@ -89,7 +96,7 @@ def status_panel(data: Dataset, *, every: float | None, drawn_running: bool) -> 
         job, rid, snap = shown
         running = job is not None and job.running
         if running:
-            stage = STAGE_WORDS.get(snap.stage, snap.stage)
+            stage = stage_words(snap.stage)
             if snap.state == "waiting":
                 stage = "waiting for another session's run to finish"
             bar, stop = st.columns([2.2, 1], vertical_alignment="bottom")
@@ -110,7 +117,7 @@ def status_panel(data: Dataset, *, every: float | None, drawn_running: bool) -> 
             picked = None
             if not running:  # while it runs, the curve follows the stage
                 picked = st.segmented_control("Curve", list(CURVES), key="w_curve", label_visibility="collapsed")
-            follow = _STAGE_CURVE.get(snap.stage, available[-1]) if running else available[-1]
+            follow = _STAGE_CURVE.get(snap.stage.partition(" · ")[0], available[-1]) if running else available[-1]
             name = picked if picked in available else (follow if follow in available else available[-1])
             st.plotly_chart(_curve_figure(name, snap, (rid, id(job or snap.result))), theme=None, key="fig_curve")
             st.caption(CURVE_NOTES[name])

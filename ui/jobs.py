@@ -106,6 +106,8 @@ class Job:
     def _progress(self, event: ProgressEvent) -> None:
         with self._lock:
             self._stage, self._step, self._total = event.stage, int(event.step), int(event.total)
+            if event.extra.get("count_scale") == "log":  # the count scale's second search (section.align_section)
+                self._stage = f"{event.stage} · log counts"
             if event.stage == "ga":
                 self._ga_best.append(float(event.value))
                 self._ga_mean.append(float(event.extra.get("mean", np.nan)))

@@ -48,9 +48,9 @@ def run_state(*, every: float | None) -> None:
             st.markdown("**Run:** none running" if state.history() else "**Run:** none yet")
         else:
             snap = job.snapshot()
-            from .align_live import STAGE_WORDS
+            from .align_live import stage_words
 
-            stage = STAGE_WORDS.get(snap.stage, snap.stage)
+            stage = stage_words(snap.stage)
             label = {"waiting": "waiting for the engine", "running": f"running ({stage})"}
             data = state.get(state.DATA)
             other = "" if data is None or getattr(job.context, "uid", None) == data.uid else \

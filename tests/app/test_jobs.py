@@ -84,3 +84,19 @@ def test_one_job_uses_the_engine_at_a_time():
     for job in jobs:
         job.join(5)
     assert peak[0] == 1 and all(j.state == "done" for j in jobs)
+
+
+def test_the_count_scales_second_search_is_named_in_the_stage():
+    from ui.align_live import stage_words
+
+    def run(rasters, params, *, gene_space=None, progress=None, should_stop=None):
+        progress(ProgressEvent("ga", 1, 2, 0.1))
+        progress(ProgressEvent("ga", 2, 2, 0.2, extra={"count_scale": "log"}))
+        return _Result()
+
+    job = start_job(None, AlignParams(), runner=run, run_id=8)
+    job.join(5)
+    snap = job.snapshot()
+    assert snap.stage == "ga · log counts" and snap.ga_best == [0.1, 0.2]
+    assert stage_words(snap.stage) == "searching for the pose, again on log(1 + counts)"
+    assert stage_words("ga") == "searching for the pose"

@@ -85,3 +85,18 @@ def test_spots_whose_totals_are_mostly_library_noise_align_on_the_log_scale():
     case = get_case("spots-os2_ki67_small-r200-s3.5-pitch55")
     auto, linear = run_cli_defaults(case), run_cli_defaults(case, params={"count_scale": "linear"})
     assert auto.median_um <= 0.6 * linear.median_um, (auto, linear)
+
+
+def test_the_second_search_tags_its_progress_and_the_result_names_its_scale():
+    counts = np.random.default_rng(3).lognormal(6.0, 0.8, 300)
+    rasters = prepare_section(_cells(counts), _image(), dx=20.0)
+    events = []
+    params = AlignParams(num_generations=3, sol_per_pop=8, num_parents_mating=4, ga_restarts=1, refine_iterations=4,
+                         scan_iterations=2, num_iterations=0)
+    result = align_section(rasters, params, progress=events.append)
+    scales = [e.extra.get("count_scale") for e in events]
+    assert None in scales and "log" in scales and scales.index("log") > scales.index(None)
+    assert result.diagnostics["count_scale"] in ("linear", "log")
+    assert set(result.diagnostics["count_scale_scores"]) == {"linear", "log"}
+    one = align_section(rasters, AlignParams(**{**params.to_dict(), "count_scale": "linear"}))
+    assert one.diagnostics["count_scale"] == "linear" and "count_scale_scores" not in one.diagnostics
