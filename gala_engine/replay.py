@@ -171,6 +171,7 @@ def _params_from(meta: dict[str, Any], device: str | None):
     from .params import AlignParams
 
     raw = {k: _none(v) for k, v in dict(meta[REPLAY_KEY]["params"]).items()}
+    raw.setdefault("count_scale", "linear")  # recorded before the count scale existed: the counts were used as they are
     if device is not None:
         raw["device"] = device
     return AlignParams.from_dict(raw)

@@ -195,3 +195,12 @@ def test_zarr_refusals_and_late_failure(tmp_path: Path, capsys, monkeypatch) -> 
     err = capsys.readouterr().err
     assert "wrote " in err and "--zarr" in err and "No space left on device" in err and "Traceback" not in err
     assert ad.read_h5ad(tmp_path / "a.h5ad").n_obs == 100 and not (tmp_path / "a.zarr").exists()
+
+
+def test_a_record_from_before_the_count_scale_replays_on_linear_counts() -> None:
+    from gala_engine.replay import REPLAY_KEY, _params_from
+
+    old = {REPLAY_KEY: {"params": {"num_generations": 12}}}
+    assert _params_from(old, None).count_scale == "linear"
+    new = {REPLAY_KEY: {"params": {"num_generations": 12, "count_scale": "auto"}}}
+    assert _params_from(new, None).count_scale == "auto"
