@@ -188,6 +188,13 @@ def _skimage_ihc() -> np.ndarray:
     return np.asarray(data.immunohistochemistry())
 
 
+def _ki67_crop(name: str, rows: slice, cols: slice, what: str) -> SourceImage:
+    """A crop of the os2_ki67 image (same stains, scale and licence)."""
+    return SourceImage(name, "brightfield", lambda: np.ascontiguousarray(load_image("os2_ki67")[rows, cols]),
+                       f"the os2_ki67 image's {what}", "as os2_ki67", stains="HD", nucleus_radius_px=7,
+                       real_um_per_px=0.454, mask="glass")
+
+
 IMAGES: dict[str, SourceImage] = {
     img.name: img
     for img in [
@@ -200,19 +207,10 @@ IMAGES: dict[str, SourceImage] = {
                     "downscaled 2x", "free to use and distribute, with or without modification (OpenSlide test data)",
                     stains="HD", nucleus_radius_px=7, real_um_per_px=0.454, mask="glass"),
         # a tile inside the Ki67 section: tissue (and a few lumens) up to the frame's edge, no empty slide around it
-        SourceImage("os2_ki67_tile", "brightfield",
-                    lambda: np.ascontiguousarray(load_image("os2_ki67")[500:, 450:]),
-                    "the os2_ki67 image's lower-right 601×651 pixels", "as os2_ki67",
-                    stains="HD", nucleus_radius_px=7, real_um_per_px=0.454, mask="glass"),
+        _ki67_crop("os2_ki67_tile", slice(500, None), slice(450, None), "lower-right 601×651 pixels"),
         # small sections: 512-pixel crops, so the CLI rasterises at 5-10 µm with a few hundred nuclei or spots
-        SourceImage("os2_ki67_small", "brightfield",
-                    lambda: np.ascontiguousarray(load_image("os2_ki67")[400:912, 350:862]),
-                    "the os2_ki67 image's 512×512 pixels from row 400, column 350", "as os2_ki67",
-                    stains="HD", nucleus_radius_px=7, real_um_per_px=0.454, mask="glass"),
-        SourceImage("os2_ki67_corner", "brightfield",
-                    lambda: np.ascontiguousarray(load_image("os2_ki67")[589:, 589:]),
-                    "the os2_ki67 image's lower-right 512×512 pixels", "as os2_ki67",
-                    stains="HD", nucleus_radius_px=7, real_um_per_px=0.454, mask="glass"),
+        _ki67_crop("os2_ki67_small", slice(400, 912), slice(350, 862), "512×512 pixels from row 400, column 350"),
+        _ki67_crop("os2_ki67_corner", slice(589, None), slice(589, None), "lower-right 512×512 pixels"),
         # an IHC look-alike filled with tissue: brown (DAB-like) cytoplasm and stroma next to the nuclei
         SourceImage("os1_dab", "brightfield", _restained_dab,
                     "os1_he re-coloured: eosin as cytoplasmic DAB (cases.py _restained_dab)", "as os1_he",
