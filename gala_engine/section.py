@@ -278,6 +278,9 @@ def align_section(
     """Run :func:`gala` on a prepared section and return a plain-data result.
 
     ``init_A``: a starting affine (3×3, image px (row, col) → µm (row, col)), e.g. from landmarks; see :func:`gala`.
+    Where the rasters carry log-count targets (``rasters.log_counts``: total counts that vary), ``params.count_scale``
+    says which to align: ``"auto"`` aligns with both and keeps the better fit (:func:`choose_count_scale`); the
+    second search's progress events carry ``extra["count_scale"] = "log"``.
     """
     params = params or AlignParams()
     options = [rasters]
