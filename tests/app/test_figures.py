@@ -34,6 +34,8 @@ def test_energy_is_on_a_labelled_log_axis_with_the_em_start_marked_and_split():
     assert sorted(s.x0 for s in two.layout.shapes) == [ESTEP_START + 0.5, len(energy) + 0.5,
                                                         len(energy) + ESTEP_START + 0.5]
     assert [t.showlegend for t in two.data] == [True, True, False, False]
+    labels = [a.text for a in two.layout.annotations]
+    assert sum("not a divergence" in t for t in labels) == 1 and any("warp run 2" in t for t in labels)  # no pile-up
     short = figures.energy_figure(energy[:10])
     assert not short.layout.shapes and len(short.data) == 1  # no marker before the E-step starts
     assert figures.energy_figure([-1.0, 2.0]).layout.yaxis.type != "log"  # not positive: linear
