@@ -142,7 +142,7 @@ def quality_metrics(rasters: SectionRasters, result: AlignmentResult) -> dict[st
         "dx_um": float(rasters.dx),
         "signal": rasters.signal,
         "feature": rasters.feature,
-        "signal_info": rasters.signal_record(),  # informativeness, channels and their weights (as uns['gala'])
+        "signal_info": rasters.aligned_on(result).signal_record(),  # informativeness, channels, count scale (as uns)
         "params": {k: v for k, v in result.params.items()},
         "A": np.asarray(result.A).tolist(),
         "versions": _versions(),

@@ -75,6 +75,11 @@ class SectionRasters:
             rec["channel_weights"] = [float(a) for a in np.asarray(self.channels.weights, np.float64).ravel()]
         return rec
 
+    def aligned_on(self, result: AlignmentResult) -> SectionRasters:
+        """The rasters ``result`` was aligned on: these, or their log-count twin where the count scale chose it."""
+        log = result.diagnostics.get("count_scale") == "log" and self.log_counts is not None
+        return self.log_counts if log else self
+
     @property
     def flat_target(self) -> bool:
         """True when the signal is too flat to align (informativeness below :data:`FLAT_LEVEL`; e.g. an evenly
@@ -355,7 +360,7 @@ def aligned_adata(adata: Any, result: AlignmentResult, *, landmarks: Any = None,
     if image:
         meta["image"] = dict(image)
     if rasters is not None:
-        meta["signal_info"] = rasters.signal_record()
+        meta["signal_info"] = rasters.aligned_on(result).signal_record()
     out.uns[constants.UNS_KEY] = meta
     return out
 

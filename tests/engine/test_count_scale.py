@@ -34,7 +34,6 @@ def test_the_log_rasters_share_the_image_and_weigh_cells_by_log_counts():
     assert log.I is rasters.I and log.xJ is rasters.xJ and log.J.shape == rasters.J.shape
     assert not np.allclose(log.J, rasters.J)  # another weighting of the same cells
     assert len(log.fine) == len(rasters.fine)
-    assert rasters.signal_record()["count_scale"] == "linear"
 
 
 def test_no_log_rasters_where_they_would_say_nothing_new():
@@ -100,3 +99,8 @@ def test_the_second_search_tags_its_progress_and_the_result_names_its_scale():
     assert set(result.diagnostics["count_scale_scores"]) == {"linear", "log"}
     one = align_section(rasters, AlignParams(**{**params.to_dict(), "count_scale": "linear"}))
     assert one.diagnostics["count_scale"] == "linear" and "count_scale_scores" not in one.diagnostics
+    log = align_section(rasters, AlignParams(**{**params.to_dict(), "count_scale": "log"}))
+    assert log.diagnostics["count_scale"] == "log"
+    # what uns['gala']['signal_info'] and the report record: the rasters the result was aligned on
+    assert rasters.aligned_on(log) is rasters.log_counts and rasters.aligned_on(one) is rasters
+    assert rasters.aligned_on(log).signal_record()["count_scale"] == "log"
