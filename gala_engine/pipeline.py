@@ -515,7 +515,8 @@ def _validate_warp(I, xI, J, xJ, A, fits, folds, band=None) -> dict:
     ``MIN_HELD_OUT_GAIN`` over what the affine alone gives there; fitting noise lowers it. The correlation is scored
     over the cells' support widened by ``VALIDATION_RIM`` pixels (the tissue outline counts: ``held_out_fitness``)
     and, to tell where the evidence lies, over the support alone (``held_out_inside``; ``inside``: that too rises);
-    with an outline ``band`` (:func:`_outline_band`, a flat section), both over the band alone. Accepted warps are averaged by the caller."""
+    with an outline ``band`` (:func:`_outline_band`, a flat section), both over the band alone. Accepted warps are
+    averaged by the caller."""
     if band is None:
         support = pixel_weights(J, "ncc_support").reshape(J.shape[1:])
         outer, inner = _widened(support), support
@@ -528,8 +529,8 @@ def _validate_warp(I, xI, J, xJ, A, fits, folds, band=None) -> dict:
         rows.append(score_batch(warped, J, weights=(outer * (1.0 - mask)).flatten()).tolist())
         inside.append(rows[-1] if inner is None else
                       score_batch(warped, J, weights=(inner * (1.0 - mask)).flatten()).tolist())
-    return {"accepted": all(after > before + MIN_HELD_OUT_GAIN for before, after in rows),
-            "held_out_fitness": rows, "inside": all(after > before for before, after in inside), "held_out_inside": inside}
+    return {"accepted": all(after > before + MIN_HELD_OUT_GAIN for before, after in rows), "held_out_fitness": rows,
+            "inside": all(after > before for before, after in inside), "held_out_inside": inside}
 
 
 def _lddmm_levels(I: torch.Tensor, xI: list, J: torch.Tensor, xJ: list, p: AlignParams, mask=None):

@@ -103,6 +103,11 @@ def default_image_reduce(image: LoadedImage, J_shape: tuple[int, ...], *, ratio:
     return max(1, int(round(long_I / (ratio * long_J))))
 
 
+def _min_max(w: np.ndarray) -> np.ndarray:
+    """Per-cell weights scaled to [0, 1], as :func:`gala_engine.raster.rasterize` scales them."""
+    return (w - w.min()) / max(np.ptp(w), 1e-300)
+
+
 def prepare_section(
     adata: Any,
     image: LoadedImage,
@@ -158,6 +163,11 @@ def prepare_section(
             break
         fine_blurs.append((dx / factor, max(1.0, 0.5 * spacing / (2.0 * dx / factor))))
         fine.append(pair(*fine_blurs[-1], reduce // factor)[:4])
+    if mixed:
+        score = mixed[0].score
+    else:  # the score of what rasterize splats: the weights min–max scaled
+        sp = Splatter(yx, dx, blur)
+        score = sp.density_contrast if g is None else sp.informativeness(_min_max(g))
     log_counts = None
     if signal == constants.SIGNAL_TOTAL_COUNTS and np.ptp(weights[:, 0]) > 0:
         # the same section with log(1 + counts) as the weights (same grids and image rasters): library-size noise is
@@ -168,16 +178,9 @@ def prepare_section(
             return rasterize(yx[:, 1], yx[:, 0], g=log_g, dx=dx_l, blur=blur_l)[2].astype(np.float32)
 
         log_fine = [(xI_f, I_f, xJ_f, log_raster(*b)) for (xI_f, I_f, xJ_f, _), b in zip(fine, fine_blurs)]
-        log_score = Splatter(yx, dx, blur).informativeness((log_g - log_g.min()) / max(np.ptp(log_g), 1e-300))
-        log_counts = SectionRasters(I, xI, log_raster(dx, blur), xJ, float(dx), reduce, tuple(image.full_shape), signal,
-                                    feature, log_fine, informativeness=log_score, spacing_um=float(spacing),
-                                    count_scale="log")
-    if mixed:
-        score = mixed[0].score
-    else:
-        sp = Splatter(yx, dx, blur)
-        # the score of what rasterize splats: the weights min–max scaled
-        score = sp.density_contrast if g is None else sp.informativeness((g - g.min()) / max(np.ptp(g), 1e-300))
+        log_counts = SectionRasters(I, xI, log_raster(dx, blur), xJ, float(dx), reduce, tuple(image.full_shape),
+                                    signal, feature, log_fine, informativeness=sp.informativeness(_min_max(log_g)),
+                                    spacing_um=float(spacing), count_scale="log")
     return SectionRasters(I, xI, J, xJ, float(dx), reduce, tuple(image.full_shape), signal, feature, fine,
                           informativeness=score, channels=mixed[0] if mixed else None, spacing_um=float(spacing),
                           log_counts=log_counts)

@@ -15,7 +15,7 @@ from gala_engine.io import spatial_yx
 
 from . import figures, state
 from .data import Dataset
-from .jobs import Job, Snapshot, pose_words
+from .jobs import LOG_COUNTS_STAGE, Job, Snapshot, pose_words
 from .runs import history_table as runs_table
 from .runs import record_finished
 
@@ -24,10 +24,12 @@ STAGE_WORDS = {"": "preparing", "scan": "scanning rotations", "ga": "searching f
 
 
 def stage_words(stage: str) -> str:
-    """The engine's stage in words; the second search of the count scale ("ga · log counts") says so."""
-    base, _, scale = stage.partition(" · ")
+    """The engine's stage in words; the second search of the count scale (``LOG_COUNTS_STAGE``) says so."""
+    base = stage.removesuffix(LOG_COUNTS_STAGE)
     words = STAGE_WORDS.get(base, base)
-    return f"{words}, again on log(1 + counts)" if scale else words
+    return f"{words}, again on log(1 + counts)" if base != stage else words
+
+
 CURVES = ("search", "fine-tuning", "warp")
 CURVE_NOTES = {
     "search": "The match score (1 = perfect) of the best and the average candidate pose in each search round "
@@ -117,7 +119,8 @@ def status_panel(data: Dataset, *, every: float | None, drawn_running: bool) -> 
             picked = None
             if not running:  # while it runs, the curve follows the stage
                 picked = st.segmented_control("Curve", list(CURVES), key="w_curve", label_visibility="collapsed")
-            follow = _STAGE_CURVE.get(snap.stage.partition(" · ")[0], available[-1]) if running else available[-1]
+            stage_now = snap.stage.removesuffix(LOG_COUNTS_STAGE)
+            follow = _STAGE_CURVE.get(stage_now, available[-1]) if running else available[-1]
             name = picked if picked in available else (follow if follow in available else available[-1])
             st.plotly_chart(_curve_figure(name, snap, (rid, id(job or snap.result))), theme=None, key="fig_curve")
             st.caption(CURVE_NOTES[name])

@@ -180,9 +180,9 @@ def energy_figure(energy: Sequence[float], steps: Sequence[int] | None = None, *
             fig.add_trace(go.Scatter(x=[i + 1 for i in part], y=[energy[i] for i in part], mode="lines", name=phase,
                                      line=dict(color=colour), legendgroup=phase, showlegend=phase not in shown))
             shown.add(phase)
-            if phase != "fixed weights":  # explained once: repeated, the labels overlap (four runs with the count scale)
-                label = dict(annotation_text="weights re-estimated:<br>new scale, not a divergence",
-                             annotation_position="top right", annotation_font=dict(size=10, color="#666")) if r == 0 else {}
+            if phase != "fixed weights":  # explained once: repeated, the labels overlap (four runs, count scale)
+                label = {} if r else dict(annotation_text="weights re-estimated:<br>new scale, not a divergence",
+                                          annotation_position="top right", annotation_font=dict(size=10, color="#666"))
                 fig.add_vline(x=part[0] + 0.5, line=dict(color="#bbb", dash="dot", width=1), **label)
     fig.update_layout(title=dict(text="Warp", font=dict(size=14)), xaxis_title="warp step",
                       yaxis_title="energy (lower = better)", height=height, margin=_LIVE_MARGIN, legend=_LEGEND)

@@ -28,6 +28,9 @@ _ENGINE_LOCK = threading.Lock()
 Runner = Callable[..., AlignmentResult]
 
 
+LOG_COUNTS_STAGE = " · log counts"  # appended to a stage of the count scale's second search (Snapshot.stage)
+
+
 @dataclass
 class Snapshot:
     """A consistent copy of a job's progress for drawing."""
@@ -107,7 +110,7 @@ class Job:
         with self._lock:
             self._stage, self._step, self._total = event.stage, int(event.step), int(event.total)
             if event.extra.get("count_scale") == "log":  # the count scale's second search (section.align_section)
-                self._stage = f"{event.stage} · log counts"
+                self._stage = event.stage + LOG_COUNTS_STAGE
             if event.stage == "ga":
                 self._ga_best.append(float(event.value))
                 self._ga_mean.append(float(event.extra.get("mean", np.nan)))
