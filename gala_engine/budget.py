@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .errors import GalaInputError
+from .raster import spacing_blur
 
 __all__ = ["Budget", "Estimate", "check_align", "check_arrays", "check_prepare", "estimate_align", "estimate_prepare"]
 
@@ -132,7 +133,7 @@ def estimate_prepare(
     c = int(image_shape[2]) if len(image_shape) > 2 else 1
     reduce = image_reduce or max(1, round(max(h, w) / (1.5 * max(rows, cols))))
     # the cell blur (raster px, std 2·blur) seen in loaded image pixels, as prepare_section smooths the image
-    blur = max(1.0, 0.5 * spacing_um / (2.0 * dx))
+    blur = spacing_blur(spacing_um, dx)
     sigma_um = 2.0 * blur * dx
     um_extent = math.sqrt(max(ext_y * ext_x, 1e-12))
     blur_px = max(reduce / 2.0, sigma_um / (um_extent / math.sqrt(h * w)))

@@ -156,3 +156,9 @@ def cell_spacing(yx: np.ndarray) -> float:
         query = yx[np.random.default_rng(0).choice(len(yx), SPACING_SAMPLE, replace=False)]
     dist, _ = cKDTree(yx, compact_nodes=False).query(query, k=2)  # (unshrunk nodes: a faster build, same answer)
     return float(np.median(dist[:, 1]))
+
+
+def spacing_blur(spacing_um: float, dx: float) -> float:
+    """The splat blur (raster pixels, Gaussian std = 2·blur) for cells ``spacing_um`` apart on a raster of pixel
+    ``dx``: a Gaussian std of half the spacing, at least 1 (sparse spots, e.g. Visium, merge into tissue)."""
+    return max(1.0, 0.5 * spacing_um / (2.0 * dx))

@@ -25,7 +25,7 @@ from .flatness import FLAT_LEVEL, Splatter
 from .io import LoadedImage, spatial_yx, write_h5ad_atomic
 from .params import AlignParams
 from .pipeline import gala, to_cpu
-from .raster import cell_spacing, choose_dx, rasterize
+from .raster import cell_spacing, choose_dx, rasterize, spacing_blur
 from .signals import ChannelRasters, combine_channels, signal_channels
 from .transform import transform_points_target_to_source
 
@@ -137,7 +137,7 @@ def prepare_section(
     if dx is None:
         dx = choose_dx(yx[:, 1], yx[:, 0], target_pixels=target_pixels)
     if blur is None:
-        blur = max(1.0, 0.5 * spacing / (2.0 * dx))
+        blur = spacing_blur(spacing, dx)
     g = None if signal == constants.SIGNAL_DENSITY else weights[:, 0]
     feature = resolve_feature(feature, image.pixels)
     planes = feature_planes(image.pixels, feature)  # once: every level blurs and reduces the same planes
@@ -161,7 +161,7 @@ def prepare_section(
     for factor in (2, 4)[:fine_levels]:  # finer rasters down to the cell spacing (finer than that is dots)
         if dx / factor < spacing or reduce // factor < 1:
             break
-        fine_blurs.append((dx / factor, max(1.0, 0.5 * spacing / (2.0 * dx / factor))))
+        fine_blurs.append((dx / factor, spacing_blur(spacing, dx / factor)))
         fine.append(pair(*fine_blurs[-1], reduce // factor)[:4])
     if mixed:
         score = mixed[0].score

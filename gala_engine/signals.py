@@ -309,11 +309,11 @@ def rank_signals(adata: Any, signals: list[str] | None = None, *, dx: float | No
     """Rasterise each signal (default: :func:`candidate_signals`) as the alignment would, score it
     (:meth:`Splatter.informativeness`) and return them best first. A signal the data cannot give is left out."""
     from .io import spatial_yx
-    from .raster import cell_spacing, choose_dx
+    from .raster import cell_spacing, choose_dx, spacing_blur
 
     yx = spatial_yx(adata)
     dx = choose_dx(yx[:, 1], yx[:, 0]) if dx is None else float(dx)
-    blur = max(1.0, 0.5 * cell_spacing(yx) / (2.0 * dx)) if blur is None else float(blur)
+    blur = spacing_blur(cell_spacing(yx), dx) if blur is None else float(blur)
     sp = Splatter(yx, dx, blur)
     out = []
     for signal in dict.fromkeys(signals if signals is not None else candidate_signals(adata)):
