@@ -95,6 +95,7 @@ def gala(
     fine_levels: list | None = None,
     flat_target: bool = False,
     tissue_beyond_frame: bool = False,
+    search: bool = True,
     **params: Any,
 ) -> dict[str, Any]:
     """Align source ``I`` (image feature raster) to target ``J`` (cell raster).
@@ -128,6 +129,10 @@ def gala(
         (not ``flat_target``), the last refinement on ``J``'s raster reads the image beyond its frame as its mirror
         image (the tissue goes on) instead of zeros (empty slide), which pull the cells' blurred edge out of the
         frame. The CLI and the app set it; ``gala()`` called as in the published tutorial keeps the zeros.
+    search
+        False: ``init_A`` is the pose, as given; no scan, GA or refinement runs, only LDDMM from it (e.g. to warp the
+        winner of several searches: :func:`gala_engine.section.align_section`). ``fitness`` and ``score`` are then the
+        pose's score on ``J``'s raster.
     progress, should_stop
         Optional callback receiving :class:`~gala_engine.events.ProgressEvent` and a predicate
         polled once per step; stopping keeps the best result so far.
@@ -174,6 +179,8 @@ def gala(
         source_extent = tissue_extent(I_np, xI)
     space = fill_gene_space(gene_space, xI, xJ, mode=p.gene_space_mode, source_extent=source_extent)
     init_genes = None if init_A is None else _init_genes(init_A, xI, xJ)
+    if not search and init_genes is None:
+        raise GalaInputError("gala(search=False) warps a given pose: pass it as init_A.")
     if init_genes is not None:
         space = space_around(space, init_genes)
 
@@ -233,7 +240,7 @@ def gala(
         scan_genes = poses[:n_centred][np.argsort(-centred_scores)]
         above = np.flatnonzero(shifted_scores > centred_scores.max())
         off_centre = poses[n_centred:][above[np.argsort(-shifted_scores[above])]]
-    for repeat in range(p.num_repeats):
+    for repeat in range(p.num_repeats if search else 0):
         candidates = []
         for restart in range(p.ga_restarts):
             seed = p.random_seed + restart
@@ -309,39 +316,19 @@ def gala(
                 was_stopped = stopped(should_stop)
         A = genes_to_matrix(torch.as_tensor(best_genes, dtype=dtype, device=device), full.cI, full.cJ)
         if p.num_iterations and not was_stopped:
-            I_warp = _mixed_channels(I_t, xI, J_t, xJ, A, xv_full) if p.contrast else I_t
-            folds = _checkerboard_folds(J_t.shape[1:], device) if p.lddmm_validate else [None]
-            # an evenly packed section's density only says where its outline is: inside, the image's texture has
-            # nothing to match and, matched anyway, drags the interior (an unwarped flat section: 2 → 11 µm). Its
-            # warp is fitted and validated on the outline band alone, smoother, so the interior follows the outline
-            band = _outline_band(J_t) if flat_target and outline else None
-            warp_p, xv_warp, fit_folds = p, xv_full, folds
-            if band is not None:
-                fit_folds = [band if fold is None else fold * band for fold in folds]
-                if p.a is None:
-                    warp_p, xv_warp = _smoother(p, xI)
-            v0 = v if v is not None and tuple(v.shape[1:3]) == (xv_warp[0].size, xv_warp[1].size) else None
-            fits, was_stopped = _fold_fits(I_warp, xI, J_t, xJ, A, warp_p, v0, xv_warp, fit_folds, energy_history,
-                                           progress, should_stop, repeat)
-            lddmm = fits[-1]
-            if p.lddmm_validate and not was_stopped:
-                validation = _validate_warp(I_warp, xI, J_t, xJ, A, fits, folds, band)
-                if validation["accepted"] and not validation["inside"] and p.a is None:
-                    # only the tissue outline (just outside the cells' support) carries the warp: inside, the
-                    # image explains none of the cells' density, so the warp there is the outline's, interpolated.
-                    # A smoother field carries the outline's displacement further in; it must pass the same check
-                    smooth, xv_smooth = _smoother(p, xI)
-                    smooth_fits, was_stopped = _fold_fits(I_warp, xI, J_t, xJ, A, smooth, None, xv_smooth, folds,
-                                                          energy_history, progress, should_stop, repeat)
-                    if not was_stopped:
-                        check = _validate_warp(I_warp, xI, J_t, xJ, A, smooth_fits, folds)
-                        validation["smoothed_a"] = float(smooth.a) if check["accepted"] else 0.0
-                        if check["accepted"]:
-                            fits, lddmm = smooth_fits, smooth_fits[-1]
-                lddmm.v = (fits[0].v + fits[1].v) / 2.0 if validation["accepted"] else torch.zeros_like(fits[0].v)
+            lddmm, validation, was_stopped = _warp(I_t, xI, J_t, xJ, A, p, v, xv_full, flat_target and outline,
+                                                   energy_history, progress, should_stop, repeat)
             v = lddmm.v
         if was_stopped:
             break
+    if not search:  # the pose as given; only the warp runs
+        best_genes = init_genes
+        A = torch.as_tensor(_init_matrix(init_A), dtype=dtype, device=device)
+        fitness = score = float(full(torch.as_tensor(best_genes[None], dtype=dtype, device=device))[0])
+        if p.num_iterations:
+            lddmm, validation, was_stopped = _warp(I_t, xI, J_t, xJ, A, p, None, xv_full, flat_target and outline,
+                                                   energy_history, progress, should_stop, 0)
+            v = lddmm.v
 
     if lddmm is None:  # affine only: an identity flow on the velocity grid LDDMM would use
         xv = xv_full
@@ -371,14 +358,58 @@ def gala(
     }
 
 
-def _init_genes(init_A, xI: list, xJ: list) -> np.ndarray:
-    """Genes of a user's starting affine (3×3 or 2×3, image px → µm, row/col)."""
+def _init_matrix(init_A) -> np.ndarray:
+    """A user's starting affine (3×3 or 2×3, image px → µm, row/col) as a checked 3×3."""
     A = np.asarray(init_A.detach().cpu() if isinstance(init_A, torch.Tensor) else init_A, dtype=np.float64)
     if A.shape == (2, 3):
         A = np.vstack([A, [0.0, 0.0, 1.0]])
     if A.shape != (3, 3) or not np.isfinite(A).all() or abs(np.linalg.det(A[:2, :2])) < 1e-12:
         raise GalaInputError(f"init_A must be a finite, invertible 3×3 (or 2×3) affine, got shape {A.shape}.")
-    return matrix_to_genes(A, xI, xJ)
+    return A
+
+
+def _init_genes(init_A, xI: list, xJ: list) -> np.ndarray:
+    """Genes of a user's starting affine (3×3 or 2×3, image px → µm, row/col)."""
+    return matrix_to_genes(_init_matrix(init_A), xI, xJ)
+
+
+def _warp(I_t, xI, J_t, xJ, A, p: AlignParams, v, xv_full, outline_only: bool, energy_history: list, progress,
+          should_stop, repeat: int):
+    """LDDMM from the affine ``A`` (``v``: an earlier repeat's field to start from, or None), cross-validated on two
+    checkerboard folds (``p.lddmm_validate``); ``outline_only``: a flat section whose image shows its outline, the warp
+    fitted and validated on the outline band alone → (the LDDMM result, the validation record, stopped)."""
+    validation = None
+    I_warp = _mixed_channels(I_t, xI, J_t, xJ, A, xv_full) if p.contrast else I_t
+    folds = _checkerboard_folds(J_t.shape[1:], J_t.device) if p.lddmm_validate else [None]
+    # an evenly packed section's density only says where its outline is: inside, the image's texture has
+    # nothing to match and, matched anyway, drags the interior (an unwarped flat section: 2 → 11 µm). Its
+    # warp is fitted and validated on the outline band alone, smoother, so the interior follows the outline
+    band = _outline_band(J_t) if outline_only else None
+    warp_p, xv_warp, fit_folds = p, xv_full, folds
+    if band is not None:
+        fit_folds = [band if fold is None else fold * band for fold in folds]
+        if p.a is None:
+            warp_p, xv_warp = _smoother(p, xI)
+    v0 = v if v is not None and tuple(v.shape[1:3]) == (xv_warp[0].size, xv_warp[1].size) else None
+    fits, was_stopped = _fold_fits(I_warp, xI, J_t, xJ, A, warp_p, v0, xv_warp, fit_folds, energy_history,
+                                   progress, should_stop, repeat)
+    lddmm = fits[-1]
+    if p.lddmm_validate and not was_stopped:
+        validation = _validate_warp(I_warp, xI, J_t, xJ, A, fits, folds, band)
+        if validation["accepted"] and not validation["inside"] and p.a is None:
+            # only the tissue outline (just outside the cells' support) carries the warp: inside, the
+            # image explains none of the cells' density, so the warp there is the outline's, interpolated.
+            # A smoother field carries the outline's displacement further in; it must pass the same check
+            smooth, xv_smooth = _smoother(p, xI)
+            smooth_fits, was_stopped = _fold_fits(I_warp, xI, J_t, xJ, A, smooth, None, xv_smooth, folds,
+                                                  energy_history, progress, should_stop, repeat)
+            if not was_stopped:
+                check = _validate_warp(I_warp, xI, J_t, xJ, A, smooth_fits, folds)
+                validation["smoothed_a"] = float(smooth.a) if check["accepted"] else 0.0
+                if check["accepted"]:
+                    fits, lddmm = smooth_fits, smooth_fits[-1]
+        lddmm.v = (fits[0].v + fits[1].v) / 2.0 if validation["accepted"] else torch.zeros_like(fits[0].v)
+    return lddmm, validation, was_stopped
 
 
 # off-centre starts of the pose scan: the matched centroid moved by half a standard deviation of the cells' raster

@@ -104,3 +104,34 @@ def test_the_second_search_tags_its_progress_and_the_result_names_its_scale():
     # what uns['gala']['signal_info'] and the report record: the rasters the result was aligned on
     assert rasters.aligned_on(log) is rasters.log_counts and rasters.aligned_on(one) is rasters
     assert rasters.aligned_on(log).signal_record()["count_scale"] == "log"
+
+
+def test_only_the_winning_count_scale_is_warped_and_as_its_own_run_would_be():
+    """Both scales are searched affine-only, then LDDMM runs once, from the winner's pose: the result is the winner's
+    own full run (same pose, same warp), with one warp's energy history."""
+    counts = np.random.default_rng(3).lognormal(6.0, 0.8, 300)
+    rasters = prepare_section(_cells(counts), _image(), dx=20.0)
+    small = dict(num_generations=3, sol_per_pop=8, num_parents_mating=4, ga_restarts=1, refine_iterations=4,
+                 scan_iterations=2, num_iterations=12, lddmm_patience=0)
+    auto = align_section(rasters, AlignParams(**small))
+    alone = align_section(rasters, AlignParams(**small, count_scale=auto.diagnostics["count_scale"]))
+    np.testing.assert_allclose(auto.A, alone.A, atol=1e-9)
+    np.testing.assert_allclose(auto.v, alone.v, atol=1e-9)
+    assert auto.energy_history == alone.energy_history and len(auto.energy_history) > 0
+    assert auto.params["num_iterations"] == 12 and auto.diagnostics["lddmm_validation"] == \
+        alone.diagnostics["lddmm_validation"]
+    assert set(auto.diagnostics["count_scale_scores"]) == {"linear", "log"}
+
+
+def test_gala_without_search_warps_the_given_pose_only():
+    from gala_engine import gala
+    from gala_engine.errors import GalaInputError
+
+    counts = np.random.default_rng(3).lognormal(6.0, 0.8, 300)
+    r = prepare_section(_cells(counts), _image(), dx=20.0)
+    with pytest.raises(GalaInputError, match="init_A"):
+        gala(r.xI, r.I, r.xJ, r.J, search=False, num_iterations=2)
+    pose = np.array([[0.0, 6.0, 10.0], [6.0, 0.0, -5.0], [0.0, 0.0, 1.0]])  # a turn with a mirror
+    out = gala(r.xI, r.I, r.xJ, r.J, search=False, init_A=pose, num_iterations=4, lddmm_patience=0)
+    np.testing.assert_allclose(out["A"].numpy(), pose)
+    assert out["ga_history"] == [] and len(out["energy_history"]) > 0
