@@ -96,6 +96,7 @@ def gala(
     flat_target: bool = False,
     tissue_beyond_frame: bool = False,
     search: bool = True,
+    scan_poses: tuple[np.ndarray, np.ndarray] | None = None,
     **params: Any,
 ) -> dict[str, Any]:
     """Align source ``I`` (image feature raster) to target ``J`` (cell raster).
@@ -133,6 +134,10 @@ def gala(
         False: ``init_A`` is the pose, as given; no scan, GA or refinement runs, only LDDMM from it (e.g. to warp the
         winner of several searches: :func:`gala_engine.section.align_section`). ``fitness`` and ``score`` are then the
         pose's score on ``J``'s raster.
+    scan_poses
+        The pose scan's poses of an earlier search of the same section (its result's ``'scan_poses'``: centred and
+        off-centre poses), e.g. on another count scale: instead of scanning, they are ranked on this search's sharp
+        scan level, and seed the GA and the refinement as the scan's own would.
     progress, should_stop
         Optional callback receiving :class:`~gala_engine.events.ProgressEvent` and a predicate
         polled once per step; stopping keeps the best result so far.
@@ -212,8 +217,15 @@ def gala(
     best_genes = np.zeros(5)
     fitness = score = float("nan")
     scan_genes = off_centre = np.empty((0, 5))
+    scanned = None  # (centred, off-centre) poses of the scan, for the result's 'scan_poses'
     if init_genes is not None:  # the known pose seeds the GA and competes in the refinement
         scan_genes = init_genes[None]
+    elif p.seed_population and scan_poses is not None:  # an earlier search's scan, ranked on this section's targets
+        scanned = tuple(np.asarray(poses, dtype=np.float64).reshape(-1, 5) for poses in scan_poses)
+        with torch.no_grad():
+            centred_scores, shifted_scores = (levels[1](torch.as_tensor(poses, dtype=dtype, device=device)).cpu().numpy()
+                                              for poses in scanned)
+        scan_genes, off_centre = _ranked_scan(*scanned, centred_scores, shifted_scores)
     elif p.seed_population:
         # multi-start: every 10° ± flip from moment-matched poses, all refined at once (blurred, then sharp)
         grids = (I_c.cpu().numpy(), xI_c, J_c.cpu().numpy(), xJ_c, space)
@@ -236,10 +248,8 @@ def gala(
                                           should_stop=should_stop, stage="scan")
         # the centred poses seed the GA as always; an off-centre pose that the sharp level ranks above every centred
         # one (cells on part of the tissue: 257 -> 24 µm on nuclei-os1_he-r100-…-coverage0.6) joins the refinement
-        centred_scores, shifted_scores = scan_scores[:n_centred], scan_scores[n_centred:]
-        scan_genes = poses[:n_centred][np.argsort(-centred_scores)]
-        above = np.flatnonzero(shifted_scores > centred_scores.max())
-        off_centre = poses[n_centred:][above[np.argsort(-shifted_scores[above])]]
+        scanned = poses[:n_centred], poses[n_centred:]
+        scan_genes, off_centre = _ranked_scan(*scanned, scan_scores[:n_centred], scan_scores[n_centred:])
     for repeat in range(p.num_repeats if search else 0):
         candidates = []
         for restart in range(p.ga_restarts):
@@ -355,7 +365,16 @@ def gala(
         "lddmm_validation": validation,
         "fitness_used": fitness_used,
         "source_match": source_match,
+        "scan_poses": scanned,
     }
+
+
+def _ranked_scan(centred: np.ndarray, shifted: np.ndarray, centred_scores: np.ndarray,
+                 shifted_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The scan's seeds → (the centred poses, best first; the off-centre poses that score above every centred one,
+    best first)."""
+    above = np.flatnonzero(shifted_scores > centred_scores.max())
+    return centred[np.argsort(-centred_scores)], shifted[above[np.argsort(-shifted_scores[above])]]
 
 
 def _init_matrix(init_A) -> np.ndarray:

@@ -299,6 +299,7 @@ def align_section(
     warp_winner = len(options) > 1 and params.num_iterations > 0 and params.num_repeats == 1
     search_params = replace(params, num_iterations=0) if warp_winner else params
     results = []
+    scanned = None  # the first search's scan poses: the second search ranks them on its own targets, no new scan
     for option in options:
         tagged = progress
         if progress is not None and option.count_scale == "log":  # the events say which count scale is searched
@@ -308,7 +309,8 @@ def align_section(
 
         r = gala(option.xI, option.I, option.xJ, option.J, gene_space=gene_space, progress=tagged,
                  should_stop=should_stop, init_A=init_A, fine_levels=option.fine, flat_target=option.flat_target,
-                 tissue_beyond_frame=True, **search_params.to_dict())
+                 tissue_beyond_frame=True, scan_poses=scanned, **search_params.to_dict())
+        scanned = r.get("scan_poses")
         results.append(AlignmentResult.from_gala(r, dx=option.dx))
         results[-1].diagnostics["count_scale"] = option.count_scale
         if results[-1].stopped:
