@@ -148,7 +148,8 @@ def gala(
     -------
     dict
         ``A`` (3×3, source→target), ``v``, ``xv`` (velocity field and its grid), ``genes``,
-        ``A_affine``, ``fitness``, ``score``, histories, ``WM``, ``params``, ``device``, ``runtime_s``.
+        ``A_affine``, ``fitness``, ``score``, histories, ``WM``, ``params``, ``device``, ``runtime_s``,
+        ``scan_poses`` (the pose scan's centred and off-centre poses; None without a scan).
     """
     t_start = time.perf_counter()
     p = AlignParams.from_dict(params)
