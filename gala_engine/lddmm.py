@@ -21,21 +21,6 @@ def default_a(xI: list) -> float:
     return max(float(np.ptp(xI[0])), float(np.ptp(xI[1]))) / 8.0
 
 
-# the automatic LDDMM step (AlignParams.epV=None): REFERENCE_STEP where the source raster's pixel is REFERENCE_PIXEL
-# image pixels, scaled with the pixel's area. A step moves the velocity (in image pixels) by epV × the energy's gradient,
-# which is per image pixel: with the same tissue in a k× finer image file the physical move per step is k² smaller
-# (measured: the MERFISH DAPI reduced 2× instead of 4×, 25 µm warp: 12.4 → 11.6 µm with the fixed step, 4.3 µm with
-# this one; the 37 in-repo validation cases' summed error unchanged, 177.6 µm)
-REFERENCE_STEP, REFERENCE_PIXEL = 10.0, 2.0
-
-
-def default_epV(xI: list) -> float:
-    """LDDMM step for the source grid ``xI`` (:data:`REFERENCE_STEP` × (pixel / :data:`REFERENCE_PIXEL`)², the pixel
-    the geometric mean of the grid's two spacings, in image pixels)."""
-    pixel = math.sqrt(abs(float(xI[0][1] - xI[0][0]) * float(xI[1][1] - xI[1][0])))
-    return REFERENCE_STEP * (pixel / REFERENCE_PIXEL) ** 2
-
-
 def velocity_grid(xI: list, a: float, expand: float = 1.0) -> list[np.ndarray]:
     """Axes of the velocity grid: the source extent widened by ``expand``, spacing ``a / 2``."""
     axes = []
@@ -130,7 +115,7 @@ def run_lddmm(
     nt: int = 3,
     p: float = 2.0,
     expand: float = 1.0,
-    epV: float | None = 10.0,
+    epV: float = 10.0,
     sigmaR: float = 5e4,
     sigmaM: float | None = None,
     sigmaB: float | None = None,
@@ -149,7 +134,7 @@ def run_lddmm(
     """Optimise the velocity field ``v`` (``A`` fixed) so that ``I ∘ φ⁻¹ ∘ A⁻¹`` matches ``J``.
 
     ``a`` (source units) sets the smoothness scale and the velocity grid spacing ``a/2``; ``epV`` the
-    gradient step (None: :func:`default_epV` of ``xI``); ``sigmaR`` the regularisation (larger = weaker); ``sigmaM``/``sigmaB`` the noise of
+    gradient step; ``sigmaR`` the regularisation (larger = weaker); ``sigmaM``/``sigmaB`` the noise of
     matched/background pixels (default: the target's std); ``muB`` the background level (estimated
     every 10 iterations when None). A step that raises the energy is undone and ``epV`` halved.
     ``xv`` fixes the velocity grid (default: :func:`velocity_grid` of ``xI``), so a run on pooled rasters can
@@ -159,8 +144,6 @@ def run_lddmm(
     dtype, device = I.dtype, I.device
     if a is None:
         a = default_a(xI)
-    if epV is None:
-        epV = default_epV(xI)
     if not (a > 0 and epV > 0 and sigmaR > 0):
         raise GalaInputError("LDDMM parameters a, epV and sigmaR must be positive.")
     xv = velocity_grid(xI, a, expand) if xv is None else [np.asarray(axis, dtype=np.float64) for axis in xv]

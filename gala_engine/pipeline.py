@@ -15,7 +15,7 @@ from .device import device_name, resolve_device
 from .errors import GalaInputError
 from .events import ProgressCallback, ProgressEvent, StopPredicate, stopped
 from .features import normalize, tissue_extent, tissue_mask
-from .lddmm import default_a, default_epV, fit_contrast, run_lddmm, velocity_grid
+from .lddmm import default_a, fit_contrast, run_lddmm, velocity_grid
 from .params import AlignParams
 from .scale_match import match_source_scale
 from .search import (
@@ -508,9 +508,8 @@ def _fit_lddmm(I, xI, J, xJ, A, p: AlignParams, v0, xv, mask, progress, should_s
     (None: all) → (the last level's result, the energy history)."""
     history: list[list[float]] = []
     lddmm = None
-    epV = p.epV if p.epV is not None else default_epV(xI)  # the full raster's: a pooled level keeps the same step
     for I_l, xI_l, J_l, xJ_l, iterations, noise, mask_l in _lddmm_levels(I, xI, J, xJ, p, mask):
-        lddmm = run_lddmm(I_l, xI_l, J_l, xJ_l, A, num_iterations=iterations, a=p.a, nt=p.nt, epV=epV,
+        lddmm = run_lddmm(I_l, xI_l, J_l, xJ_l, A, num_iterations=iterations, a=p.a, nt=p.nt, epV=p.epV,
                           sigmaR=p.sigmaR, sigmaM=noise[0], sigmaB=noise[1], muB=p.muB, contrast=p.contrast,
                           v0=v0, xv=xv, patience=p.lddmm_patience, tol=p.lddmm_tol, progress=progress,
                           should_stop=should_stop, repeat=repeat, pixel_mask=mask_l)
