@@ -45,7 +45,7 @@ class AlignParams:
     # LDDMM (local deformation)
     num_iterations: int = _p(200, "LDDMM gradient iterations (0 = affine only).", "lddmm", min=0)
     a: float | None = _p(None, "Smoothness scale of the deformation, in image pixels (None = 1/8 of the image extent).", "lddmm", gt=0.0)
-    epV: float = _p(10.0, "LDDMM step size (halved automatically whenever a step raises the energy).", "lddmm", gt=0.0)
+    epV: float | None = _p(None, "LDDMM step size (halved automatically whenever a step raises the energy). None = 10 for a source pixel of 2 image pixels, scaled with the source pixel's area: the same physical step whatever the image's resolution (the warp's velocity is in image pixels, so a fixed step moves a 2× finer image 4× less); a number is used as given (published).", "lddmm", gt=0.0)
     sigmaR: float = _p(5e4, "Regularisation: larger allows larger deformations.", "lddmm", gt=0.0)
     sigmaM: float | None = _p(None, "Noise level of matched pixels (None = the target raster's std).", "lddmm", gt=0.0)
     sigmaB: float | None = _p(None, "Noise level of background pixels (None = the target raster's std).", "lddmm", gt=0.0)

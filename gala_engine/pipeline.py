@@ -15,7 +15,7 @@ from .device import device_name, resolve_device
 from .errors import GalaInputError
 from .events import ProgressCallback, ProgressEvent, StopPredicate, stopped
 from .features import normalize, tissue_extent, tissue_mask
-from .lddmm import default_a, fit_contrast, run_lddmm, velocity_grid
+from .lddmm import default_a, default_epV, fit_contrast, run_lddmm, velocity_grid
 from .params import AlignParams
 from .scale_match import match_source_scale
 from .search import (
@@ -412,7 +412,7 @@ def _warp(I_t, xI, J_t, xJ, A, p: AlignParams, v, xv_full, outline_only: bool, e
             warp_p, xv_warp = _smoother(p, xI)
     v0 = v if v is not None and tuple(v.shape[1:3]) == (xv_warp[0].size, xv_warp[1].size) else None
     fits, was_stopped = _fold_fits(I_warp, xI, J_t, xJ, A, warp_p, v0, xv_warp, fit_folds, energy_history,
-                                   progress, should_stop, repeat)
+                                   progress, should_stop, repeat, band)
     lddmm = fits[-1]
     if p.lddmm_validate and not was_stopped:
         validation = _validate_warp(I_warp, xI, J_t, xJ, A, fits, folds, band)
@@ -488,14 +488,27 @@ def _mixed_channels(I: torch.Tensor, xI: list, J: torch.Tensor, xJ: list, A: tor
     return torch.einsum("jk,khw->jhw", mix, I)
 
 
-def _fold_fits(I, xI, J, xJ, A, p: AlignParams, v0, xv, folds, energy_history: list, progress, should_stop, repeat):
+def _fold_fits(I, xI, J, xJ, A, p: AlignParams, v0, xv, folds, energy_history: list, progress, should_stop, repeat,
+               band=None):
     """One LDDMM fit per fold (:func:`_fit_lddmm`; the folds share the iterations and the early stop's patience,
-    each seeing half the pixels: cross-validation costs one run) → (the fits, whether a stop was requested)."""
+    each seeing half the pixels: cross-validation costs one run) → (the fits, whether a stop was requested). With
+    two folds each fit keeps the field that its held-out half (scored as :func:`_validate_warp` does, over the
+    outline ``band`` where given) scores best, checked every ``CHECK_EVERY`` iterations."""
     per_fold = dataclasses.replace(p, num_iterations=max(p.num_iterations // len(folds), 1),
                                    lddmm_patience=p.lddmm_patience and max(p.lddmm_patience // len(folds), 1))
+    outer = _held_out_region(J, band) if len(folds) == 2 else None
     fits = []
     for mask in folds:
-        lddmm, fold_energy = _fit_lddmm(I, xI, J, xJ, A, per_fold, v0, xv, mask, progress, should_stop, repeat)
+        check = None
+        if outer is not None:
+            weights = (outer * (1.0 - mask)).flatten()
+
+            def check(vel: torch.Tensor, _w=weights) -> float:
+                warped = transform_image_source_to_target(xv, vel, A, xI, I, xJ)
+                return float(score_batch(warped[None], J, weights=_w)[0])
+
+        lddmm, fold_energy = _fit_lddmm(I, xI, J, xJ, A, per_fold, v0, xv, mask, progress, should_stop, repeat,
+                                        check)
         energy_history.extend(fold_energy)
         fits.append(lddmm)
         if lddmm.stopped:
@@ -503,16 +516,19 @@ def _fold_fits(I, xI, J, xJ, A, p: AlignParams, v0, xv, folds, energy_history: l
     return fits, False
 
 
-def _fit_lddmm(I, xI, J, xJ, A, p: AlignParams, v0, xv, mask, progress, should_stop, repeat):
+def _fit_lddmm(I, xI, J, xJ, A, p: AlignParams, v0, xv, mask, progress, should_stop, repeat, check=None):
     """LDDMM over its levels (:func:`_lddmm_levels`) from ``v0``, matching only the target pixels of ``mask``
-    (None: all) → (the last level's result, the energy history)."""
+    (None: all), keeping the field ``check`` scores best (None: the last) → (the last level's result, the energy
+    history)."""
     history: list[list[float]] = []
     lddmm = None
+    epV = p.epV if p.epV is not None else default_epV(xI)  # the full raster's: a pooled level keeps the same step
     for I_l, xI_l, J_l, xJ_l, iterations, noise, mask_l in _lddmm_levels(I, xI, J, xJ, p, mask):
-        lddmm = run_lddmm(I_l, xI_l, J_l, xJ_l, A, num_iterations=iterations, a=p.a, nt=p.nt, epV=p.epV,
+        lddmm = run_lddmm(I_l, xI_l, J_l, xJ_l, A, num_iterations=iterations, a=p.a, nt=p.nt, epV=epV,
                           sigmaR=p.sigmaR, sigmaM=noise[0], sigmaB=noise[1], muB=p.muB, contrast=p.contrast,
                           v0=v0, xv=xv, patience=p.lddmm_patience, tol=p.lddmm_tol, progress=progress,
-                          should_stop=should_stop, repeat=repeat, pixel_mask=mask_l)
+                          should_stop=should_stop, repeat=repeat, pixel_mask=mask_l, checkpoint=check,
+                          checkpoint_every=CHECK_EVERY)
         v0 = lddmm.v
         history.extend(lddmm.energy_history)
         if lddmm.stopped:
@@ -520,6 +536,7 @@ def _fit_lddmm(I, xI, J, xJ, A, p: AlignParams, v0, xv, mask, progress, should_s
     return lddmm, history
 
 
+CHECK_EVERY = 10  # LDDMM iterations between two scores of a fold's fit on its held-out half (:func:`_fold_fits`)
 VALIDATION_BLOCK = 8  # target pixels per side of the checkerboard squares that split the warp's data in two
 # a warp must raise the held-out correlation by more than this on each half: smaller gains are fitting noise. Measured
 # on the validation suite: a spurious warp on an unwarped IHC look-alike gained 0.0018 / 0.0008 and moved the cells
@@ -560,6 +577,12 @@ def _outline_band(J: torch.Tensor) -> torch.Tensor:
     return _widened(support) - (1.0 - _widened(1.0 - support))
 
 
+def _held_out_region(J: torch.Tensor, band=None) -> torch.Tensor:
+    """(H, W) 0/1: where a warp's held-out fit is scored: the cells' support widened by ``VALIDATION_RIM`` pixels (the
+    tissue outline counts), or the outline ``band`` of a flat section."""
+    return _widened(pixel_weights(J, "ncc_support").reshape(J.shape[1:])) if band is None else band
+
+
 def _validate_warp(I, xI, J, xJ, A, fits, folds, band=None) -> dict:
     """Is the warp real? Each fold's warp, fitted on its half of the target pixels, must raise the image–cells
     correlation (the contrast-invariant fitness) on the OTHER half, which it never saw, by more than
@@ -568,11 +591,8 @@ def _validate_warp(I, xI, J, xJ, A, fits, folds, band=None) -> dict:
     and, to tell where the evidence lies, over the support alone (``held_out_inside``; ``inside``: that too rises);
     with an outline ``band`` (:func:`_outline_band`, a flat section), both over the band alone. Accepted warps are
     averaged by the caller."""
-    if band is None:
-        support = pixel_weights(J, "ncc_support").reshape(J.shape[1:])
-        outer, inner = _widened(support), support
-    else:
-        outer, inner = band, None
+    outer = _held_out_region(J, band)
+    inner = pixel_weights(J, "ncc_support").reshape(J.shape[1:]) if band is None else None
     affine_only = transform_image_source_to_target(fits[0].xv, torch.zeros_like(fits[0].v), A, xI, I, xJ)
     rows, inside = [], []
     for fit, mask in zip(fits, folds):
