@@ -566,7 +566,7 @@ def bench_seed(params: dict, mode: str, device: torch.device) -> None:
 # support, one LDDMM run on every pixel, no sub-pixel levels. (Zero padding and the multi-channel contrast model
 # are not reverted.)
 PRE_ISSUE_11 = dict(feature="inverted", fine_levels=0,
-                    params=dict(fitness="ncc_support", lddmm_validate=False, count_scale="linear"))
+                    params=dict(fitness="ncc_support", lddmm_validate=False, count_scale="linear", epV=10.0))
 
 
 DEFAULTS_REPEATS = 3  # runs of each configuration per workload in the defaults comparison (the fastest kept)

@@ -59,7 +59,7 @@ class AlignParams:
     lddmm_tol: float = _p(1e-4, "Relative energy decrease over lddmm_patience iterations below which LDDMM stops (only with lddmm_patience > 0).", "lddmm", min=0.0)
     # general
     num_repeats: int = _p(1, "Repeats of GA → LDDMM (the published method's restarts).", "general", min=1)
-    count_scale: str = _p("auto", "How the cells' total counts weigh the cell raster (section pipeline: CLI, app, batch): 'linear' (as published), 'log' (log(1 + counts): library-size noise compressed) or 'auto': the section is searched with both (the second search reuses the first one's pose scan) and the one the image explains better (higher final fitness) is kept and warped. About 1.6× the time where the counts vary.", "general", choices=("auto", "linear", "log"))
+    count_scale: str = _p("auto", "How the cells' total counts weigh the cell raster (section pipeline: CLI, app, batch): 'linear' (as published), 'log' (log(1 + counts): library-size noise compressed) or 'auto': the section is searched with both (the second search reuses the first one's pose scan) and the one the image explains better (higher final fitness) is kept and warped. A second pose search where the counts vary.", "general", choices=("auto", "linear", "log"))
     random_seed: int = _p(42, "Seed of the GA (runs with the same seed on CPU give the same result).", "general", min=0, max=2**32 - 1)
     dtype: str = _p("float32", "Floating point precision: 'float32' or 'float64'.", "general", choices=("float32", "float64"))
     device: str | None = _p(None, "'cpu', 'cuda' or None (CUDA when available).", "general")
