@@ -118,7 +118,8 @@ def test_only_the_winning_count_scale_is_warped_from_the_pose_its_search_found()
     rasters = prepare_section(_cells(counts), _image(), dx=20.0)
     small = dict(num_generations=3, sol_per_pop=8, num_parents_mating=4, ga_restarts=1, refine_iterations=4,
                  scan_iterations=2, num_iterations=12, lddmm_patience=0)
-    auto = align_section(rasters, AlignParams(**small))
+    events = []
+    auto = align_section(rasters, AlignParams(**small), progress=events.append)
     affine = align_section(rasters, AlignParams(**{**small, "num_iterations": 0}))
     np.testing.assert_allclose(auto.A_affine, affine.A_affine, atol=1e-9)
     assert auto.diagnostics["count_scale"] == affine.diagnostics["count_scale"]
@@ -128,6 +129,7 @@ def test_only_the_winning_count_scale_is_warped_from_the_pose_its_search_found()
                 flat_target=on.flat_target, tissue_beyond_frame=True, **AlignParams(**small).to_dict())
     np.testing.assert_allclose(auto.v, warp["v"].numpy(), atol=1e-9)
     assert len(auto.energy_history) == len(warp["energy_history"]) > 0  # one warp's iterations
+    assert sum(e.stage == "lddmm" for e in events) == len(auto.energy_history)  # the loser was never warped
     assert auto.params["num_iterations"] == 12  # the user's parameters are recorded, not the searches'
 
 
