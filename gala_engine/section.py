@@ -307,31 +307,29 @@ def align_section(
             def tagged(event: ProgressEvent, _send=progress) -> None:
                 _send(replace(event, extra={**event.extra, "count_scale": "log"}))
 
-        r = gala(option.xI, option.I, option.xJ, option.J, gene_space=gene_space, progress=tagged,
-                 should_stop=should_stop, init_A=init_A, fine_levels=option.fine, flat_target=option.flat_target,
-                 tissue_beyond_frame=True, scan_poses=scanned, **search_params.to_dict())
+        r = _gala_on(option, search_params, gene_space=gene_space, progress=tagged, should_stop=should_stop,
+                     init_A=init_A, scan_poses=scanned)
         scanned = r.get("scan_poses")
         results.append(AlignmentResult.from_gala(r, dx=option.dx))
         results[-1].diagnostics["count_scale"] = option.count_scale
         if results[-1].stopped:
             break
     best = choose_count_scale(results)
-    if warp_winner and not best.stopped:
-        best = _warped(best, options[[o.count_scale for o in options].index(best.diagnostics["count_scale"])],
-                       params, gene_space, progress, should_stop)
+    if warp_winner and not best.stopped:  # LDDMM from the winner's pose, on the rasters it was found on
+        on = rasters.aligned_on(best)
+        warp = AlignmentResult.from_gala(_gala_on(on, params, gene_space=gene_space, progress=progress,
+                                                  should_stop=should_stop, init_A=best.A_affine, search=False),
+                                         dx=on.dx)
+        best = replace(best, A=warp.A, v=warp.v, xv=warp.xv, energy_history=warp.energy_history, params=warp.params,
+                       runtime_s=best.runtime_s + warp.runtime_s, stopped=warp.stopped,
+                       diagnostics={**best.diagnostics, "lddmm_validation": warp.diagnostics["lddmm_validation"]})
     return best
 
 
-def _warped(result: AlignmentResult, rasters: SectionRasters, params: AlignParams, gene_space, progress,
-            should_stop) -> AlignmentResult:
-    """``result`` (an affine-only search on ``rasters``) with LDDMM run from its pose (``gala(search=False)``)."""
-    r = gala(rasters.xI, rasters.I, rasters.xJ, rasters.J, gene_space=gene_space, progress=progress,
-             should_stop=should_stop, init_A=result.A_affine, fine_levels=rasters.fine,
-             flat_target=rasters.flat_target, tissue_beyond_frame=True, search=False, **params.to_dict())
-    warp = AlignmentResult.from_gala(r, dx=rasters.dx)
-    return replace(result, A=warp.A, v=warp.v, xv=warp.xv, energy_history=warp.energy_history, params=warp.params,
-                   runtime_s=result.runtime_s + warp.runtime_s, stopped=warp.stopped,
-                   diagnostics={**result.diagnostics, "lddmm_validation": warp.diagnostics["lddmm_validation"]})
+def _gala_on(rasters: SectionRasters, params: AlignParams, **options: Any) -> dict[str, Any]:
+    """:func:`gala` on one prepared section's rasters (its fine levels, flatness, the image read beyond its frame)."""
+    return gala(rasters.xI, rasters.I, rasters.xJ, rasters.J, fine_levels=rasters.fine,
+                flat_target=rasters.flat_target, tissue_beyond_frame=True, **options, **params.to_dict())
 
 
 def choose_count_scale(results: list[AlignmentResult]) -> AlignmentResult:
