@@ -267,7 +267,12 @@ def run_lddmm(
                 lb = log_pb - ((J - mu_b.reshape(-1, *[1] * (J.dim() - 1))) ** 2).sum(0) / (2 * sigmaB**2) - J.shape[0] * math.log(sigmaB)
                 WM = torch.softmax(torch.stack([lm, lb]), 0)[0]
                 WB = 1.0 - WM
-                prev_energy = math.inf  # the energy's weights changed: don't compare across them
+            # the field before this step, scored with the contrast and weights the next iteration uses: the step is
+            # kept only if it does not raise that (with the weights changing every iteration, a comparison across
+            # them was not possible and steps went unchecked from ESTEP_START on: a pair that matched exactly
+            # diverged, its energy ×7 per iteration)
+            prev_energy = float((fitted * WM * (_apply_contrast(AI, c0, c1) - J) ** 2).sum() / (2.0 * sigmaM**2)
+                                + history[-1][2])
         if checkpoint is not None and ((it + 1) % checkpoint_every == 0 or it + 1 == int(num_iterations)):
             score = checkpoint(v.detach())
             if score > best_check:
