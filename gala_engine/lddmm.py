@@ -150,6 +150,8 @@ def run_lddmm(
     pixel_mask: torch.Tensor | None = None,
     checkpoint: Callable[[torch.Tensor], float] | None = None,
     checkpoint_every: int = 10,
+    extend_to: int = 0,
+    extend_gain: float = 0.0,
 ) -> LDDMMResult:
     """Optimise the velocity field ``v`` (``A`` fixed) so that ``I ∘ φ⁻¹ ∘ A⁻¹`` matches ``J``.
 
@@ -162,7 +164,9 @@ def run_lddmm(
     ``patience`` iterations (0: run all ``num_iterations``). ``checkpoint``: a score of a velocity field (higher is
     better, e.g. the fit on pixels the matching term does not see), taken at the start, every ``checkpoint_every``
     iterations and at the end; the best-scoring field is returned (early stopping by validation: the fit stops
-    where it starts to fit noise).
+    where it starts to fit noise). ``extend_to`` > ``num_iterations`` (with a ``checkpoint``): while the last
+    ``checkpoint_every`` iterations raised the checkpoint's score by more than ``extend_gain`` the fit goes on, up to
+    ``extend_to`` iterations in all (a large warp still converging when the budget ends).
     """
     dtype, device = I.dtype, I.device
     if a is None:
@@ -231,7 +235,9 @@ def run_lddmm(
     reg_grad_scale = 2.0 * shape[1] * shape[2] * reg_scale
 
     best_check, best_v = (checkpoint(v.detach()), v.detach().clone()) if checkpoint is not None else (None, None)
-    for it in range(int(num_iterations)):
+    total = max(int(num_iterations), int(extend_to)) if checkpoint is not None else int(num_iterations)
+    last_check = best_check
+    for it in range(total):
         with torch.no_grad():
             if muB is None and it % 10 == 0:
                 mu_b = (WB * J).flatten(1).sum(1) / WB.sum().clamp_min(1e-12)
@@ -249,7 +255,7 @@ def run_lddmm(
         EM.backward()
         history.append(torch.stack([E, EM, ER]).tolist())  # one device → host copy per iteration
         prev_energy = history[-1][0]
-        emit(progress, ProgressEvent("lddmm", it + 1, int(num_iterations), history[-1][0], None, repeat,
+        emit(progress, ProgressEvent("lddmm", it + 1, max(int(num_iterations), it + 1), history[-1][0], None, repeat,
                                      {"matching": history[-1][1], "regularisation": history[-1][2], "step": step}))
         with torch.no_grad():
             prev_v = v.detach().clone()
@@ -273,15 +279,19 @@ def run_lddmm(
             # diverged, its energy ×7 per iteration)
             prev_energy = float((fitted * WM * (_apply_contrast(AI, c0, c1) - J) ** 2).sum() / (2.0 * sigmaM**2)
                                 + history[-1][2])
-        if checkpoint is not None and ((it + 1) % checkpoint_every == 0 or it + 1 == int(num_iterations)):
+        if checkpoint is not None and ((it + 1) % checkpoint_every == 0 or it + 1 in (int(num_iterations), total)):
             score = checkpoint(v.detach())
             if score > best_check:
                 best_check, best_v = score, v.detach().clone()
+            gained, last_check = score - last_check, score
+            if it + 1 >= int(num_iterations) and not gained > extend_gain:
+                break  # the budget is spent and the held-out fit no longer rises clearly
         if stopped(should_stop):
             was_stopped = True
             break
         first = it - patience  # compare energies of the same weights: not across the E-steps' start
-        if patience and first >= 0 and (it <= ESTEP_START or first > ESTEP_START) and (
+        # past the budget only the checkpoint's rise keeps the fit going (above)
+        if patience and first >= 0 and it + 1 < int(num_iterations) and (it <= ESTEP_START or first > ESTEP_START) and (
             history[first][0] - history[it][0] < tol * abs(history[first][0])
         ):
             break  # energy plateau (early stop, not a user stop)

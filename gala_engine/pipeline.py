@@ -528,7 +528,7 @@ def _fit_lddmm(I, xI, J, xJ, A, p: AlignParams, v0, xv, mask, progress, should_s
                           sigmaR=p.sigmaR, sigmaM=noise[0], sigmaB=noise[1], muB=p.muB, contrast=p.contrast,
                           v0=v0, xv=xv, patience=p.lddmm_patience, tol=p.lddmm_tol, progress=progress,
                           should_stop=should_stop, repeat=repeat, pixel_mask=mask_l, checkpoint=check,
-                          checkpoint_every=CHECK_EVERY)
+                          checkpoint_every=CHECK_EVERY, extend_to=EXTEND * iterations, extend_gain=MIN_HELD_OUT_GAIN)
         v0 = lddmm.v
         history.extend(lddmm.energy_history)
         if lddmm.stopped:
@@ -537,6 +537,11 @@ def _fit_lddmm(I, xI, J, xJ, A, p: AlignParams, v0, xv, mask, progress, should_s
 
 
 CHECK_EVERY = 10  # LDDMM iterations between two scores of a fold's fit on its held-out half (:func:`_fold_fits`)
+# a fold's fit still raising its held-out fit by more than MIN_HELD_OUT_GAIN per CHECK_EVERY iterations when its share of
+# the iterations is spent goes on, up to this many times that share (a large warp still converging: the MERFISH DAPI
+# reduced 2× under a 25 µm warp 4.3 -> 2.4 µm, the corner's spots 5.8 -> 3.3 µm; an unwarped flat tile whose outline
+# keeps fitting 5.7 -> 8.7 µm, 0.87 raster px; the 37 cases' summed error 173.1 -> 171.3 µm, their CPU time +3 %)
+EXTEND = 4
 VALIDATION_BLOCK = 8  # target pixels per side of the checkerboard squares that split the warp's data in two
 # a warp must raise the held-out correlation by more than this on each half: smaller gains are fitting noise. Measured
 # on the validation suite: a spurious warp on an unwarped IHC look-alike gained 0.0018 / 0.0008 and moved the cells
