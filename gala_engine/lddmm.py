@@ -255,7 +255,10 @@ def run_lddmm(
         EM.backward()
         history.append(torch.stack([E, EM, ER]).tolist())  # one device → host copy per iteration
         prev_energy = history[-1][0]
-        emit(progress, ProgressEvent("lddmm", it + 1, max(int(num_iterations), it + 1), history[-1][0], None, repeat,
+        # past the budget the events count towards extend_to (one new total, not one per step: a progress bar keyed on
+        # it would restart every iteration)
+        shown = int(num_iterations) if it < int(num_iterations) else total
+        emit(progress, ProgressEvent("lddmm", it + 1, shown, history[-1][0], None, repeat,
                                      {"matching": history[-1][1], "regularisation": history[-1][2], "step": step}))
         with torch.no_grad():
             prev_v = v.detach().clone()

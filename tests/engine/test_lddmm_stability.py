@@ -73,3 +73,14 @@ def test_a_fit_still_improving_on_its_held_out_pixels_goes_on_past_its_budget():
     # without a checkpoint nothing is extended and the plateau rule stops as before
     plateau = run_lddmm(I, xI, J, xJ, A, **{**common, "num_iterations": 80})
     assert len(plateau.energy_history) == 31
+
+
+def test_progress_past_the_budget_counts_towards_the_extension_with_one_total():
+    """Events past the budget report ``extend_to`` as their total (a progress bar keyed on the total restarts once,
+    not at every step)."""
+    I, xI, J, xJ, A = _exact_pair()
+    events = []
+    run_lddmm(I, xI, J, xJ, A, num_iterations=30, a=12.0, epV=40.0, checkpoint=_rising(0.01), extend_to=80,
+              extend_gain=1e-3, progress=events.append)
+    totals = [e.total for e in events if e.stage == "lddmm"]
+    assert totals[:30] == [30] * 30 and set(totals[30:]) == {80} and len(totals) == 80
