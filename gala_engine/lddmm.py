@@ -267,12 +267,12 @@ def run_lddmm(
             AI = AI.detach()
             if contrast:
                 c0, c1 = fit_contrast(AI, J, WM * fitted)
+            residual = (_apply_contrast(AI, c0, c1) - J) ** 2  # the field before this step, under the new contrast
             if it >= ESTEP_START:  # E-step, in log space
-                fAI = _apply_contrast(AI, c0, c1)
                 n = WM.numel()
                 log_pm = math.log(max(float(WM.sum()) / n, 1e-12))
                 log_pb = math.log(max(float(WB.sum()) / n, 1e-12))
-                lm = log_pm - ((fAI - J) ** 2).sum(0) / (2 * sigmaM**2) - J.shape[0] * math.log(sigmaM)
+                lm = log_pm - residual.sum(0) / (2 * sigmaM**2) - J.shape[0] * math.log(sigmaM)
                 lb = log_pb - ((J - mu_b.reshape(-1, *[1] * (J.dim() - 1))) ** 2).sum(0) / (2 * sigmaB**2) - J.shape[0] * math.log(sigmaB)
                 WM = torch.softmax(torch.stack([lm, lb]), 0)[0]
                 WB = 1.0 - WM
@@ -280,8 +280,7 @@ def run_lddmm(
             # kept only if it does not raise that (with the weights changing every iteration, a comparison across
             # them was not possible and steps went unchecked from ESTEP_START on: a pair that matched exactly
             # diverged, its energy ×7 per iteration)
-            prev_energy = float((fitted * WM * (_apply_contrast(AI, c0, c1) - J) ** 2).sum() / (2.0 * sigmaM**2)
-                                + history[-1][2])
+            prev_energy = float((fitted * WM * residual).sum() / (2.0 * sigmaM**2) + history[-1][2])
         if checkpoint is not None and ((it + 1) % checkpoint_every == 0 or it + 1 in (int(num_iterations), total)):
             score = checkpoint(v.detach())
             if score > best_check:
