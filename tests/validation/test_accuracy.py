@@ -38,7 +38,9 @@ KNOWN_MISSES = {
                                 "spots' linear totals (mostly library-size noise on a near-symmetric section)",
     ("tutorial1", "nuclei-os1_he-r190f-s4"): "2.6 mm: 349 sparse nuclei over a 4.4 mm H&E filled with tissue; the raw "
                   "Sobel's score prefers poses that move a third of the cells beyond the frame (its zeros; like the "
-                  "os1_he crops at 2.75-3.5 µm/px: truth 0.14 vs 0.26). The CLI's hematoxylin feature lands 8 µm",
+                  "os1_he crops at 2.75-3.5 µm/px: truth 0.14 vs 0.26). The frame rule (pipeline._frame_order) does "
+                  "not reach it: no scanned pose lies near the truth (80 raster px). The CLI's hematoxylin feature "
+                  "lands 8 µm",
     ("tutorial1", "uniform-visium_tiny_he-r330-s3-spacing15"): "0.94 raster px since the tissue mask splits at the "
                   "empty slide's histogram valley (features.glass_split); before, 17 px: a mirrored pose, 1.25× "
                   "anisotropic, scored above the truth on every level of the raw Sobel (full ncc 0.957 vs 0.928; "
