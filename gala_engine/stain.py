@@ -112,9 +112,15 @@ def hematoxylin_density(rgb: np.ndarray, stains: StainVectors | None = None, *, 
 
 def is_brightfield(pixels: np.ndarray) -> bool:
     """True for a brightfield image (stained tissue on a bright slide: H&E, IHC), False for fluorescence
-    (bright signal on a dark background: DAPI), from the median brightness, not the channel count."""
+    (bright signal on a dark background: DAPI), from the median brightness, not the channel count. Pixels in any
+    scale: integers by their dtype's range (an 8-bit DAPI read with PIL, tifffile or OpenCV), floats above 1 by
+    their maximum."""
     arr = np.asarray(pixels)
     step = max(1, int(np.sqrt(arr.shape[0] * arr.shape[1] / 200_000)))  # ~200,000 pixels on a regular grid
     sample = arr[::step, ::step].astype(np.float32)
+    if np.issubdtype(arr.dtype, np.integer):
+        sample /= float(np.iinfo(arr.dtype).max)
+    elif sample.size and float(sample.max()) > 1.0:
+        sample /= float(sample.max())
     gray = sample.mean(-1) if sample.ndim == 3 else sample
     return float(np.median(gray)) >= 0.25

@@ -88,3 +88,18 @@ def test_feature_planes_computed_once_serve_every_level():
         reused = image_feature(he, reduce=reduce, kind="hematoxylin+tissue", smooth=smooth, planes=planes)
         for a, b in zip(direct, reused):
             np.testing.assert_array_equal(a, b)
+
+
+def test_feature_choice_does_not_depend_on_the_pixels_scale():
+    """An 8-bit (or 16-bit, or 0-255 float) DAPI array, as PIL, tifffile or OpenCV read it, is fluorescence too: its
+    raw median (18 of 255 on the MERFISH demo) was once compared with 0.25 as if the pixels were in [0, 1], so the
+    tutorial's API chose the inverted brightness for DAPI and landed the demo's cells ~2,800 image px off."""
+    from PIL import Image
+
+    dapi8 = np.asarray(Image.open(DEMO_DIR / "merfish_mini" / "mini_dataset_dapi_z1.jpg").reduce(8))
+    he8 = np.asarray(Image.open(DEMO_DIR / "visium_tiny" / "tissue_lowres_image.png").convert("RGB"))
+    assert dapi8.dtype == np.uint8 and he8.dtype == np.uint8
+    for dapi in (dapi8, dapi8.astype(np.uint16) * 257, dapi8.astype(np.float64)):
+        assert not is_brightfield(dapi) and resolve_feature("auto", dapi) == "sobel"
+    for he in (he8, he8.astype(np.uint16) * 257, he8.astype(np.float32)):
+        assert is_brightfield(he) and resolve_feature("auto", he) == "hematoxylin+tissue"
