@@ -179,7 +179,8 @@ def _tissue_flags(g: Geometry, rasters: SectionRasters) -> list[tuple[str, dict[
         {"dice": dice, "footprint_over_tissue": ratio}, verdict,
         f"the cells' footprint overlaps the tissue mask with Dice {dice:.2f}",
         "the cells' outline does not match the tissue's; if the cells cover only part of the section this is "
-        "expected, otherwise try --signal 'cell density' or landmarks")))
+        "expected; if the image shows only part of the section the cells come from, crop the cells to the imaged "
+        "region first (the image must show every cell); otherwise try --signal 'cell density' or landmarks")))
     rv = worst([_grade(ratio, *THRESHOLDS["footprint_vs_tissue"]),
                 OK if ratio >= THRESHOLDS["footprint_vs_tissue_low"][0] else CHECK])  # small: maybe part of a section
     out.append(("scale", _flag(
