@@ -113,6 +113,16 @@ def _half_and_mid(ends: tuple, dtype: torch.dtype, device: torch.device) -> tupl
     return half[:2], mid[:2], half[2:], mid[2:]
 
 
+def genes_to_inverse(genes: torch.Tensor) -> torch.Tensor:
+    """(P, 5) genes → (P, 2, 2) ``L⁻¹``, the inverse of the linear part of ``genes_to_matrix(genes, …)``, in closed
+    form: with ``L = R·diag(sy, sx)``, ``L⁻¹ = diag(1/sy, 1/sx)·Rᵀ`` (rows, in (row, col) order: [cos, sin] / sy and
+    [-sin, cos] / sx). Differentiable."""
+    theta = torch.deg2rad(genes[:, 0])
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    return torch.stack([torch.stack([cos, sin], -1) / genes[:, 1, None],
+                        torch.stack([-sin, cos], -1) / genes[:, 2, None]], -2)
+
+
 def genes_to_theta(genes: torch.Tensor, xI: list, xJ: list, cI: torch.Tensor, cJ: torch.Tensor) -> torch.Tensor:
     """(P, 5) genes → (P, 2, 3) ``F.affine_grid`` matrices: each maps the target grid's normalised (x=col, y=row)
     in [-1, 1] (``align_corners=True``: ±1 are the first/last pixel centres) to the source's, so sampling there is
@@ -126,11 +136,7 @@ def genes_to_theta(genes: torch.Tensor, xI: list, xJ: list, cI: torch.Tensor, cJ
     """
     ends = tuple((float(x[0]), float(x[-1])) for x in (*xI, *xJ))
     half_i, mid_i, half_j, mid_j = _half_and_mid(ends, genes.dtype, genes.device)
-    theta = torch.deg2rad(genes[:, 0])
-    cos, sin = torch.cos(theta), torch.sin(theta)
-    # rows of L⁻¹ (row, col order): [cos, sin] / sy and [-sin, cos] / sx; then the axis scalings
-    inv = torch.stack([torch.stack([cos, sin], -1) / genes[:, 1, None],
-                       torch.stack([-sin, cos], -1) / genes[:, 2, None]], -2)  # (P, 2, 2)
+    inv = genes_to_inverse(genes)  # then the axis scalings
     M = inv * (half_j / half_i[:, None])
     t = ((inv @ (mid_j - cJ - genes[:, 3:5])[:, :, None]).squeeze(-1) + cI - mid_i) / half_i
     # grid_sample works in (x, y) = (col, row): reverse both axes

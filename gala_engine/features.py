@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .errors import GalaInputError
-from .stain import estimate_stains, is_brightfield, stain_densities
+from .stain import estimate_stains, is_brightfield, stain_densities, unit_scale
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 FeatureKind = str  # "auto", one of CHANNEL_KINDS, or several joined by "+", e.g. "hematoxylin+tissue"
@@ -169,12 +169,7 @@ def _unit_rgb(pixels: np.ndarray) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[2] not in (3, 4):
         raise GalaInputError("The hematoxylin and tissue features need a colour (RGB) brightfield image; "
                              "for a one-channel image (e.g. DAPI) use 'sobel' or 'intensity'.")
-    rgb = arr[..., :3]
-    if np.issubdtype(rgb.dtype, np.integer):
-        return rgb.astype(np.float32) / float(np.iinfo(rgb.dtype).max)
-    rgb = rgb.astype(np.float32)
-    top = float(rgb.max())
-    return rgb / top if top > 1.0 else rgb
+    return unit_scale(arr[..., :3])
 
 
 def _channel(kind: str, pixels: np.ndarray, gray: np.ndarray, cache: dict) -> np.ndarray:

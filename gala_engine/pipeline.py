@@ -10,14 +10,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .affine import genes_to_matrix, grid_centre, grid_points, matrix_to_genes, sample
+from .affine import genes_to_inverse, genes_to_matrix, grid_centre, grid_points, matrix_to_genes, sample
 from .device import device_name, resolve_device
 from .errors import GalaInputError
 from .events import ProgressCallback, ProgressEvent, StopPredicate, stopped
 from .features import normalize, tissue_extent, tissue_mask
 from .lddmm import default_a, default_epV, fit_contrast, run_lddmm, velocity_grid
 from .params import AlignParams
-from .scale_match import match_source_scale
+from .scale_match import axis_spacing, match_source_scale
 from .search import (
     MAX_SCORED_PIXELS,
     BatchedFitness,
@@ -225,7 +225,7 @@ def gala(
     # keep the cells inside the frame (:func:`_frame_order`); a user's starting pose is taken as it comes
     frame = None
     if not tissue_beyond_frame and init_genes is None:
-        frame = _frame_share(xI, J_c, xJ_c, (full.cI, full.cJ), FRAME_MARGIN * _step(xJ))
+        frame = _frame_share(xI, J_c, xJ_c, (full.cI, full.cJ), FRAME_MARGIN * max(map(axis_spacing, xJ)))
     if init_genes is not None:  # the known pose seeds the GA and competes in the refinement
         scan_genes = init_genes[None]
     elif p.seed_population and scan_poses is not None:  # an earlier search's scan, ranked on this section's targets
@@ -409,33 +409,24 @@ def _frame_share(xI: list, J: torch.Tensor, xJ: list, centres: tuple, margin_um:
     (the source grid ``xI`` plus half a pixel all round), counting density up to ``margin_um`` beyond it (the reach
     of the raster's splat: cells at the frame's edge spill over it) as inside. ``centres``: the genes' (cI, cJ)."""
     cI, cJ = (torch.as_tensor(c, dtype=torch.float64, device=J.device) for c in centres)
-    weights = J.sum(0).flatten()
+    weights = J.sum(0).flatten().double()
     weights = weights / weights.sum().clamp_min(1e-30)
-    points = grid_points(xJ, dtype=J.dtype, device=J.device).reshape(-1, 2)
+    points = grid_points(xJ, dtype=torch.float64, device=J.device).reshape(-1, 2)
     bounds = []
     for axis in xI:
         half = 0.5 * (float(axis[1]) - float(axis[0])) if len(axis) > 1 else 0.5
         bounds.append((float(axis[0]) - half, float(axis[-1]) + half))
 
     def share(genes: np.ndarray) -> np.ndarray:
-        A = genes_to_matrix(torch.as_tensor(np.asarray(genes), dtype=torch.float64, device=J.device), cI, cJ)
-        L, t = A[:, :2, :2], A[:, None, :2, 2]
-        det = torch.linalg.det(L)
-        det = torch.where(det.abs() < 1e-12, torch.full_like(det, 1e-12), det)  # a zero scale gene does not raise
-        adjugate = torch.stack([torch.stack([L[:, 1, 1], -L[:, 0, 1]], -1),
-                                torch.stack([-L[:, 1, 0], L[:, 0, 0]], -1)], -2)
-        q = (points.double() - t) @ (adjugate / det[:, None, None]).transpose(1, 2)  # µm → image px
+        g = torch.as_tensor(np.asarray(genes), dtype=torch.float64, device=J.device)
+        shift = genes_to_matrix(g, cI, cJ)[:, None, :2, 2]
+        q = (points - shift) @ genes_to_inverse(g).transpose(1, 2)  # µm → image px (a zero scale: outside)
         beyond = [(lo - q[..., d]).clamp_min(0) + (q[..., d] - hi).clamp_min(0) for d, (lo, hi) in enumerate(bounds)]
-        um_per_px = det.abs().sqrt()[:, None]
+        um_per_px = (g[:, 1] * g[:, 2]).abs().sqrt()[:, None]
         inside = torch.hypot(*beyond) * um_per_px <= margin_um
-        return (inside.double() @ weights.double()).cpu().numpy()
+        return (inside.double() @ weights).cpu().numpy()
 
     return share
-
-
-def _step(x: list) -> float:
-    """The largest pixel size of a grid given as axis vectors (1 for a grid one pixel wide)."""
-    return max((abs(float(a[1]) - float(a[0])) for a in x if len(a) > 1), default=1.0)
 
 
 def _frame_order(scores: np.ndarray, inside: np.ndarray | None, kept: np.ndarray | None = None) -> np.ndarray:

@@ -25,7 +25,9 @@ MATCH_RATIO = 4.0
 POOLED_SIGMA = 4.0  # the smoothing pools the source first so that its Gaussian spans this many pooled pixels
 
 
-def _spacing(axis: np.ndarray) -> float:
+def axis_spacing(axis: np.ndarray) -> float:
+    """The pixel size along one grid axis (median step; 1 for a single pixel)."""
+    axis = np.asarray(axis, dtype=np.float64)
     return float(np.median(np.diff(axis))) if axis.size > 1 else 1.0
 
 
@@ -37,8 +39,8 @@ def source_pixels_per_target_pixel(I: np.ndarray, xI: list, J: np.ndarray, xJ: l
     if support.sum() < 2:
         support = np.ones_like(support)
     rows, cols = np.nonzero(support)
-    dJ = np.array([_spacing(xJ[0]), _spacing(xJ[1])])
-    dI = np.array([_spacing(xI[0]), _spacing(xI[1])])
+    dJ = np.array([axis_spacing(xJ[0]), axis_spacing(xJ[1])])
+    dI = np.array([axis_spacing(xI[0]), axis_spacing(xI[1])])
     ext_J = np.array([np.ptp(xJ[0][rows]), np.ptp(xJ[1][cols])]) + dJ
     ext_I = np.array([np.ptp(xI[0]), np.ptp(xI[1])]) + dI
     scale = float(np.sqrt(ext_J.prod() / ext_I.prod()))  # target units per source unit

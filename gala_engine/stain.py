@@ -110,17 +110,23 @@ def hematoxylin_density(rgb: np.ndarray, stains: StainVectors | None = None, *, 
     return stain_densities(rgb, stains, band=band)[0]
 
 
+def unit_scale(pixels: np.ndarray) -> np.ndarray:
+    """Pixels in any numeric scale → float32 in [0, 1]: integers by their dtype's range (an 8-bit or 16-bit image
+    read with PIL, tifffile or OpenCV), floats above 1 by their maximum, floats in [0, 1] as they are."""
+    arr = np.asarray(pixels)
+    if np.issubdtype(arr.dtype, np.integer):
+        return arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
+    out = arr.astype(np.float32)
+    top = float(out.max()) if out.size else 0.0
+    return out / top if top > 1.0 else out
+
+
 def is_brightfield(pixels: np.ndarray) -> bool:
     """True for a brightfield image (stained tissue on a bright slide: H&E, IHC), False for fluorescence
-    (bright signal on a dark background: DAPI), from the median brightness, not the channel count. Pixels in any
-    scale: integers by their dtype's range (an 8-bit DAPI read with PIL, tifffile or OpenCV), floats above 1 by
-    their maximum."""
+    (bright signal on a dark background: DAPI), from the median brightness (pixels in any scale:
+    :func:`unit_scale`), not the channel count."""
     arr = np.asarray(pixels)
     step = max(1, int(np.sqrt(arr.shape[0] * arr.shape[1] / 200_000)))  # ~200,000 pixels on a regular grid
-    sample = arr[::step, ::step].astype(np.float32)
-    if np.issubdtype(arr.dtype, np.integer):
-        sample /= float(np.iinfo(arr.dtype).max)
-    elif sample.size and float(sample.max()) > 1.0:
-        sample /= float(sample.max())
+    sample = unit_scale(arr[::step, ::step])
     gray = sample.mean(-1) if sample.ndim == 3 else sample
     return float(np.median(gray)) >= 0.25
