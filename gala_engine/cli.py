@@ -20,7 +20,8 @@ from .features import FEATURE_CHOICES, check_feature
 __all__ = ["main"]
 
 PROG = "gala-align"
-_STAGES = {"scan": "pose scan", "ga": "GA generations", "refine": "affine refinement", "lddmm": "LDDMM iterations"}
+_STAGES = {"scan": "pose scan", "ga": "GA generations", "refine": "affine refinement", "lddmm": "LDDMM iterations",
+           "nuclei": "cells onto nuclei"}
 
 
 class _Bars:

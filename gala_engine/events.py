@@ -13,8 +13,10 @@ class ProgressEvent:
     """One step of a long loop.
 
     ``stage`` is ``"scan"`` (the pose scan before the GA; ``value`` = best score so far), ``"ga"`` (one generation; ``value`` = best fitness, ``extra['mean']`` = mean fitness,
-    ``genes`` = best genes so far), ``"refine"`` (affine refinement; ``value`` = score) or ``"lddmm"``
-    (one iteration; ``value`` = total energy, ``extra`` = matching/regularisation energies).
+    ``genes`` = best genes so far), ``"refine"`` (affine refinement; ``value`` = score), ``"lddmm"``
+    (one iteration; ``value`` = total energy, ``extra`` = matching/regularisation energies) or ``"nuclei"`` (one step
+    of the cell-level refinement, :mod:`gala_engine.nuclei_fit`; ``value`` = held-out cells' mean nuclear stain,
+    ``repeat`` = the fold).
     ``repeat`` counts ``num_repeats`` restarts from 0.
     """
 

@@ -172,6 +172,7 @@ def _params_from(meta: dict[str, Any], device: str | None):
 
     raw = {k: _none(v) for k, v in dict(meta[REPLAY_KEY]["params"]).items()}
     raw.setdefault("count_scale", "linear")  # recorded before the count scale existed: the counts were used as they are
+    raw.setdefault("nuclei_fit", False)  # recorded before the cell-level refinement existed
     if device is not None:
         raw["device"] = device
     return AlignParams.from_dict(raw)

@@ -23,6 +23,7 @@ from .events import ProgressCallback, ProgressEvent, StopPredicate
 from .features import FeatureKind, feature_planes, image_feature, resolve_feature
 from .flatness import FLAT_LEVEL, Splatter
 from .io import LoadedImage, spatial_yx, write_h5ad_atomic
+from .nuclei_fit import NucleiMap, fit_to_nuclei, nuclei_map
 from .params import AlignParams
 from .pipeline import gala, to_cpu
 from .raster import cell_spacing, choose_dx, rasterize, spacing_blur
@@ -56,6 +57,10 @@ class SectionRasters:
     # the same section with total counts on the log scale (same image rasters), when the counts vary; the CLI, app and
     # batch align both where AlignParams.count_scale is "auto" (:func:`align_section`)
     log_counts: SectionRasters | None = None
+    # the image's nuclear stain and the cells' (row, col) µm, for the cell-level refinement after LDDMM
+    # (gala_engine.nuclei_fit); None on flat sections
+    nuclei: NucleiMap | None = None
+    cells_yx: np.ndarray | None = None
 
     def cell_spacing(self, xy_um: np.ndarray) -> float:
         """The cells' spacing (µm): the one measured when the rasters were made, else measured on ``xy_um``."""
@@ -181,9 +186,12 @@ def prepare_section(
         log_counts = SectionRasters(I, xI, log_raster(dx, blur), xJ, float(dx), reduce, tuple(image.full_shape),
                                     signal, feature, log_fine, informativeness=sp.informativeness(_min_max(log_g)),
                                     spacing_um=float(spacing), count_scale="log")
-    return SectionRasters(I, xI, J, xJ, float(dx), reduce, tuple(image.full_shape), signal, feature, fine,
-                          informativeness=score, channels=mixed[0] if mixed else None, spacing_um=float(spacing),
-                          log_counts=log_counts)
+    out = SectionRasters(I, xI, J, xJ, float(dx), reduce, tuple(image.full_shape), signal, feature, fine,
+                         informativeness=score, channels=mixed[0] if mixed else None, spacing_um=float(spacing),
+                         log_counts=log_counts)
+    if not out.flat_target:
+        out.nuclei, out.cells_yx = nuclei_map(image.pixels, image.scale), yx
+    return out
 
 
 @dataclass
@@ -323,6 +331,10 @@ def align_section(
         best = replace(best, A=warp.A, v=warp.v, xv=warp.xv, energy_history=warp.energy_history, params=warp.params,
                        runtime_s=best.runtime_s + warp.runtime_s, stopped=warp.stopped,
                        diagnostics={**best.diagnostics, "lddmm_validation": warp.diagnostics["lddmm_validation"]})
+    if params.nuclei_fit and rasters.nuclei is not None and rasters.cells_yx is not None and not best.stopped:
+        v, record = fit_to_nuclei(best.A, best.v, best.xv, rasters.cells_yx, rasters.nuclei, seed=params.random_seed,
+                                  progress=progress, should_stop=should_stop)
+        best = replace(best, v=v, stopped=record["stopped"], diagnostics={**best.diagnostics, "nuclei_fit": record})
     return best
 
 

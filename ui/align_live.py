@@ -20,7 +20,8 @@ from .runs import history_table as runs_table
 from .runs import record_finished
 
 STAGE_WORDS = {"": "preparing", "scan": "scanning rotations", "ga": "searching for the pose",
-               "refine": "fine-tuning the pose", "lddmm": "warping"}
+               "refine": "fine-tuning the pose", "lddmm": "warping",
+               "nuclei": "moving each cell onto its nucleus"}
 
 
 def stage_words(stage: str) -> str:

@@ -64,6 +64,7 @@ LABELS: dict[str, str] = {
     "lddmm_coarse_fraction": "share of warp steps at the coarse level",
     "lddmm_validate": "keep the warp only if it helps",
     "lddmm_tol": "smallest progress that counts (relative)",
+    "nuclei_fit": "finally move each cell onto its nucleus in the image",
     "num_repeats": "repeats of search + warp",
     "count_scale": "how total counts weigh each cell",
     "random_seed": "random seed (same seed, same result)",

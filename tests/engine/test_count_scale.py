@@ -117,7 +117,7 @@ def test_only_the_winning_count_scale_is_warped_from_the_pose_its_search_found()
     counts = np.random.default_rng(3).lognormal(6.0, 0.8, 300)
     rasters = prepare_section(_cells(counts), _image(), dx=20.0)
     small = dict(num_generations=3, sol_per_pop=8, num_parents_mating=4, ga_restarts=1, refine_iterations=4,
-                 scan_iterations=2, num_iterations=12, lddmm_patience=0)
+                 scan_iterations=2, num_iterations=12, lddmm_patience=0, nuclei_fit=False)
     events = []
     auto = align_section(rasters, AlignParams(**small), progress=events.append)
     affine = align_section(rasters, AlignParams(**{**small, "num_iterations": 0}))
