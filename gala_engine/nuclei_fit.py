@@ -8,9 +8,10 @@ measured at the cells), the displacement as smooth as LDDMM's (its velocity grid
 
 It is kept only where the data support it, as LDDMM's warp is (cross-validation): the cells are split in two random
 halves, each half's fit keeps the displacement the other half scores best, both must score better than without
-it (by :data:`MIN_GAIN`), and the two are averaged. Sections whose cells do not sit on blobs of their own size (evenly filled tissue, spot
-lattices: the nuclear stain's blob response at the cells keeps rising up to the largest scale tried) are left as
-they are, as are flat sections (:mod:`gala_engine.flatness`).
+it (by :data:`MIN_GAIN`), and the two are averaged. Sections whose cells do not sit on blobs of their own size are
+left as they are (:func:`blob_scale`: evenly filled tissue and spot lattices, whose blob response at the cells keeps
+rising up to the largest scale tried, and cells scattered among nuclei rather than on them), as are flat sections
+(:mod:`gala_engine.flatness`; the section pipeline does not build the map for them).
 """
 
 from __future__ import annotations
@@ -61,11 +62,16 @@ def nuclei_kind(pixels: np.ndarray) -> str:
     return "hematoxylin" if colour else "inverted"
 
 
-def nuclei_map(pixels: np.ndarray, scale: float = 1.0, *, max_side: int = MAX_MAP_SIDE) -> NucleiMap:
+def nuclei_map(pixels: np.ndarray, scale: float = 1.0, *, planes: dict[str, np.ndarray] | None = None,
+               max_side: int = MAX_MAP_SIDE) -> NucleiMap:
     """The nuclear stain of a loaded image (``scale``: full-resolution pixels per loaded pixel), reduced by the
-    smallest integer factor that keeps its longer side within ``max_side``."""
+    smallest integer factor that keeps its longer side within ``max_side``. ``planes``: feature planes of this image
+    already computed, by kind (:func:`~gala_engine.features.feature_planes`), e.g. the section's hematoxylin."""
+    kind = nuclei_kind(pixels)
+    known = (planes or {}).get(kind)
     reduce = max(1, math.ceil(max(np.shape(pixels)[:2]) / max_side))
-    rows, cols, plane = image_feature(pixels, reduce=reduce, scale=scale, kind=nuclei_kind(pixels))
+    rows, cols, plane = image_feature(pixels, reduce=reduce, scale=scale, kind=kind,
+                                      planes=None if known is None else [known])
     return NucleiMap(plane[0], [rows, cols])
 
 

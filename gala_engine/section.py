@@ -190,7 +190,8 @@ def prepare_section(
                          informativeness=score, channels=mixed[0] if mixed else None, spacing_um=float(spacing),
                          log_counts=log_counts)
     if not out.flat_target:
-        out.nuclei, out.cells_yx = nuclei_map(image.pixels, image.scale), yx
+        out.nuclei = nuclei_map(image.pixels, image.scale, planes=dict(zip(feature.split("+"), planes)))
+        out.cells_yx = yx
     return out
 
 
