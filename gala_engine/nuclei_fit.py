@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .affine import sample
+from .device import resolve_device
 from .events import ProgressCallback, ProgressEvent, StopPredicate, emit, stopped
 from .features import image_feature
 from .stain import is_brightfield
@@ -100,7 +101,8 @@ def blob_scale(nmap: NucleiMap, points: torch.Tensor) -> float | None:
     s = BLOB_SCALES[best]
     blurred = cv2.GaussianBlur(plane, (0, 0), sigmaX=s)
     response = -(s**2) * cv2.Laplacian(blurred, cv2.CV_32F)
-    turn = torch.as_tensor(np.random.default_rng(0).uniform(0, 2 * np.pi, len(points)), dtype=points.dtype)
+    turn = torch.as_tensor(np.random.default_rng(0).uniform(0, 2 * np.pi, len(points)), dtype=points.dtype,
+                           device=points.device)
     beside = points + 2.0 * math.sqrt(2.0) * s * nmap.pixel * torch.stack([torch.sin(turn), torch.cos(turn)], 1)
     at_beside = _at(response, nmap.x, beside)
     if not scores[best] - float(at_beside.mean()) > ON_BLOB_EFFECT * float(at_beside.std()):
@@ -125,16 +127,18 @@ def _field(c: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 
 def fit_to_nuclei(A: np.ndarray, v: np.ndarray, xv: list, yx_um: np.ndarray, nmap: NucleiMap, *,
                   seed: int = 0, progress: ProgressCallback | None = None,
-                  should_stop: StopPredicate | None = None) -> tuple[np.ndarray, dict]:
+                  should_stop: StopPredicate | None = None, device: str | torch.device | None = None,
+                  ) -> tuple[np.ndarray, dict]:
     """Refine the velocity field ``v`` (LDDMM's, on grid ``xv``; ``A`` fixed) so that the cells at ``yx_um``
     (row, col µm) land on the nuclei of ``nmap``. Returns the field (``v`` unchanged when refused or stopped) and a
     record: ``accepted``, ``blob_px`` (the nuclei's scale in image pixels), ``held_out`` ([before, after] per fold),
     ``steps`` (each fold's best step) and ``stopped``. ``progress`` receives a ``"nuclei"`` event per step (``value``:
-    the held-out half's mean stain at the cells, ``repeat``: the fold); ``should_stop`` is polled once per step."""
-    dtype = torch.float64
-    v0 = torch.as_tensor(np.asarray(v), dtype=dtype)
-    A_t = torch.as_tensor(np.asarray(A), dtype=dtype)
-    yx = torch.as_tensor(np.asarray(yx_um, dtype=np.float64), dtype=dtype)
+    the held-out half's mean stain at the cells, ``repeat``: the fold); ``should_stop`` is polled once per step.
+    ``device``: where to compute (:func:`~gala_engine.device.resolve_device`; float64 throughout)."""
+    dtype, dev = torch.float64, resolve_device(device)
+    v0 = torch.as_tensor(np.asarray(v), dtype=dtype, device=dev)
+    A_t = torch.as_tensor(np.asarray(A), dtype=dtype, device=dev)
+    yx = torch.as_tensor(np.asarray(yx_um, dtype=np.float64), dtype=dtype, device=dev)
     record: dict = {"accepted": False, "blob_px": None, "held_out": [], "steps": [], "stopped": False}
     if len(yx) < 2 * FOLDS:
         return np.asarray(v), record
@@ -146,14 +150,14 @@ def fit_to_nuclei(A: np.ndarray, v: np.ndarray, xv: list, yx_um: np.ndarray, nma
     record["blob_px"] = sigma * nmap.pixel
     smooth = cv2.GaussianBlur(nmap.plane.astype(np.float32), (0, 0), sigmaX=sigma)
     smooth = (smooth - smooth.mean()) / max(float(smooth.std()), 1e-12)
-    F = torch.as_tensor(smooth, dtype=dtype)
+    F = torch.as_tensor(smooth, dtype=dtype, device=dev)
     kernel = _smoother()
-    order = torch.as_tensor(np.random.default_rng(seed).permutation(len(yx)))
+    order = torch.as_tensor(np.random.default_rng(seed).permutation(len(yx)), device=dev)
     folds = order.tensor_split(FOLDS)
     fits = []
     for k in range(FOLDS):
         fit_idx, val_idx = folds[k], torch.cat([f for j, f in enumerate(folds) if j != k])
-        c = torch.zeros((*v0.shape[1:3], 2), dtype=dtype, requires_grad=True)
+        c = torch.zeros((*v0.shape[1:3], 2), dtype=dtype, device=dev, requires_grad=True)
         opt = torch.optim.Adam([c], lr=STEP_SIZE)
         best, best_step, first, since = None, 0, None, 0
         for step in range(STEPS + 1):
@@ -184,4 +188,4 @@ def fit_to_nuclei(A: np.ndarray, v: np.ndarray, xv: list, yx_um: np.ndarray, nma
     record["accepted"] = True
     with torch.no_grad():
         refined = v0 + _field(torch.stack(fits).mean(0), kernel)[None]
-    return refined.numpy().astype(np.asarray(v).dtype), record
+    return refined.cpu().numpy().astype(np.asarray(v).dtype), record

@@ -56,3 +56,16 @@ def test_gala_on_cuda_matches_cpu_within_a_fraction_of_a_pixel(pair):
     assert median_error_target_px(pair, mapped["cuda"]) < 1.0
     spread = np.median(np.linalg.norm(mapped["cuda"] - mapped["cpu"], axis=1))
     assert spread < 0.5  # image pixels: same optimum on both devices
+
+
+def test_nuclei_fit_on_cuda_follows_cpu():
+    """The cell-level refinement (gala_engine.nuclei_fit) on the GPU: the same decision, fields within 0.05 px."""
+    from gala_engine.nuclei_fit import fit_to_nuclei
+
+    from .test_nuclei_fit import _nuclei_image, _setup
+
+    nmap, centres = _nuclei_image(np.random.default_rng(0))
+    A, v, xv, yx_um = _setup(centres, wobble_px=2.5)
+    fields = {d: fit_to_nuclei(A, v, xv, yx_um, nmap, device=d) for d in ("cpu", "cuda")}
+    assert fields["cpu"][1]["accepted"] and fields["cuda"][1]["accepted"]
+    assert np.abs(fields["cpu"][0] - fields["cuda"][0]).max() < 0.05
