@@ -112,7 +112,7 @@ class AlignParams:
                     sigmaR=5e4, ga_restarts=1, seed_population=False,
                     gene_space_mode="compatible", fitness="sse", refine_iterations=0, contrast=False,
                     max_anisotropy=None, ga_blur=0.0, ga_operators="pygad", ga_patience=0, lddmm_patience=0,
-                    lddmm_validate=False, count_scale="linear")
+                    lddmm_validate=False, count_scale="linear", nuclei_fit=False)
         base.update(overrides)
         return cls(**base)
 
@@ -120,7 +120,7 @@ class AlignParams:
     def fast_check(cls, **overrides: Any) -> AlignParams:
         """A quick first look (seconds on a small section): one short search and its fine-tuning, no warp."""
         base = dict(num_generations=60, sol_per_pop=60, num_parents_mating=30, ga_restarts=1, ga_patience=30,
-                    refine_iterations=100, num_iterations=0, count_scale="linear")
+                    refine_iterations=100, num_iterations=0, count_scale="linear", nuclei_fit=False)
         base.update(overrides)
         return cls(**base)
 
