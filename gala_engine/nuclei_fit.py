@@ -82,25 +82,25 @@ def _at(plane: np.ndarray | torch.Tensor, x: list, points: torch.Tensor) -> torc
     return sample(P[None], x, points)[0]
 
 
+def _blob_response(plane: np.ndarray, sigma: float) -> np.ndarray:
+    """The scale-normalised Laplacian of Gaussian, sign flipped (bright blobs of std ``sigma`` respond most)."""
+    return -(sigma**2) * cv2.Laplacian(cv2.GaussianBlur(plane, (0, 0), sigmaX=sigma), cv2.CV_32F)
+
+
 def blob_scale(nmap: NucleiMap, points: torch.Tensor) -> float | None:
     """σ (map pixels) of the Laplacian of Gaussian whose scale-normalised blob response, averaged at the cells'
     image positions, is largest; None when that is the largest scale tried or not positive (no blobs of their own
     size under the cells: evenly filled tissue, spots wider than nuclei), or not :data:`ON_BLOB_EFFECT` standard
     deviations above the response beside the cells (cells scattered among nuclei, not on them)."""
     plane = nmap.plane.astype(np.float32)
-    scores = []
-    for s in BLOB_SCALES:
-        blurred = cv2.GaussianBlur(plane, (0, 0), sigmaX=s)
-        response = -(s**2) * cv2.Laplacian(blurred, cv2.CV_32F)
-        scores.append(float(_at(response, nmap.x, points).mean()))
+    scores = [float(_at(_blob_response(plane, s), nmap.x, points).mean()) for s in BLOB_SCALES]
     best = int(np.argmax(scores))
     if best == len(BLOB_SCALES) - 1 or not scores[best] > 0:
         return None
     # the cells must sit on the blobs, not merely among them: the response at the cells against the response beside
     # them (each cell moved two blob radii in a random direction), which is as high for cells scattered at random
     s = BLOB_SCALES[best]
-    blurred = cv2.GaussianBlur(plane, (0, 0), sigmaX=s)
-    response = -(s**2) * cv2.Laplacian(blurred, cv2.CV_32F)
+    response = _blob_response(plane, s)
     turn = torch.as_tensor(np.random.default_rng(0).uniform(0, 2 * np.pi, len(points)), dtype=points.dtype,
                            device=points.device)
     beside = points + 2.0 * math.sqrt(2.0) * s * nmap.pixel * torch.stack([torch.sin(turn), torch.cos(turn)], 1)
@@ -110,9 +110,9 @@ def blob_scale(nmap: NucleiMap, points: torch.Tensor) -> float | None:
     return s
 
 
-def _smoother(step: int = 1) -> torch.Tensor:
-    """A separable Gaussian (σ one grid step) as a (1, 1, k) kernel, unnormalised (peak 1)."""
-    t = torch.arange(-3 * step, 3 * step + 1, dtype=torch.float64)
+def _smoother() -> torch.Tensor:
+    """A separable Gaussian (σ one grid step) as a (1, 1, 7) kernel, unnormalised (peak 1)."""
+    t = torch.arange(-3, 4, dtype=torch.float64)
     return torch.exp(-(t**2) / 2.0)[None, None]
 
 
