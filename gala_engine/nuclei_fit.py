@@ -82,9 +82,19 @@ def _at(plane: np.ndarray | torch.Tensor, x: list, points: torch.Tensor) -> torc
     return sample(P[None], x, points)[0]
 
 
-def _blob_response(plane: np.ndarray, sigma: float) -> np.ndarray:
-    """The scale-normalised Laplacian of Gaussian, sign flipped (bright blobs of std ``sigma`` respond most)."""
-    return -(sigma**2) * cv2.Laplacian(cv2.GaussianBlur(plane, (0, 0), sigmaX=sigma), cv2.CV_32F)
+def _blob_response(nmap: NucleiMap, sigma: float, points: torch.Tensor) -> torch.Tensor:
+    """The scale-normalised Laplacian of Gaussian of std ``sigma`` (map pixels), sign flipped (bright blobs of that
+    std respond most), at (N, 2) full-resolution points. Computed on the map block-averaged by ``sigma / 2`` (a
+    scale-space pyramid: the Gaussian then spans a few pixels whatever ``sigma``; 10× faster on a 2300² map)."""
+    f = max(1, int(sigma // 2))
+    h, w = (n // f for n in nmap.plane.shape)
+    plane = nmap.plane[: h * f, : w * f].astype(np.float32)
+    if f > 1:
+        plane = cv2.resize(plane, (w, h), interpolation=cv2.INTER_AREA)
+    s = sigma / f
+    response = -(s**2) * cv2.Laplacian(cv2.GaussianBlur(plane, (0, 0), sigmaX=s), cv2.CV_32F)
+    x = [axis[0] + (np.arange(n) * f + (f - 1) / 2.0) * nmap.pixel for axis, n in zip(nmap.x, (h, w))]
+    return _at(response, x, points)
 
 
 def blob_scale(nmap: NucleiMap, points: torch.Tensor) -> float | None:
@@ -92,19 +102,17 @@ def blob_scale(nmap: NucleiMap, points: torch.Tensor) -> float | None:
     image positions, is largest; None when that is the largest scale tried or not positive (no blobs of their own
     size under the cells: evenly filled tissue, spots wider than nuclei), or not :data:`ON_BLOB_EFFECT` standard
     deviations above the response beside the cells (cells scattered among nuclei, not on them)."""
-    plane = nmap.plane.astype(np.float32)
-    scores = [float(_at(_blob_response(plane, s), nmap.x, points).mean()) for s in BLOB_SCALES]
+    scores = [float(_blob_response(nmap, s, points).mean()) for s in BLOB_SCALES]
     best = int(np.argmax(scores))
     if best == len(BLOB_SCALES) - 1 or not scores[best] > 0:
         return None
     # the cells must sit on the blobs, not merely among them: the response at the cells against the response beside
     # them (each cell moved two blob radii in a random direction), which is as high for cells scattered at random
     s = BLOB_SCALES[best]
-    response = _blob_response(plane, s)
     turn = torch.as_tensor(np.random.default_rng(0).uniform(0, 2 * np.pi, len(points)), dtype=points.dtype,
                            device=points.device)
     beside = points + 2.0 * math.sqrt(2.0) * s * nmap.pixel * torch.stack([torch.sin(turn), torch.cos(turn)], 1)
-    at_beside = _at(response, nmap.x, beside)
+    at_beside = _blob_response(nmap, s, beside)
     if not scores[best] - float(at_beside.mean()) > ON_BLOB_EFFECT * float(at_beside.std()):
         return None
     return s
