@@ -37,6 +37,7 @@ PATIENCE = 25  # a fold's fit ends when its held-out score has not risen for thi
 STEP_SIZE = 0.05  # Adam's step on the field's coefficients (image pixels)
 FOLDS = 2
 MIN_GAIN = 0.005  # each held-out half's mean stain at the cells must rise by this much (in the stain's standard deviations)
+PEAK_DROP = 0.85  # the blob response at the largest scale at most this share of its peak (a peak, not a plateau)
 ON_BLOB_EFFECT = 0.5  # the blob response at the cells above the response beside them, in its standard deviations
 
 
@@ -99,12 +100,13 @@ def _blob_response(nmap: NucleiMap, sigma: float, points: torch.Tensor) -> torch
 
 def blob_scale(nmap: NucleiMap, points: torch.Tensor) -> float | None:
     """σ (map pixels) of the Laplacian of Gaussian whose scale-normalised blob response, averaged at the cells'
-    image positions, is largest; None when that is the largest scale tried or not positive (no blobs of their own
-    size under the cells: evenly filled tissue, spots wider than nuclei), or not :data:`ON_BLOB_EFFECT` standard
+    image positions, is largest; None when that is the largest scale tried, not positive or not a clear peak (the
+    largest scale's response above :data:`PEAK_DROP` of it: no blobs of their own size under the cells, e.g. evenly
+    filled tissue, spots wider than nuclei), or not :data:`ON_BLOB_EFFECT` standard
     deviations above the response beside the cells (cells scattered among nuclei, not on them)."""
     scores = [float(_blob_response(nmap, s, points).mean()) for s in BLOB_SCALES]
     best = int(np.argmax(scores))
-    if best == len(BLOB_SCALES) - 1 or not scores[best] > 0:
+    if best == len(BLOB_SCALES) - 1 or not scores[best] > 0 or scores[-1] > PEAK_DROP * scores[best]:
         return None
     # the cells must sit on the blobs, not merely among them: the response at the cells against the response beside
     # them (each cell moved two blob radii in a random direction), which is as high for cells scattered at random
@@ -136,13 +138,15 @@ def _field(c: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 def fit_to_nuclei(A: np.ndarray, v: np.ndarray, xv: list, yx_um: np.ndarray, nmap: NucleiMap, *,
                   seed: int = 0, progress: ProgressCallback | None = None,
                   should_stop: StopPredicate | None = None, device: str | torch.device | None = None,
-                  ) -> tuple[np.ndarray, dict]:
+                  spacing_um: float | None = None) -> tuple[np.ndarray, dict]:
     """Refine the velocity field ``v`` (LDDMM's, on grid ``xv``; ``A`` fixed) so that the cells at ``yx_um``
     (row, col µm) land on the nuclei of ``nmap``. Returns the field (``v`` unchanged when refused or stopped) and a
     record: ``accepted``, ``blob_px`` (the nuclei's scale in image pixels), ``held_out`` ([before, after] per fold),
     ``steps`` (each fold's best step) and ``stopped``. ``progress`` receives a ``"nuclei"`` event per step (``value``:
     the held-out half's mean stain at the cells, ``repeat``: the fold); ``should_stop`` is polled once per step.
-    ``device``: where to compute (:func:`~gala_engine.device.resolve_device`; float64 throughout)."""
+    ``device``: where to compute (:func:`~gala_engine.device.resolve_device`; float64 throughout). ``spacing_um``: the
+    cells' median nearest-neighbour distance; refused when it is below the nuclei's scale (σ in µm): then the cells are
+    not one per nucleus (e.g. a dense sample of the stain) and pulling them onto the brightest blobs collapses them."""
     dtype, dev = torch.float64, resolve_device(device)
     v0 = torch.as_tensor(np.asarray(v), dtype=dtype, device=dev)
     A_t = torch.as_tensor(np.asarray(A), dtype=dtype, device=dev)
@@ -156,6 +160,9 @@ def fit_to_nuclei(A: np.ndarray, v: np.ndarray, xv: list, yx_um: np.ndarray, nma
     if sigma is None:
         return np.asarray(v), record
     record["blob_px"] = sigma * nmap.pixel
+    um_per_px = math.sqrt(abs(float(np.linalg.det(np.asarray(A, dtype=np.float64)[:2, :2]))))
+    if spacing_um is not None and np.isfinite(spacing_um) and spacing_um < record["blob_px"] * um_per_px:
+        return np.asarray(v), record
     smooth = cv2.GaussianBlur(nmap.plane.astype(np.float32), (0, 0), sigmaX=sigma)
     smooth = (smooth - smooth.mean()) / max(float(smooth.std()), 1e-12)
     F = torch.as_tensor(smooth, dtype=dtype, device=dev)

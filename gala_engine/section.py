@@ -334,7 +334,8 @@ def align_section(
                        diagnostics={**best.diagnostics, "lddmm_validation": warp.diagnostics["lddmm_validation"]})
     if params.nuclei_fit and rasters.nuclei is not None and rasters.cells_yx is not None and not best.stopped:
         v, record = fit_to_nuclei(best.A, best.v, best.xv, rasters.cells_yx, rasters.nuclei, seed=params.random_seed,
-                                  progress=progress, should_stop=should_stop, device=params.device)
+                                  progress=progress, should_stop=should_stop, device=params.device,
+                                  spacing_um=rasters.spacing_um)
         best = replace(best, v=v, stopped=record["stopped"], diagnostics={**best.diagnostics, "nuclei_fit": record})
     return best
 

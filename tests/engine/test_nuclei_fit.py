@@ -71,3 +71,28 @@ def test_no_blob_scale_on_even_tissue():
 
     points = torch.as_tensor(rng.uniform(20, SIZE - 20, size=(400, 2)))
     assert blob_scale(nmap, points) is None
+
+
+def test_cells_denser_than_the_nuclei_are_left_alone():
+    """Cells sampled from the stain itself, many per nucleus: pulling them onto the brightest blobs would collapse them
+    (a CLI test's synthetic section once landed 38 px off that way). Refused, here by the blob test; and cells that
+    do sit on nuclei are refused too when their spacing says they are denser than the nuclei's scale."""
+    from gala_engine.raster import cell_spacing
+
+    rng = np.random.default_rng(3)
+    nmap, _ = _nuclei_image(rng, n=150, radius=4.0)
+    p = nmap.plane.ravel().astype(np.float64) ** 2
+    idx = rng.choice(p.size, 6000, p=p / p.sum())
+    rc = np.c_[idx // SIZE, idx % SIZE] + rng.uniform(-0.5, 0.5, (6000, 2))
+    A, v, xv, _ = _setup(rc, wobble_px=0.0)
+    yx_um = rc * UM_PER_PX
+    spacing = cell_spacing(yx_um)
+    assert spacing < 4.0 * UM_PER_PX  # denser than the nuclei
+    refined, record = fit_to_nuclei(A, v, xv, yx_um, nmap, spacing_um=spacing)
+    assert not record["accepted"], record
+    assert np.array_equal(refined, v)
+    nmap, centres = _nuclei_image(np.random.default_rng(0))
+    A, v, xv, yx_um = _setup(centres, wobble_px=2.5)
+    assert fit_to_nuclei(A, v, xv, yx_um, nmap, spacing_um=cell_spacing(yx_um))[1]["accepted"]
+    _, record = fit_to_nuclei(A, v, xv, yx_um, nmap, spacing_um=0.5 * 3.0 * UM_PER_PX)  # half the blobs' std
+    assert not record["accepted"] and record["blob_px"] is not None, record
