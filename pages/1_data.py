@@ -56,7 +56,10 @@ def _load(loader, *args) -> None:
 
 
 st.title("1 · Data")
-demo_tab, upload_tab, server_tab = st.tabs(["Demo data", "Upload files", "Server path"])
+# the open tab is session state (key): a rerun under load (an upload reaching the server) keeps the user on the tab
+# they chose; untracked tabs could come back on the first one, hiding the uploaded files' chips and the Load button
+demo_tab, upload_tab, server_tab = st.tabs(["Demo data", "Upload files", "Server path"], key="w_data_source",
+                                           on_change="rerun")
 with demo_tab:
     name = st.selectbox("Demo", list(DEMOS), format_func=lambda n: f"{n} — {DEMOS[n]}", key="w_demo")
     if st.button("Load demo data", type="primary", key="load_demo"):
