@@ -38,9 +38,9 @@ def _user_files(folder: Path, i: int) -> tuple[Path, Path]:
 
 
 def _upload_tab(page: Page) -> None:
-    """Show the Data page's "Upload files" tab. Under load a click can land while the page is being redrawn and
-    the tabs come back on their first one: the uploaded file's chip is then in a hidden tab (seen in ~4 of 10
-    runs on the 2-core dev machine), so the tab is (re)selected and checked before each look at it."""
+    """Show the Data page's "Upload files" tab and check it is selected. Before the page kept its tabs' state
+    (``key``, ``on_change="rerun"``), a rerun under load brought them back on their first one and the uploaded file's
+    chip was hidden (~4 of 10 runs on the 2-core dev machine; again under a parallel test run): kept as a check."""
     tab = page.get_by_role("tab", name="Upload files")
     if tab.get_attribute("aria-selected") != "true":
         tab.click()
