@@ -21,7 +21,7 @@ from .errors import GalaInputError
 from .io import LoadedImage, _spatial_xy, cell_signal
 from .raster import cell_spacing
 
-__all__ = ["CellCheck", "FEW_CELLS", "MIN_CELLS", "SPACING_RANGE_UM", "check_cells", "check_image"]
+__all__ = ["CellCheck", "FEW_CELLS", "MIN_CELLS", "SPACING_RANGE_UM", "check_cells", "check_image", "space_ranger_pixels"]
 
 # distinct positions below which the 5 pose parameters (angle, 2 scales, 2 shifts) are not determined by a
 # density raster: 3 cells score a confident-looking fitness at many poses
@@ -117,9 +117,68 @@ def check_cells(adata: Any, *, signal: str = constants.SIGNAL_TOTAL_COUNTS, name
             f"{int(adata.obs_names.duplicated().sum())} cell names (obs_names) are repeated; "
             "run adata.obs_names_make_unique() so results can be joined back to your cells."
         )
+    pixels = space_ranger_pixels(adata, spacing)
+    if pixels is not None:
+        warnings.append(pixels)
     used = _check_signal(adata, signal, warnings)
     ext = np.ptp(xy, axis=0)
     return CellCheck(n, len(unique), spacing, (float(ext[0]), float(ext[1])), used, warnings)
+
+
+VISIUM_SPOT_UM = 55.0  # diameter of a Visium (v1/v2, CytAssist) capture spot
+VISIUM_PITCH_UM = 100.0  # centre-to-centre distance of neighbouring Visium spots
+
+
+def space_ranger_pixels(adata: Any, spacing: float) -> str | None:
+    """A warning when ``obsm['spatial']`` holds Space Ranger's full-resolution image pixels rather than µm.
+
+    ``scanpy.read_visium`` / ``squidpy.read.visium`` keep the spots' pixel positions in ``obsm['spatial']`` and the
+    scale in ``uns['spatial'][library]['scalefactors']``: ``microns_per_pixel`` (Visium HD) or
+    ``spot_diameter_fullres`` (pixels per 55 µm spot). Read as µm, the alignment still lands the spots on the image
+    (its scale is searched), but every size shown in µm is in those pixels. Returns None when the file has no
+    such scale factors or its positions are already in µm (their ``spacing`` fits the array's pitch in µm)."""
+    um_per_px, pitch_um = _space_ranger_scale(adata)
+    if um_per_px is None:
+        return None
+    as_um, as_px = spacing, spacing * um_per_px
+    if abs(np.log(as_px / pitch_um)) >= abs(np.log(as_um / pitch_um)):
+        return None  # already µm (or neither reading fits: nothing to say)
+    return (
+        f"obsm['spatial'] looks like Space Ranger's full-resolution image pixels, not µm (neighbours {spacing:.4g} "
+        f"apart; the file's scale factors give {um_per_px:.4g} µm per pixel: {as_px:.3g} µm, near the array's "
+        f"{pitch_um:g} µm pitch). "
+        "The spots are aligned as given, but sizes and the scale shown in µm are then in those pixels. For µm: "
+        f"adata.obsm['spatial'] = adata.obsm['spatial'] * {um_per_px:.6g}, then load the file again."
+    )
+
+
+def _space_ranger_scale(adata: Any) -> tuple[float | None, float]:
+    """(µm per full-resolution pixel, the array's pitch in µm) from ``uns['spatial'][library]['scalefactors']``;
+    (None, nan) when absent or implausible (the file is untrusted: any type may sit there)."""
+    libraries = getattr(adata, "uns", {}).get("spatial") if hasattr(getattr(adata, "uns", None), "get") else None
+    if not isinstance(libraries, dict):
+        return None, float("nan")
+    for library in libraries.values():
+        factors = library.get("scalefactors") if isinstance(library, dict) else None
+        if not isinstance(factors, dict):
+            continue
+        um_per_px = _positive(factors.get("microns_per_pixel"))
+        bin_um = _positive(factors.get("bin_size_um"))
+        if um_per_px is not None and bin_um is not None:  # Visium HD: square bins of bin_size_um
+            return um_per_px, bin_um
+        spot_px = _positive(factors.get("spot_diameter_fullres"))
+        if spot_px is not None:
+            return VISIUM_SPOT_UM / spot_px, VISIUM_PITCH_UM
+    return None, float("nan")
+
+
+def _positive(value: Any) -> float | None:
+    """``value`` as a finite positive float (a scalar or a one-element array), else None."""
+    try:
+        number = float(np.asarray(value, dtype=np.float64).reshape(-1)[0]) if np.size(value) == 1 else None
+    except (TypeError, ValueError):
+        return None
+    return number if number is not None and np.isfinite(number) and number > 0 else None
 
 
 def _check_spread(xy: np.ndarray, name: str) -> None:

@@ -153,6 +153,28 @@ def _put(xy: np.ndarray, rows: Any, value: float) -> np.ndarray:
     return xy
 
 
+SPACE_RANGER_UM_PER_PX = 0.2738  # a Visium full-resolution H&E's pixel
+
+
+def _space_ranger(in_pixels: bool) -> Callable[[ad.AnnData], None]:
+    """Spots 100 µm apart with scanpy.read_visium's scale factors; positions in full-resolution pixels (as Space
+    Ranger writes them) or already in µm."""
+
+    def mutate(a: ad.AnnData) -> None:
+        xy = np.asarray(a.obsm[constants.SPATIAL_KEY], np.float64) * (100.0 / 12.0)
+        a.obsm[constants.SPATIAL_KEY] = xy / SPACE_RANGER_UM_PER_PX if in_pixels else xy
+        a.uns["spatial"] = {"V1_Section": {"scalefactors": {
+            "spot_diameter_fullres": 55.0 / SPACE_RANGER_UM_PER_PX, "fiducial_diameter_fullres": 89.5 / SPACE_RANGER_UM_PER_PX,
+            "tissue_hires_scalef": 0.17, "tissue_lowres_scalef": 0.051}}}
+
+    return mutate
+
+
+def _odd_uns_spatial(a: ad.AnnData) -> None:
+    a.uns["spatial"] = {"lib": {"scalefactors": {"spot_diameter_fullres": "wide", "microns_per_pixel": -1.0}},
+                        "other": "not a dict", "arr": {"scalefactors": np.array([1.0, 2.0])}}
+
+
 def _no_spatial(a: ad.AnnData) -> None:
     del a.obsm[constants.SPATIAL_KEY]
 
@@ -373,6 +395,10 @@ CASES: list[Case] = [
          r"apart.*must be in µm.*divide by 1000"),
     Case("cells_millimetres", C, _cells("mm", _set_spatial(lambda xy: xy / 1000)),
          r"apart.*must be in µm.*in mm multiply by 1000"),
+    Case("cells_space_ranger_pixels", C, _cells("sr_px", _space_ranger(True)), "ok",
+         warn=r"Space Ranger's full-resolution image pixels.*obsm\['spatial'\] \* 0\.2738,"),
+    Case("cells_space_ranger_um", C, _cells("sr_um", _space_ranger(False)), "ok"),
+    Case("cells_odd_uns_spatial", C, _cells("odd_uns", _odd_uns_spatial), "ok"),
     Case("cells_duplicated", C, _cells("dup", _duplicated), "ok", warn=r"100 of 500 cells repeat",
          check=lambda a: a.n_obs == 500),
     Case("cells_duplicate_names", C, _cells("dupnames", _dup_names), "ok", warn=r"cell names.*repeated"),

@@ -1,0 +1,41 @@
+"""Space Ranger AnnData (scanpy.read_visium, squidpy) keep the spots in full-resolution image pixels and the scale
+in uns['spatial'][library]['scalefactors']: the check says so, with the factor to µm, and stays quiet once the
+positions are µm. (Visium spots: tests/corpus.py's ``cells_space_ranger_*`` cases, every path.)"""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+
+from gala_engine.checks import check_cells, space_ranger_pixels
+from gala_engine.raster import cell_spacing
+
+UM_PER_PX = 0.2738
+
+
+def _hd_bins(bin_um: float, in_pixels: bool, factors: dict) -> ad.AnnData:
+    """Visium HD-like square bins of ``bin_um`` (a 30 × 30 patch with some counts)."""
+    grid = np.stack(np.meshgrid(np.arange(30), np.arange(30)), -1).reshape(-1, 2) * bin_um + 1000.0
+    adata = ad.AnnData(np.random.default_rng(0).poisson(3.0, (len(grid), 4)).astype(np.float32))
+    adata.obsm["spatial"] = grid / UM_PER_PX if in_pixels else grid
+    adata.uns["spatial"] = {"square_008um": {"scalefactors": factors}}
+    return adata
+
+
+@pytest.mark.parametrize("bin_um", [2.0, 8.0, 16.0])
+def test_visium_hd_bins_in_pixels_are_flagged_with_the_factor(bin_um):
+    factors = {"microns_per_pixel": UM_PER_PX, "bin_size_um": bin_um, "tissue_hires_scalef": 0.1}
+    in_px = _hd_bins(bin_um, True, factors)
+    warning = space_ranger_pixels(in_px, cell_spacing(in_px.obsm["spatial"]))
+    assert warning is not None and f"* {UM_PER_PX:g}," in warning
+    assert any("Space Ranger" in w for w in check_cells(in_px).warnings)
+    in_um = _hd_bins(bin_um, False, factors)
+    assert space_ranger_pixels(in_um, cell_spacing(in_um.obsm["spatial"])) is None
+    assert not check_cells(in_um).warnings
+
+
+def test_no_bin_size_means_no_guess():
+    """Without ``bin_size_um`` the pitch is unknown: a 2 µm bin in µm would read like 8 µm bins in pixels."""
+    adata = _hd_bins(8.0, True, {"microns_per_pixel": UM_PER_PX})
+    assert space_ranger_pixels(adata, cell_spacing(adata.obsm["spatial"])) is None
