@@ -144,9 +144,9 @@ def space_ranger_pixels(adata: Any, spacing: float) -> str | None:
     if abs(np.log(as_px / pitch_um)) >= abs(np.log(as_um / pitch_um)):
         return None  # already µm (or neither reading fits: nothing to say)
     return (
-        f"obsm['spatial'] looks like Space Ranger's full-resolution image pixels, not µm (neighbours {spacing:.4g} "
-        f"apart; the file's scale factors give {um_per_px:.4g} µm per pixel: {as_px:.3g} µm, near the array's "
-        f"{pitch_um:g} µm pitch). "
+        f"obsm['spatial'] looks like Space Ranger's full-resolution image pixels, not µm: neighbours are {spacing:.4g} "
+        f"apart, which at the file's {um_per_px:.4g} µm per pixel (its scale factors) is {as_px:.3g} µm, closer to "
+        f"the array's {pitch_um:g} µm pitch. "
         "The spots are aligned as given, but sizes and the scale shown in µm are then in those pixels. For µm: "
         f"adata.obsm['spatial'] = adata.obsm['spatial'] * {um_per_px:.6g}, then load the file again."
     )
