@@ -140,11 +140,15 @@ def space_ranger_pixels(adata: Any, spacing: float) -> str | None:
     um_per_px, pitch_um = _space_ranger_scale(adata)
     if um_per_px is None:
         return None
-    as_um, as_px = spacing, spacing * um_per_px
+    # the array's own grid (obs array_row / array_col) gives the pitch in the file's unit exactly, even for spots
+    # thinned out; without it, the nearest neighbours' spacing stands in for the pitch
+    step = _array_pitch(adata, hexagonal=pitch_um == VISIUM_PITCH_UM)
+    measured, what = (step, "one array step is") if step is not None else (spacing, "neighbours are")
+    as_um, as_px = measured, measured * um_per_px
     if abs(np.log(as_px / pitch_um)) >= abs(np.log(as_um / pitch_um)):
         return None  # already µm (or neither reading fits: nothing to say)
     return (
-        f"obsm['spatial'] looks like Space Ranger's full-resolution image pixels, not µm: neighbours are {spacing:.4g} "
+        f"obsm['spatial'] looks like Space Ranger's full-resolution image pixels, not µm: {what} {measured:.4g} "
         f"apart, which at the file's {um_per_px:.4g} µm per pixel (its scale factors) is {as_px:.3g} µm, closer to "
         f"the array's {pitch_um:g} µm pitch. "
         "The spots are aligned as given, but sizes and the scale shown in µm are then in those pixels. For µm: "
@@ -170,6 +174,31 @@ def _space_ranger_scale(adata: Any) -> tuple[float | None, float]:
         if spot_px is not None:
             return VISIUM_SPOT_UM / spot_px, VISIUM_PITCH_UM
     return None, float("nan")
+
+
+def _array_pitch(adata: Any, *, hexagonal: bool) -> float | None:
+    """The array's pitch in ``obsm['spatial']``'s unit, from a least-squares affine of the spots' ``obs`` columns
+    ``array_row`` / ``array_col`` to their positions: on Visium's hexagonal array neighbours in a row are two columns
+    apart (pitch = 2 column steps), on Visium HD's square bins one. None without those columns, or when they do not
+    map onto the positions (residual over a tenth of a step)."""
+    obs = getattr(adata, "obs", None)
+    if obs is None or not {"array_row", "array_col"} <= set(map(str, obs.columns)):
+        return None
+    try:
+        grid = np.stack([np.asarray(obs["array_row"], dtype=np.float64), np.asarray(obs["array_col"], dtype=np.float64)], 1)
+        xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2]
+    except (TypeError, ValueError, KeyError):
+        return None
+    ok = np.isfinite(grid).all(1) & np.isfinite(xy).all(1)
+    if ok.sum() < 10 or np.ptp(grid[ok, 1]) < 2 or np.ptp(grid[ok, 0]) < 1:
+        return None
+    design = np.c_[grid[ok], np.ones(int(ok.sum()))]
+    fit, *_ = np.linalg.lstsq(design, xy[ok], rcond=None)
+    col_step = float(np.linalg.norm(fit[1]))
+    residual = float(np.median(np.linalg.norm(design @ fit - xy[ok], axis=1)))
+    if not np.isfinite(col_step) or col_step <= 0 or residual > 0.1 * col_step:
+        return None
+    return (2.0 if hexagonal else 1.0) * col_step
 
 
 def _positive(value: Any) -> float | None:

@@ -39,3 +39,30 @@ def test_no_bin_size_means_no_guess():
     """Without ``bin_size_um`` the pitch is unknown: a 2 µm bin in µm would read like 8 µm bins in pixels."""
     adata = _hd_bins(8.0, True, {"microns_per_pixel": UM_PER_PX})
     assert space_ranger_pixels(adata, cell_spacing(adata.obsm["spatial"])) is None
+
+
+def _visium_tiny(in_pixels: bool, *, array_columns: bool = True) -> ad.AnnData:
+    """The bundled Visium fixture (100 spots thinned from the array: neighbours ~265 µm apart) with Space Ranger's
+    scale factors, its positions in µm (as bundled) or in full-resolution pixels."""
+    from gala_engine.demo import load_demo
+
+    adata = load_demo("visium_tiny").adata
+    if in_pixels:
+        adata.obsm["spatial"] = np.asarray(adata.obsm["spatial"], dtype=np.float64) / UM_PER_PX
+    if not array_columns:
+        adata.obs = adata.obs.drop(columns=["array_row", "array_col"])
+    adata.uns["spatial"] = {"V1": {"scalefactors": {"spot_diameter_fullres": 55.0 / UM_PER_PX}}}
+    return adata
+
+
+def test_thinned_visium_spots_are_read_on_their_array_grid():
+    """Spots thinned out sit several pitches apart, so their spacing alone can look like pixels; the array's own
+    columns (array_row / array_col) give the pitch in the file's unit exactly."""
+    in_um = _visium_tiny(False)
+    assert not check_cells(in_um).warnings
+    in_px = _visium_tiny(True)
+    warning = space_ranger_pixels(in_px, cell_spacing(in_px.obsm["spatial"]))
+    assert warning is not None and "one array step is 365.2 apart" in warning and f"* {UM_PER_PX:g}," in warning
+    # without the array's columns, the spacing is all there is: 265 µm reads closer to 100 µm as 72.6 "µm"
+    bare = _visium_tiny(False, array_columns=False)
+    assert space_ranger_pixels(bare, cell_spacing(bare.obsm["spatial"])) is not None
