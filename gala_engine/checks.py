@@ -117,7 +117,7 @@ def check_cells(adata: Any, *, signal: str = constants.SIGNAL_TOTAL_COUNTS, name
             f"{int(adata.obs_names.duplicated().sum())} cell names (obs_names) are repeated; "
             "run adata.obs_names_make_unique() so results can be joined back to your cells."
         )
-    pixels = space_ranger_pixels(adata, spacing)
+    pixels = space_ranger_pixels(adata, xy, spacing)
     if pixels is not None:
         warnings.append(pixels)
     used = _check_signal(adata, signal, warnings)
@@ -129,20 +129,22 @@ VISIUM_SPOT_UM = 55.0  # diameter of a Visium (v1/v2, CytAssist) capture spot
 VISIUM_PITCH_UM = 100.0  # centre-to-centre distance of neighbouring Visium spots
 
 
-def space_ranger_pixels(adata: Any, spacing: float) -> str | None:
+def space_ranger_pixels(adata: Any, xy: np.ndarray, spacing: float) -> str | None:
     """A warning when ``obsm['spatial']`` holds Space Ranger's full-resolution image pixels rather than µm.
 
     ``scanpy.read_visium`` / ``squidpy.read.visium`` keep the spots' pixel positions in ``obsm['spatial']`` and the
     scale in ``uns['spatial'][library]['scalefactors']``: ``microns_per_pixel`` (Visium HD) or
     ``spot_diameter_fullres`` (pixels per 55 µm spot). Read as µm, the alignment still lands the spots on the image
-    (its scale is searched), but every size shown in µm is in those pixels. Returns None when the file has no
-    such scale factors or its positions are already in µm (their ``spacing`` fits the array's pitch in µm)."""
-    um_per_px, pitch_um = _space_ranger_scale(adata)
-    if um_per_px is None:
+    (its scale is searched), but every size shown in µm is in those pixels. ``xy``: the validated positions
+    (:func:`gala_engine.io._spatial_xy`), ``spacing`` their median nearest-neighbour distance. Returns None when the
+    file has no such scale factors or its positions are already in µm (they fit the array's pitch in µm)."""
+    scale = _space_ranger_scale(adata)
+    if scale is None:
         return None
+    um_per_px, pitch_um, columns_per_pitch = scale
     # the array's own grid (obs array_row / array_col) gives the pitch in the file's unit exactly, even for spots
     # thinned out; without it, the nearest neighbours' spacing stands in for the pitch
-    step = _array_pitch(adata, hexagonal=pitch_um == VISIUM_PITCH_UM)
+    step = _array_pitch(adata.obs, xy, columns_per_pitch)
     measured, what = (step, "one array step is") if step is not None else (spacing, "neighbours are")
     as_um, as_px = measured, measured * um_per_px
     if abs(np.log(as_px / pitch_um)) >= abs(np.log(as_um / pitch_um)):
@@ -156,12 +158,14 @@ def space_ranger_pixels(adata: Any, spacing: float) -> str | None:
     )
 
 
-def _space_ranger_scale(adata: Any) -> tuple[float | None, float]:
-    """(µm per full-resolution pixel, the array's pitch in µm) from ``uns['spatial'][library]['scalefactors']``;
-    (None, nan) when absent or implausible (the file is untrusted: any type may sit there)."""
-    libraries = getattr(adata, "uns", {}).get("spatial") if hasattr(getattr(adata, "uns", None), "get") else None
+def _space_ranger_scale(adata: Any) -> tuple[float, float, int] | None:
+    """(µm per full-resolution pixel, the array's pitch in µm, array columns per pitch: 2 on Visium's hexagonal
+    array, where neighbours in a row are two columns apart, 1 on Visium HD's square bins) from
+    ``uns['spatial'][library]['scalefactors']``; None when absent or implausible (the file is untrusted: any type
+    may sit there)."""
+    libraries = adata.uns.get("spatial")
     if not isinstance(libraries, dict):
-        return None, float("nan")
+        return None
     for library in libraries.values():
         factors = library.get("scalefactors") if isinstance(library, dict) else None
         if not isinstance(factors, dict):
@@ -169,27 +173,24 @@ def _space_ranger_scale(adata: Any) -> tuple[float | None, float]:
         um_per_px = _positive(factors.get("microns_per_pixel"))
         bin_um = _positive(factors.get("bin_size_um"))
         if um_per_px is not None and bin_um is not None:  # Visium HD: square bins of bin_size_um
-            return um_per_px, bin_um
+            return um_per_px, bin_um, 1
         spot_px = _positive(factors.get("spot_diameter_fullres"))
         if spot_px is not None:
-            return VISIUM_SPOT_UM / spot_px, VISIUM_PITCH_UM
-    return None, float("nan")
+            return VISIUM_SPOT_UM / spot_px, VISIUM_PITCH_UM, 2
+    return None
 
 
-def _array_pitch(adata: Any, *, hexagonal: bool) -> float | None:
-    """The array's pitch in ``obsm['spatial']``'s unit, from a least-squares affine of the spots' ``obs`` columns
-    ``array_row`` / ``array_col`` to their positions: on Visium's hexagonal array neighbours in a row are two columns
-    apart (pitch = 2 column steps), on Visium HD's square bins one. None without those columns, or when they do not
-    map onto the positions (residual over a tenth of a step)."""
-    obs = getattr(adata, "obs", None)
-    if obs is None or not {"array_row", "array_col"} <= set(map(str, obs.columns)):
+def _array_pitch(obs: Any, xy: np.ndarray, columns_per_pitch: int) -> float | None:
+    """The array's pitch in the unit of the positions ``xy``: ``columns_per_pitch`` column steps of a least-squares
+    affine from the spots' ``obs`` columns ``array_row`` / ``array_col`` to ``xy``. None without those columns, or
+    when they do not map onto the positions (residual over a tenth of a step)."""
+    if not {"array_row", "array_col"} <= set(map(str, obs.columns)):
         return None
     try:
         grid = np.stack([np.asarray(obs["array_row"], dtype=np.float64), np.asarray(obs["array_col"], dtype=np.float64)], 1)
-        xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2]
-    except (TypeError, ValueError, KeyError):
+    except (TypeError, ValueError):
         return None
-    ok = np.isfinite(grid).all(1) & np.isfinite(xy).all(1)
+    ok = np.isfinite(grid).all(1)
     if ok.sum() < 10 or np.ptp(grid[ok, 1]) < 2 or np.ptp(grid[ok, 0]) < 1:
         return None
     design = np.c_[grid[ok], np.ones(int(ok.sum()))]
@@ -198,7 +199,7 @@ def _array_pitch(adata: Any, *, hexagonal: bool) -> float | None:
     residual = float(np.median(np.linalg.norm(design @ fit - xy[ok], axis=1)))
     if not np.isfinite(col_step) or col_step <= 0 or residual > 0.1 * col_step:
         return None
-    return (2.0 if hexagonal else 1.0) * col_step
+    return columns_per_pitch * col_step
 
 
 def _positive(value: Any) -> float | None:

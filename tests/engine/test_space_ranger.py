@@ -14,6 +14,11 @@ from gala_engine.raster import cell_spacing
 UM_PER_PX = 0.2738
 
 
+def _flag(adata: ad.AnnData) -> str | None:
+    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    return space_ranger_pixels(adata, xy, cell_spacing(xy))
+
+
 def _hd_bins(bin_um: float, in_pixels: bool, factors: dict) -> ad.AnnData:
     """Visium HD-like square bins of ``bin_um`` (a 30 × 30 patch with some counts)."""
     grid = np.stack(np.meshgrid(np.arange(30), np.arange(30)), -1).reshape(-1, 2) * bin_um + 1000.0
@@ -27,18 +32,18 @@ def _hd_bins(bin_um: float, in_pixels: bool, factors: dict) -> ad.AnnData:
 def test_visium_hd_bins_in_pixels_are_flagged_with_the_factor(bin_um):
     factors = {"microns_per_pixel": UM_PER_PX, "bin_size_um": bin_um, "tissue_hires_scalef": 0.1}
     in_px = _hd_bins(bin_um, True, factors)
-    warning = space_ranger_pixels(in_px, cell_spacing(in_px.obsm["spatial"]))
+    warning = _flag(in_px)
     assert warning is not None and f"* {UM_PER_PX:g}," in warning
     assert any("Space Ranger" in w for w in check_cells(in_px).warnings)
     in_um = _hd_bins(bin_um, False, factors)
-    assert space_ranger_pixels(in_um, cell_spacing(in_um.obsm["spatial"])) is None
+    assert _flag(in_um) is None
     assert not check_cells(in_um).warnings
 
 
 def test_no_bin_size_means_no_guess():
     """Without ``bin_size_um`` the pitch is unknown: a 2 µm bin in µm would read like 8 µm bins in pixels."""
     adata = _hd_bins(8.0, True, {"microns_per_pixel": UM_PER_PX})
-    assert space_ranger_pixels(adata, cell_spacing(adata.obsm["spatial"])) is None
+    assert _flag(adata) is None
 
 
 def _visium_tiny(in_pixels: bool, *, array_columns: bool = True) -> ad.AnnData:
@@ -61,8 +66,8 @@ def test_thinned_visium_spots_are_read_on_their_array_grid():
     in_um = _visium_tiny(False)
     assert not check_cells(in_um).warnings
     in_px = _visium_tiny(True)
-    warning = space_ranger_pixels(in_px, cell_spacing(in_px.obsm["spatial"]))
+    warning = _flag(in_px)
     assert warning is not None and "one array step is 365.2 apart" in warning and f"* {UM_PER_PX:g}," in warning
     # without the array's columns, the spacing is all there is: 265 µm reads closer to 100 µm as 72.6 "µm"
     bare = _visium_tiny(False, array_columns=False)
-    assert space_ranger_pixels(bare, cell_spacing(bare.obsm["spatial"])) is not None
+    assert _flag(bare) is not None
